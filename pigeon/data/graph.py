@@ -1,0 +1,412 @@
+"""The heterogeneous graph container and its memoized layouts.
+
+A :class:`HeteroGraph` is a list of typed edges ``(src[i], dst[i], etype[i])`` over
+``num_nodes`` nodes with global ids, plus an optional node type per node. Node
+types share one id space (as in DGL's ``to_homogeneous``); the ``ntype`` vector
+says which type each node has.
+
+Kernels never read the raw edge list: they read *layouts* derived from it (CSR by
+destination, CSR by source, COO sorted by edge type, the compact maps). Each
+layout is built once on first use and memoized on the graph, so compiling and
+running a layer many times on the same graph pays for it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+
+__all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "LAYOUTS"]
+
+_INT32_MAX = 2**31 - 1
+
+
+class CSR(NamedTuple):
+    """Compressed rows. Row ``r`` owns positions ``rowptr[r]:rowptr[r+1]``.
+
+    ``col[p]`` is the node at the other end of the edge at position ``p`` and
+    ``eid[p]`` its id in the original edge list. Within a row, edges keep their
+    original order.
+    """
+
+    rowptr: torch.Tensor
+    col: torch.Tensor
+    eid: torch.Tensor
+
+
+class SortedCOO(NamedTuple):
+    """Edges sorted by ``(etype, dst)`` (stable), with per-etype offsets.
+
+    Relation ``t`` owns positions ``rel_ptr[t]:rel_ptr[t+1]``; ``eid[p]`` is the
+    original id of the edge at position ``p``.
+    """
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    etype: torch.Tensor
+    eid: torch.Tensor
+    rel_ptr: torch.Tensor
+
+
+class CompactMap(NamedTuple):
+    """Unique ``(node, etype)`` pairs, the rows of a compact materialization.
+
+    Rows are sorted by ``(etype, node)``; relation ``t`` owns rows
+    ``rel_ptr[t]:rel_ptr[t+1]``. ``edge_row[e]`` is the row of edge ``e``
+    (original edge order).
+    """
+
+    node: torch.Tensor
+    etype: torch.Tensor
+    rel_ptr: torch.Tensor
+    edge_row: torch.Tensor
+
+    @property
+    def num_rows(self) -> int:
+        return self.node.numel()
+
+
+def _check_index_tensor(name: str, value, length: int | None = None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"Expected `{name}` to be a 1-D integer tensor (got {type(value).__name__}: {err})"
+            ) from None
+    if value.dim() != 1:
+        raise ValueError(
+            f"Expected `{name}` to be a 1-D integer tensor (got shape {list(value.shape)}, "
+            f"dtype {str(value.dtype).replace('torch.', '')})"
+        )
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise ValueError(
+            f"Expected `{name}` to be a 1-D integer tensor (got dtype "
+            f"{str(value.dtype).replace('torch.', '')}, shape {list(value.shape)})"
+        )
+    if length is not None and value.numel() != length:
+        raise ValueError(
+            f"Expected `{name}` to have one entry per {'edge' if name != 'ntype' else 'node'} "
+            f"({length}), got {value.numel()}"
+        )
+    if value.numel() and int(value.min()) < 0:
+        raise ValueError(f"Expected `{name}` to hold non-negative ids (got minimum {int(value.min())})")
+    return value.to(torch.int64)
+
+
+def _check_count(name: str, value, at_least: int) -> int:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Expected `{name}` to be an int (got a tensor of shape {list(value.shape)})")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"Expected `{name}` to be an int (got {type(value).__name__})")
+    if value < at_least:
+        raise ValueError(f"Expected `{name}` to be at least {at_least} (got {value})")
+    return value
+
+
+def _check_names(name: str, names, count: int) -> tuple | None:
+    if names is None:
+        return None
+    names = tuple(tuple(n) if isinstance(n, list) else n for n in names)
+    if len(names) != count:
+        raise ValueError(f"Expected `{name}` to have {count} entries, one per type (got {len(names)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"Expected `{name}` to hold distinct names (got {list(names)})")
+    return names
+
+
+def index_dtype(*counts: int) -> torch.dtype:
+    """int32 when every count fits in it, int64 otherwise."""
+    return torch.int32 if max(counts, default=0) <= _INT32_MAX else torch.int64
+
+
+def _rowptr(keys: torch.Tensor, num_rows: int, dtype: torch.dtype) -> torch.Tensor:
+    counts = torch.bincount(keys, minlength=num_rows)
+    ptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=keys.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr.to(dtype)
+
+
+@dataclass(frozen=True)
+class GraphStats:
+    """Statistics the cost model and the autotuner key their decisions on."""
+
+    num_nodes: int
+    num_edges: int
+    num_etypes: int
+    num_ntypes: int
+    compact_src_rows: int
+    compact_dst_rows: int
+    max_in_degree: int
+
+    @property
+    def compaction_ratio(self) -> float:
+        """Edges per unique (src, etype) pair: how much compact materialization saves."""
+        return self.num_edges / max(self.compact_src_rows, 1)
+
+
+LAYOUTS = ("csr_dst", "csr_src", "coo_etype", "compact_src", "compact_dst", "in_degree", "out_degree")
+
+
+class HeteroGraph:
+    """A graph with typed edges and (optionally) typed nodes.
+
+    Args:
+        src (Tensor): 1-D integer tensor, the source node of each edge.
+        dst (Tensor): 1-D integer tensor, the destination node of each edge.
+        etype (Tensor, optional): 1-D integer tensor, the type of each edge. Defaults
+            to all zeros (one relation).
+        num_nodes (int, optional): number of nodes. Defaults to one past the largest
+            id in ``src``/``dst`` (or the length of ``ntype`` when given).
+        ntype (Tensor, optional): 1-D integer tensor, the type of each node. Defaults
+            to all zeros.
+        num_etypes (int, optional): number of edge types. Defaults to
+            ``len(etype_names)`` or one past the largest ``etype``. Types with no edges
+            are allowed.
+        num_ntypes (int, optional): number of node types, defaulting like ``num_etypes``.
+        etype_names (sequence, optional): a name per edge type; a name may be a
+            ``(src_type, relation, dst_type)`` triple as in DGL and PyG.
+        ntype_names (sequence of str, optional): a name per node type.
+
+    Isolated nodes, self-loops, repeated edges and empty relations are all valid.
+    """
+
+    def __init__(
+        self,
+        src,
+        dst,
+        etype=None,
+        num_nodes: int | None = None,
+        ntype=None,
+        *,
+        num_etypes: int | None = None,
+        num_ntypes: int | None = None,
+        etype_names: Sequence | None = None,
+        ntype_names: Sequence[str] | None = None,
+    ):
+        src = _check_index_tensor("src", src)
+        dst = _check_index_tensor("dst", dst, src.numel())
+        if dst.device != src.device:
+            raise ValueError(f"Expected `dst` on the device of `src` ({src.device}), got {dst.device}")
+        if etype is None:
+            etype = torch.zeros_like(src)
+        etype = _check_index_tensor("etype", etype, src.numel()).to(src.device)
+        if ntype is not None:
+            ntype = _check_index_tensor("ntype", ntype).to(src.device)
+
+        max_id = int(torch.maximum(src.max(), dst.max())) if src.numel() else -1
+        if num_nodes is None:
+            num_nodes = ntype.numel() if ntype is not None else max_id + 1
+        num_nodes = _check_count("num_nodes", num_nodes, at_least=0)
+        for name, ids in (("src", src), ("dst", dst)):
+            if ids.numel() and int(ids.max()) >= num_nodes:
+                raise ValueError(
+                    f"Expected every id in `{name}` to be < num_nodes={num_nodes} (got {int(ids.max())})"
+                )
+        if ntype is None:
+            ntype = torch.zeros(num_nodes, dtype=torch.int64, device=src.device)
+        elif ntype.numel() != num_nodes:
+            raise ValueError(f"Expected `ntype` to have one entry per node ({num_nodes}), got {ntype.numel()}")
+
+        self._num_etypes = self._type_count("etype", etype, num_etypes, etype_names)
+        self._num_ntypes = self._type_count("ntype", ntype, num_ntypes, ntype_names)
+        self.etype_names = _check_names("etype_names", etype_names, self._num_etypes)
+        self.ntype_names = _check_names("ntype_names", ntype_names, self._num_ntypes)
+
+        self.src, self.dst, self.etype, self.ntype = src, dst, etype, ntype
+        self._num_nodes = num_nodes
+        self._layouts: dict[str, object] = {}
+
+    @staticmethod
+    def _type_count(kind: str, types: torch.Tensor, given: int | None, names) -> int:
+        observed = int(types.max()) + 1 if types.numel() else 0
+        if given is None:
+            given = len(names) if names is not None else max(observed, 1)
+        given = _check_count(f"num_{kind}s", given, at_least=1)
+        if observed > given:
+            raise ValueError(
+                f"Expected every `{kind}` to be < num_{kind}s={given} (got {observed - 1})"
+            )
+        return given
+
+    # ---- sizes -------------------------------------------------------------------
+    @property
+    def num_nodes(self) -> int:
+        return self._num_nodes
+
+    @property
+    def num_edges(self) -> int:
+        return self.src.numel()
+
+    @property
+    def num_etypes(self) -> int:
+        return self._num_etypes
+
+    @property
+    def num_ntypes(self) -> int:
+        return self._num_ntypes
+
+    @property
+    def device(self) -> torch.device:
+        return self.src.device
+
+    @property
+    def index_dtype(self) -> torch.dtype:
+        """The dtype of layout index arrays: int32 where every count fits, else int64."""
+        return index_dtype(self.num_nodes, self.num_edges, self.num_nodes * self.num_etypes)
+
+    def __repr__(self) -> str:
+        return (
+            f"HeteroGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
+            f"num_etypes={self.num_etypes}, num_ntypes={self.num_ntypes}, device={self.device})"
+        )
+
+    # ---- layouts -----------------------------------------------------------------
+    def layout(self, name: str):
+        """Return the layout called ``name`` (one of :data:`LAYOUTS`), building it once."""
+        if name not in LAYOUTS:
+            raise ValueError(f"Expected `name` to be one of {list(LAYOUTS)} (got {name!r})")
+        cached = self._layouts.get(name)
+        if cached is None:
+            cached = getattr(self, f"_build_{name}")()
+            self._layouts[name] = cached
+        return cached
+
+    def computed_layouts(self) -> tuple[str, ...]:
+        """Names of the layouts built so far (in build order)."""
+        return tuple(self._layouts)
+
+    @property
+    def csr_dst(self) -> CSR:
+        """CSR by destination: row ``v`` lists the incoming edges of ``v`` (``col`` = source)."""
+        return self.layout("csr_dst")
+
+    @property
+    def csr_src(self) -> CSR:
+        """CSR by source: row ``u`` lists the outgoing edges of ``u`` (``col`` = destination)."""
+        return self.layout("csr_src")
+
+    @property
+    def coo_etype(self) -> SortedCOO:
+        """COO sorted by ``(etype, dst)`` with per-relation offsets ``rel_ptr``."""
+        return self.layout("coo_etype")
+
+    @property
+    def compact_src(self) -> CompactMap:
+        """Unique ``(src, etype)`` pairs and each edge's row among them."""
+        return self.layout("compact_src")
+
+    @property
+    def compact_dst(self) -> CompactMap:
+        """Unique ``(dst, etype)`` pairs and each edge's row among them."""
+        return self.layout("compact_dst")
+
+    def in_degree(self) -> torch.Tensor:
+        """In-degree of every node over all relations (int64)."""
+        return self.layout("in_degree")
+
+    def out_degree(self) -> torch.Tensor:
+        """Out-degree of every node over all relations (int64)."""
+        return self.layout("out_degree")
+
+    def _sorted_by(self, major: torch.Tensor, minor: torch.Tensor | None, minor_size: int) -> torch.Tensor:
+        """Stable permutation sorting edges by ``major`` then ``minor``."""
+        key = major if minor is None else major * minor_size + minor
+        return torch.sort(key, stable=True).indices
+
+    def _csr(self, rows: torch.Tensor, cols: torch.Tensor) -> CSR:
+        dtype = self.index_dtype
+        perm = self._sorted_by(rows, None, 0)
+        return CSR(
+            rowptr=_rowptr(rows, self.num_nodes, dtype),
+            col=cols[perm].to(dtype),
+            eid=perm.to(dtype),
+        )
+
+    def _build_csr_dst(self) -> CSR:
+        return self._csr(self.dst, self.src)
+
+    def _build_csr_src(self) -> CSR:
+        return self._csr(self.src, self.dst)
+
+    def _build_coo_etype(self) -> SortedCOO:
+        dtype = self.index_dtype
+        perm = self._sorted_by(self.etype, self.dst, self.num_nodes)
+        return SortedCOO(
+            src=self.src[perm].to(dtype),
+            dst=self.dst[perm].to(dtype),
+            etype=self.etype[perm].to(dtype),
+            eid=perm.to(dtype),
+            rel_ptr=_rowptr(self.etype, self.num_etypes, dtype),
+        )
+
+    def _compact(self, nodes: torch.Tensor) -> CompactMap:
+        dtype = self.index_dtype
+        key = self.etype * self.num_nodes + nodes
+        unique_keys, edge_row = torch.unique(key, sorted=True, return_inverse=True)
+        row_etype = unique_keys // max(self.num_nodes, 1)
+        return CompactMap(
+            node=(unique_keys - row_etype * self.num_nodes).to(dtype),
+            etype=row_etype.to(dtype),
+            rel_ptr=_rowptr(row_etype, self.num_etypes, dtype),
+            edge_row=edge_row.to(dtype),
+        )
+
+    def _build_compact_src(self) -> CompactMap:
+        return self._compact(self.src)
+
+    def _build_compact_dst(self) -> CompactMap:
+        return self._compact(self.dst)
+
+    def _build_in_degree(self) -> torch.Tensor:
+        return torch.bincount(self.dst, minlength=self.num_nodes)
+
+    def _build_out_degree(self) -> torch.Tensor:
+        return torch.bincount(self.src, minlength=self.num_nodes)
+
+    def stats(self) -> GraphStats:
+        """Statistics for cost models and autotuner keys (builds the compact maps)."""
+        in_deg = self.in_degree()
+        return GraphStats(
+            num_nodes=self.num_nodes,
+            num_edges=self.num_edges,
+            num_etypes=self.num_etypes,
+            num_ntypes=self.num_ntypes,
+            compact_src_rows=self.compact_src.num_rows,
+            compact_dst_rows=self.compact_dst.num_rows,
+            max_in_degree=int(in_deg.max()) if in_deg.numel() else 0,
+        )
+
+    # ---- movement ----------------------------------------------------------------
+    def to(self, device) -> "HeteroGraph":
+        """A copy on ``device`` that carries every layout computed so far."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = HeteroGraph.__new__(HeteroGraph)
+        moved.__dict__.update(self.__dict__)
+        moved.src, moved.dst = self.src.to(device), self.dst.to(device)
+        moved.etype, moved.ntype = self.etype.to(device), self.ntype.to(device)
+        moved._layouts = {name: _move(value, device) for name, value in self._layouts.items()}
+        return moved
+
+    def nodes_of_type(self, t: int) -> torch.Tensor:
+        """Global ids of the nodes of type ``t``, ascending."""
+        return torch.nonzero(self.ntype == t, as_tuple=False).flatten()
+
+    def etype_counts(self) -> torch.Tensor:
+        """Number of edges of each type (int64, length ``num_etypes``)."""
+        return torch.bincount(self.etype, minlength=self.num_etypes)
+
+
+def _move(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return type(value)(*(_move(v, device) for v in value))
+    return value
+

@@ -1,0 +1,1 @@
+"""Executing programs: the level-1 interpreter (autograd functions and caches follow)."""

@@ -1,0 +1,191 @@
+"""Run a level-1 program directly with torch ops, one node at a time.
+
+This is the semantics of level 1, written as plainly as possible: passes are
+tested by running a program before and after them here, and its results are
+differentiable by torch autograd, which makes it the oracle for Pigeon's own
+autodiff. It is not a fast path.
+
+Runtime layout of values: a value in a row space is a tensor ``[rows, *shape]``;
+a ``GLOBAL`` value is ``[*shape]`` (no row dim), which is also how untyped
+parameters are stored. Typed parameters are ``[num_types, *shape]``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from pigeon.data.graph import HeteroGraph
+from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Program, Reduce, Unary
+
+
+def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tuple] | None = None):
+    """``(row -> target row tensor (int64), number of target rows)`` for ``index`` on ``graph``."""
+    if bindings and index.name in bindings:
+        tensor, size = bindings[index.name]
+        return tensor.long(), int(size)
+    name = index.name
+    if name == "src":
+        return graph.src, graph.num_nodes
+    if name == "dst":
+        return graph.dst, graph.num_nodes
+    if name == "etype":
+        return graph.etype, graph.num_etypes
+    if name == "ntype":
+        return graph.ntype, graph.num_ntypes
+    for end in ("src", "dst"):
+        cmap = graph.layout(f"compact_{end}")
+        if name == f"edge_to_compact_{end}":
+            return cmap.edge_row.long(), cmap.num_rows
+        if name == f"compact_{end}_node":
+            return cmap.node.long(), graph.num_nodes
+        if name == f"compact_{end}_etype":
+            return cmap.etype.long(), graph.num_etypes
+    raise KeyError(f"index map {name!r} has no binding and is not a graph map")
+
+
+def _rows_first(value: torch.Tensor, node: Node) -> torch.Tensor:
+    """GLOBAL values get a leading row dim of 1 so they broadcast against rows."""
+    return value.unsqueeze(0) if node.type.space == GLOBAL else value
+
+
+def _align(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix broadcasting: pad the shorter operand with trailing singleton dims."""
+    while a.dim() < b.dim():
+        a = a.unsqueeze(-1)
+    while b.dim() < a.dim():
+        b = b.unsqueeze(-1)
+    return a, b
+
+
+def _unary(fn: Unary, x: torch.Tensor, node: Node) -> torch.Tensor:
+    if fn is Unary.LEAKY_RELU:
+        return F.leaky_relu(x, node.attr("alpha"))
+    table = {
+        Unary.NEG: torch.neg, Unary.RELU: torch.relu, Unary.EXP: torch.exp, Unary.LOG: torch.log,
+        Unary.SQRT: torch.sqrt, Unary.RSQRT: torch.rsqrt, Unary.RECIP: torch.reciprocal,
+        Unary.SIGMOID: torch.sigmoid, Unary.TANH: torch.tanh, Unary.GELU: F.gelu,
+        Unary.STEP: lambda v: (v > 0).to(v.dtype), Unary.SQUARE: torch.square,
+    }
+    return table[fn](x)
+
+
+def _binary(fn: Binary, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if fn is Binary.EQ:
+        return (a == b).to(torch.promote_types(a.dtype, b.dtype))
+    table = {
+        Binary.ADD: torch.add, Binary.SUB: torch.sub, Binary.MUL: torch.mul, Binary.DIV: torch.div,
+        Binary.MAX: torch.maximum, Binary.MIN: torch.minimum,
+    }
+    return table[fn](a, b)
+
+
+def segment_reduce(x: torch.Tensor, index: torch.Tensor, size: int, how: Reduce) -> torch.Tensor:
+    """Reduce rows of ``x`` into ``size`` rows by ``index``; empty rows are zero."""
+    out_shape = (size, *x.shape[1:])
+    flat_index = index.view(-1, *([1] * (x.dim() - 1))).expand_as(x)
+    if how in (Reduce.SUM, Reduce.MEAN):
+        out = x.new_zeros(out_shape).index_add(0, index, x)
+        if how is Reduce.MEAN:
+            count = torch.bincount(index, minlength=size).clamp(min=1).to(x.dtype)
+            out = out / count.view(-1, *([1] * (x.dim() - 1)))
+        return out
+    reduce = "amax" if how is Reduce.MAX else "amin"
+    out = x.new_zeros(out_shape).scatter_reduce(0, flat_index, x, reduce=reduce, include_self=False)
+    return out
+
+
+def _typed_linear(x: torch.Tensor, w: torch.Tensor, index: torch.Tensor, batched: bool) -> torch.Tensor:
+    out = x.new_empty(*x.shape[:-1], w.shape[-1])
+    for t in range(w.shape[0]):
+        rows = torch.nonzero(index == t, as_tuple=True)[0]
+        if rows.numel():
+            part = x[rows]
+            out[rows] = torch.einsum("r...i,...io->r...o", part, w[t]) if batched else part @ w[t]
+    return out
+
+
+def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor],
+        params: Mapping[str, torch.Tensor], bindings: Mapping[str, tuple] | None = None
+        ) -> dict[str, torch.Tensor]:
+    """Evaluate ``program``; returns its outputs by name."""
+    values: list[torch.Tensor | None] = []
+    outputs: dict[str, torch.Tensor] = {}
+    dtype = next(iter(inputs.values())).dtype if inputs else torch.get_default_dtype()
+    device = graph.device
+    for node in program.nodes:
+        args = [values[i] for i in node.inputs]
+        op = node.op
+        if op is Op.INPUT:
+            value = inputs[node.attr("name")]
+        elif op is Op.PARAM:
+            value = params[node.attr("name")]
+        elif op is Op.CONST:
+            value = torch.full(node.type.shape, node.attr("value"), dtype=dtype, device=device)
+        elif op is Op.GATHER:
+            index, _ = resolve_index(graph, node.attr("index"), bindings)
+            value = args[0].index_select(0, index)
+        elif op is Op.AGGREGATE:
+            index, size = resolve_index(graph, node.attr("index"), bindings)
+            value = segment_reduce(args[0], index, size, node.attr("reduce"))
+        elif op is Op.SEGMENT_SOFTMAX:
+            index, size = resolve_index(graph, node.attr("index"), bindings)
+            peak = segment_reduce(args[0], index, size, Reduce.MAX).detach()
+            shifted = torch.exp(args[0] - peak.index_select(0, index))
+            total = segment_reduce(shifted, index, size, Reduce.SUM)
+            value = shifted / total.index_select(0, index)
+        elif op is Op.DEGREE:
+            index, size = resolve_index(graph, node.attr("index"), bindings)
+            value = torch.bincount(index, minlength=size).to(dtype)
+        elif op is Op.LINEAR:
+            x, w = args
+            value = torch.einsum("r...i,...io->r...o", x, w) if w.dim() > 2 else x @ w
+        elif op is Op.TYPED_LINEAR:
+            index, _ = resolve_index(graph, node.attr("index"), bindings)
+            x, w = args
+            value = _typed_linear(x, w, index, batched=w.dim() > 3)
+        elif op is Op.TYPED_OUTER:
+            index, size = resolve_index(graph, node.attr("index"), bindings)
+            x, dy = args
+            value = x.new_zeros(size, *node.type.shape)
+            spec = "r...i,r...o->...io" if node.attr("batched") else "r...i,r...o->io"
+            for t in range(size):
+                rows = torch.nonzero(index == t, as_tuple=True)[0]
+                if rows.numel():
+                    value[t] = torch.einsum(spec, x[rows], dy[rows])
+        elif op in (Op.UNARY, Op.BINARY, Op.DOT):
+            if op is Op.UNARY:
+                value = _unary(node.attr("fn"), args[0], node)
+            else:
+                a, b = (_rows_first(v, program.nodes[i]) for v, i in zip(args, node.inputs))
+                a, b = _align(a, b)
+                value = _binary(node.attr("fn"), a, b) if op is Op.BINARY else (a * b).sum(-1)
+                if node.type.space == GLOBAL:
+                    value = value.squeeze(0)
+        elif op is Op.SUM_LAST:
+            value = args[0].sum(-1)
+        elif op is Op.EXPAND_LAST:
+            value = args[0].unsqueeze(-1).expand(*args[0].shape, node.attr("size"))
+        elif op is Op.RESHAPE:
+            lead = () if node.type.space == GLOBAL else (args[0].shape[0],)
+            value = args[0].reshape(*lead, *node.type.shape)
+        elif op is Op.CONCAT:
+            value = torch.cat(args, dim=-1)
+        elif op is Op.SLICE_LAST:
+            value = args[0][..., node.attr("start"):node.attr("stop")]
+        elif op is Op.SUM_ROWS:
+            value = args[0].sum(0)
+        elif op is Op.LAYER_NORM:
+            value = F.layer_norm(args[0], args[0].shape[-1:], eps=node.attr("eps"))
+        elif op is Op.OUTPUT:
+            value = args[0]
+            outputs[node.attr("name")] = value
+        else:
+            raise ValueError(f"interpret: no rule for op {op}")
+        values.append(value)
+    return outputs
+
+
+__all__ = ["run", "resolve_index", "segment_reduce"]

@@ -1,0 +1,141 @@
+"""HeteroGraph: input validation and every layout against a brute-force construction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+
+import pigeon
+from pigeon.data.graph import LAYOUTS, index_dtype
+from strategies import hetero_graphs
+
+
+def _edges(graph):
+    return list(zip(graph.src.tolist(), graph.dst.tolist(), graph.etype.tolist()))
+
+
+# ---- validation ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(src=[0, 1], dst=[1], etype=[0, 0]), r"`dst` to have one entry per edge \(2\), got 1"),
+        (dict(src=[0, 1], dst=[1, 0], etype=[0]), r"`etype` to have one entry per edge \(2\), got 1"),
+        (dict(src=[0, -1], dst=[1, 0]), r"`src` to hold non-negative ids \(got minimum -1\)"),
+        (dict(src=[0, 1], dst=[1, 5], num_nodes=3), r"every id in `dst` to be < num_nodes=3 \(got 5\)"),
+        (dict(src=[0, 1], dst=[1, 0], etype=[0, 3], num_etypes=2), r"every `etype` to be < num_etypes=2 \(got 3\)"),
+        (dict(src=[0.0, 1.0], dst=[1, 0]), r"`src` to be a 1-D integer tensor \(got dtype float32"),
+        (dict(src=[[0, 1]], dst=[1, 0]), r"`src` to be a 1-D integer tensor \(got shape \[1, 2\]"),
+        (dict(src=[0, 1], dst=[1, 0], num_nodes=2, ntype=[0, 0, 0]), r"`ntype` to have one entry per node \(2\), got 3"),
+        (dict(src=[0, 1], dst=[1, 0], num_nodes=-1), r"`num_nodes` to be at least 0 \(got -1\)"),
+        (dict(src=[0, 1], dst=[1, 0], num_nodes=2.0), r"`num_nodes` to be an int \(got float\)"),
+        (dict(src=[0, 1], dst=[1, 0], etype_names=["a", "a"]), r"`etype_names` to hold distinct names"),
+        (dict(src=[0, 1], dst=[1, 0], etype=[0, 1], etype_names=["a"]), r"every `etype` to be < num_etypes=1"),
+        (dict(src=[0, 1], dst=[1, 0], num_etypes=2, etype_names=["a"]), r"`etype_names` to have 2 entries"),
+        (dict(src=[True, False], dst=[1, 0]), r"`src` to be a 1-D integer tensor \(got dtype bool"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, message):
+    kwargs = {k: torch.tensor(v) if isinstance(v, list) and k in {"src", "dst", "etype", "ntype"} else v
+              for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=message):
+        pigeon.HeteroGraph(**kwargs)
+
+
+def test_defaults_and_valid_corner_cases():
+    # Isolated node 3, self-loop on 2, a repeated edge, and relation 2 empty.
+    g = pigeon.HeteroGraph(
+        torch.tensor([0, 2, 0]), torch.tensor([1, 2, 1]), torch.tensor([1, 0, 1]),
+        num_nodes=4, num_etypes=3,
+    )
+    assert (g.num_nodes, g.num_edges, g.num_etypes, g.num_ntypes) == (4, 3, 3, 1)
+    assert g.ntype.tolist() == [0, 0, 0, 0]
+    assert g.etype_counts().tolist() == [1, 2, 0]
+    assert g.in_degree().tolist() == [0, 2, 1, 0]
+    assert g.out_degree().tolist() == [2, 0, 1, 0]
+    empty = pigeon.HeteroGraph(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), num_nodes=1)
+    assert empty.num_edges == 0 and empty.csr_dst.rowptr.tolist() == [0, 0]
+    assert empty.compact_src.num_rows == 0
+
+
+def test_unknown_layout_lists_the_valid_ones():
+    g = pigeon.HeteroGraph(torch.tensor([0]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="`name` to be one of"):
+        g.layout("csc")
+
+
+def test_index_dtype_switches_to_int64_when_counts_overflow_int32():
+    assert index_dtype(10, 2**31 - 1) == torch.int32
+    assert index_dtype(10, 2**31) == torch.int64
+
+
+# ---- layouts against brute force ----------------------------------------------------
+
+@given(hetero_graphs())
+def test_csr_layouts_match_brute_force(graph):
+    edges = _edges(graph)
+    for name, key, other in (("csr_dst", 1, 0), ("csr_src", 0, 1)):
+        csr = graph.layout(name)
+        assert csr.rowptr.dtype == graph.index_dtype == torch.int32
+        assert csr.rowptr.numel() == graph.num_nodes + 1
+        for node in range(graph.num_nodes):
+            lo, hi = int(csr.rowptr[node]), int(csr.rowptr[node + 1])
+            expected = [e for e in range(len(edges)) if edges[e][key] == node]  # original order
+            assert csr.eid[lo:hi].tolist() == expected
+            assert csr.col[lo:hi].tolist() == [edges[e][other] for e in expected]
+
+
+@given(hetero_graphs())
+def test_coo_by_etype_matches_brute_force(graph):
+    edges = _edges(graph)
+    coo = graph.coo_etype
+    expected = sorted(range(len(edges)), key=lambda e: (edges[e][2], edges[e][1], e))
+    assert coo.eid.tolist() == expected
+    assert coo.src.tolist() == [edges[e][0] for e in expected]
+    assert coo.dst.tolist() == [edges[e][1] for e in expected]
+    assert coo.etype.tolist() == [edges[e][2] for e in expected]
+    for t in range(graph.num_etypes):
+        lo, hi = int(coo.rel_ptr[t]), int(coo.rel_ptr[t + 1])
+        assert set(coo.etype[lo:hi].tolist()) <= {t}
+        assert hi - lo == sum(1 for e in edges if e[2] == t)
+
+
+@given(hetero_graphs())
+def test_compact_maps_match_brute_force(graph):
+    edges = _edges(graph)
+    for name, end in (("compact_src", 0), ("compact_dst", 1)):
+        cmap = graph.layout(name)
+        pairs = sorted({(e[2], e[end]) for e in edges})
+        assert list(zip(cmap.etype.tolist(), cmap.node.tolist())) == pairs
+        row_of = {pair: row for row, pair in enumerate(pairs)}
+        assert cmap.edge_row.tolist() == [row_of[(e[2], e[end])] for e in edges]
+        for t in range(graph.num_etypes):
+            lo, hi = int(cmap.rel_ptr[t]), int(cmap.rel_ptr[t + 1])
+            assert hi - lo == sum(1 for p in pairs if p[0] == t)
+    stats = graph.stats()
+    assert stats.compact_src_rows == len({(e[2], e[0]) for e in edges})
+    assert stats.compaction_ratio >= 1.0 or graph.num_edges == 0
+
+
+@given(hetero_graphs())
+def test_degrees_match_brute_force(graph):
+    edges = _edges(graph)
+    assert graph.in_degree().tolist() == [sum(1 for e in edges if e[1] == v) for v in range(graph.num_nodes)]
+    assert graph.out_degree().tolist() == [sum(1 for e in edges if e[0] == v) for v in range(graph.num_nodes)]
+
+
+# ---- memoization and movement -------------------------------------------------------
+
+def test_layouts_are_built_once_and_travel_with_to():
+    g = pigeon.HeteroGraph(torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0]), torch.tensor([0, 1, 0]))
+    first = g.csr_dst
+    assert g.csr_dst is first
+    assert g.computed_layouts() == ("csr_dst",)
+    g.compact_src
+    moved = g.to("meta")
+    assert moved.device.type == "meta" and moved.src.device.type == "meta"
+    assert moved.computed_layouts() == ("csr_dst", "compact_src")
+    assert all(t.device.type == "meta" for t in moved.csr_dst)
+    assert g.to("cpu") is g
+    assert set(LAYOUTS) >= set(moved.computed_layouts())
