@@ -29,14 +29,14 @@ from typing import Any, Callable, Mapping
 
 from pigeon.ir.builder import Builder, IRError
 from pigeon.ir.graph_ir import (
-    BUILTIN_MAPS, DST, EDGE, ETYPE, GLOBAL, NODE, NTYPE, SRC, Binary, Op, Program,
+    BUILTIN_MAPS, COMPACT_DST_OF_EDGE, DST, EDGE, ETYPE, GLOBAL, NODE, NTYPE, SRC, Binary, Op, Program,
     Reduce, SourceLoc, Space, TensorType, Unary,
 )
 
 __all__ = [
     "PerEtype", "PerNtype", "Shared", "Layer", "layer", "Sym", "GraphSym", "linear", "dot",
     "relu", "leaky_relu", "exp", "log", "sqrt", "sigmoid", "tanh", "gelu", "maximum", "minimum",
-    "edge_softmax", "aggregate", "concat", "split_heads", "merge_heads", "layer_norm", "sum_last",
+    "edge_softmax", "aggregate", "concat", "split_heads", "merge_heads", "reshape", "layer_norm", "sum_last",
 ]
 
 
@@ -190,6 +190,11 @@ class GraphSym:
         """In-degree of every node over all relations (a float per node)."""
         return self._tracer.add(Op.DEGREE, index=DST)
 
+    def relation_in_degree(self) -> Sym:
+        """For every edge, the number of edges of its relation entering its destination."""
+        counts = self._tracer.add(Op.DEGREE, index=COMPACT_DST_OF_EDGE)
+        return self._tracer.add(Op.GATHER, (counts,), index=COMPACT_DST_OF_EDGE)
+
     def node_type(self, value: Sym) -> Sym:
         """Each node's own row of a per-node-type ``value``."""
         return self._tracer.to_space(value, NODE)
@@ -306,6 +311,11 @@ def split_heads(x: Sym, heads: int) -> Sym:
     if last % heads:
         raise IRError(f"split_heads: expected a last dim divisible by heads={heads}, got {x.type}", _caller_loc())
     return x.tracer.add(Op.RESHAPE, (x,), shape=(*lead, heads, last // heads))
+
+
+def reshape(x: Sym, *shape: int) -> Sym:
+    """The same rows with a new row shape of the same size."""
+    return x.tracer.add(Op.RESHAPE, (x,), shape=tuple(int(d) for d in shape))
 
 
 def merge_heads(x: Sym) -> Sym:

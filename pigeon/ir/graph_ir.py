@@ -28,6 +28,7 @@ __all__ = [
     "Space", "IndexMap", "Op", "Unary", "Binary", "Reduce", "TensorType", "SourceLoc",
     "Node", "Program", "replace", "NODE", "EDGE", "COMPACT_SRC", "COMPACT_DST", "ETYPE",
     "NTYPE", "GLOBAL", "SRC", "DST", "ETYPE_OF_EDGE", "NTYPE_OF_NODE", "BUILTIN_MAPS",
+    "COMPACT_SRC_OF_EDGE", "COMPACT_DST_OF_EDGE",
 ]
 
 
@@ -96,9 +97,10 @@ class Op(enum.Enum):
     AGGREGATE = "aggregate"        # index, reduce: Reduce; x in index.source -> index.target
     SEGMENT_SOFTMAX = "softmax"    # index; softmax of x over the rows that share a target
     DEGREE = "degree"              # index; number of source rows per target row
-    LINEAR = "linear"              # x [.., in] @ w [in, out], w in GLOBAL
-    TYPED_LINEAR = "typed_linear"  # index; x row r @ w[index(r)], w [in, out] in index.target
-    TYPED_OUTER = "typed_outer"    # index; sum over rows of type t of x_r^T dy_r -> [in, out] per t
+    LINEAR = "linear"              # transpose_w; x [.., in] @ w [in, out], w in GLOBAL
+    TYPED_LINEAR = "typed_linear"  # index, transpose_w; x row r @ w[index(r)], w in index.target
+    TYPED_OUTER = "typed_outer"    # index (or None: all rows -> GLOBAL), batched;
+                                   # sum over rows of type t of x_r^T dy_r -> [in, out] per t
     UNARY = "unary"                # fn: Unary (+ alpha for LEAKY_RELU)
     BINARY = "binary"              # fn: Binary; broadcasting over row shapes
     DOT = "dot"                    # dot product over the last dim of two operands
@@ -107,6 +109,7 @@ class Op(enum.Enum):
     RESHAPE = "reshape"            # shape: new row shape with the same element count
     CONCAT = "concat"              # join operands along the last dim
     SLICE_LAST = "slice_last"      # start, stop: a slice of the last dim
+    PAD_LAST = "pad_last"          # before, after: zeros around the last dim
     SUM_ROWS = "sum_rows"          # sum over all rows into GLOBAL (weight gradients)
     LAYER_NORM = "layer_norm"      # eps: normalise over the last dim (no affine part)
     OUTPUT = "output"              # name: a program result
@@ -125,6 +128,7 @@ class Unary(enum.Enum):
     TANH = "tanh"
     GELU = "gelu"
     STEP = "step"        # 1 where x > 0 else 0 (derivative of relu)
+    GELU_GRAD = "gelu_grad"  # derivative of the exact (erf) GELU
     SQUARE = "square"
 
 

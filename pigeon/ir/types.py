@@ -47,10 +47,12 @@ def _expect_index(op: Op, index, x: TensorType, role: str) -> IndexMap:
     return index
 
 
-def _matmul_shape(op: Op, x: TensorType, w: TensorType) -> tuple[int, ...]:
+def _matmul_shape(op: Op, x: TensorType, w: TensorType, transpose: bool) -> tuple[int, ...]:
     if len(w.shape) < 2 or not x.shape:
         raise IRTypeError(f"{op.value}: expected a weight of shape [..., in, out] and rows [..., in], got {x} and {w}")
     batch, (w_in, w_out) = w.shape[:-2], w.shape[-2:]
+    if transpose:
+        w_in, w_out = w_out, w_in
     lead, x_in = x.shape[:-1], x.shape[-1]
     if x_in != w_in:
         raise IRTypeError(f"{op.value}: expected rows with last dim {w_in} to match the weight {w}, got {x}")
@@ -90,7 +92,7 @@ def infer(op: Op, inputs: tuple[TensorType, ...], attrs: dict) -> TensorType:
         x, w = inputs
         if w.space != GLOBAL:
             raise IRTypeError(f"linear: expected an untyped (global) weight, got {w}; use a typed linear")
-        return TensorType(x.space, _matmul_shape(op, x, w))
+        return TensorType(x.space, _matmul_shape(op, x, w, attrs.get("transpose_w", False)))
     if op is Op.TYPED_LINEAR:
         arity(2)
         x, w = inputs
@@ -99,16 +101,23 @@ def infer(op: Op, inputs: tuple[TensorType, ...], attrs: dict) -> TensorType:
             raise IRTypeError(
                 f"typed_linear along {index}: expected a weight typed by {index.target}, got {w}"
             )
-        return TensorType(x.space, _matmul_shape(op, x, w))
+        return TensorType(x.space, _matmul_shape(op, x, w, attrs.get("transpose_w", False)))
     if op is Op.TYPED_OUTER:
         arity(2)
         x, dy = inputs
-        index = _expect_index(op, attrs["index"], x, "source")
-        _expect_index(op, index, dy, "source")
-        if x.shape[:-1] != dy.shape[:-1]:
+        index = attrs.get("index")
+        if index is None:
+            target = GLOBAL
+            if x.space != dy.space:
+                raise IRTypeError(f"typed_outer: expected operands in one space, got {x} and {dy}")
+        else:
+            _expect_index(op, index, x, "source")
+            _expect_index(op, index, dy, "source")
+            target = index.target
+        if not x.shape or not dy.shape or x.shape[:-1] != dy.shape[:-1]:
             raise IRTypeError(f"typed_outer: expected operands with equal leading dims, got {x} and {dy}")
         lead = x.shape[:-1] if attrs.get("batched") else ()
-        return TensorType(index.target, lead + (x.shape[-1], dy.shape[-1]))
+        return TensorType(target, lead + (x.shape[-1], dy.shape[-1]))
     if op in (Op.UNARY, Op.LAYER_NORM, Op.OUTPUT):
         arity(1)
         if op is Op.LAYER_NORM and not inputs[0].shape:
@@ -153,6 +162,11 @@ def infer(op: Op, inputs: tuple[TensorType, ...], attrs: dict) -> TensorType:
         if not inputs[0].shape or not 0 <= start < stop <= inputs[0].shape[-1]:
             raise IRTypeError(f"slice_last: expected 0 <= start < stop <= last dim, got [{start}:{stop}] of {inputs[0]}")
         return TensorType(inputs[0].space, inputs[0].shape[:-1] + (stop - start,))
+    if op is Op.PAD_LAST:
+        arity(1)
+        if not inputs[0].shape or attrs["before"] < 0 or attrs["after"] < 0:
+            raise IRTypeError(f"pad_last: expected a feature dim and non-negative padding, got {inputs[0]}")
+        return TensorType(inputs[0].space, inputs[0].shape[:-1] + (inputs[0].shape[-1] + attrs["before"] + attrs["after"],))
     if op is Op.SUM_ROWS:
         arity(1)
         return TensorType(GLOBAL, inputs[0].shape)

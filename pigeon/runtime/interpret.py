@@ -68,8 +68,16 @@ def _unary(fn: Unary, x: torch.Tensor, node: Node) -> torch.Tensor:
         Unary.SQRT: torch.sqrt, Unary.RSQRT: torch.rsqrt, Unary.RECIP: torch.reciprocal,
         Unary.SIGMOID: torch.sigmoid, Unary.TANH: torch.tanh, Unary.GELU: F.gelu,
         Unary.STEP: lambda v: (v > 0).to(v.dtype), Unary.SQUARE: torch.square,
+        Unary.GELU_GRAD: _gelu_grad,
     }
     return table[fn](x)
+
+
+def _gelu_grad(x: torch.Tensor) -> torch.Tensor:
+    """d/dx of x * Phi(x): Phi(x) + x * phi(x)."""
+    cdf = 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
+    pdf = torch.exp(-0.5 * x * x) * 0.3989422804014327
+    return cdf + x * pdf
 
 
 def _binary(fn: Binary, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -98,7 +106,7 @@ def segment_reduce(x: torch.Tensor, index: torch.Tensor, size: int, how: Reduce)
 
 
 def _typed_linear(x: torch.Tensor, w: torch.Tensor, index: torch.Tensor, batched: bool) -> torch.Tensor:
-    out = x.new_empty(*x.shape[:-1], w.shape[-1])
+    out = x.new_zeros(*x.shape[:-1], w.shape[-1])
     for t in range(w.shape[0]):
         rows = torch.nonzero(index == t, as_tuple=True)[0]
         if rows.numel():
@@ -141,20 +149,26 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
             value = torch.bincount(index, minlength=size).to(dtype)
         elif op is Op.LINEAR:
             x, w = args
+            w = w.transpose(-1, -2) if node.attr("transpose_w") else w
             value = torch.einsum("r...i,...io->r...o", x, w) if w.dim() > 2 else x @ w
         elif op is Op.TYPED_LINEAR:
             index, _ = resolve_index(graph, node.attr("index"), bindings)
             x, w = args
+            w = w.transpose(-1, -2) if node.attr("transpose_w") else w
             value = _typed_linear(x, w, index, batched=w.dim() > 3)
         elif op is Op.TYPED_OUTER:
-            index, size = resolve_index(graph, node.attr("index"), bindings)
             x, dy = args
-            value = x.new_zeros(size, *node.type.shape)
             spec = "r...i,r...o->...io" if node.attr("batched") else "r...i,r...o->io"
-            for t in range(size):
-                rows = torch.nonzero(index == t, as_tuple=True)[0]
-                if rows.numel():
-                    value[t] = torch.einsum(spec, x[rows], dy[rows])
+            if node.attr("index") is None:  # all rows into one GLOBAL value
+                x_rows, dy_rows = (_rows_first(v, program.nodes[i]) for v, i in zip(args, node.inputs))
+                value = torch.einsum(spec, x_rows, dy_rows)
+            else:
+                index, size = resolve_index(graph, node.attr("index"), bindings)
+                value = x.new_zeros(size, *node.type.shape)
+                for t in range(size):
+                    rows = torch.nonzero(index == t, as_tuple=True)[0]
+                    if rows.numel():
+                        value[t] = torch.einsum(spec, x[rows], dy[rows])
         elif op in (Op.UNARY, Op.BINARY, Op.DOT):
             if op is Op.UNARY:
                 value = _unary(node.attr("fn"), args[0], node)
@@ -175,6 +189,8 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
             value = torch.cat(args, dim=-1)
         elif op is Op.SLICE_LAST:
             value = args[0][..., node.attr("start"):node.attr("stop")]
+        elif op is Op.PAD_LAST:
+            value = F.pad(args[0], (node.attr("before"), node.attr("after")))
         elif op is Op.SUM_ROWS:
             value = args[0].sum(0)
         elif op is Op.LAYER_NORM:
