@@ -1,0 +1,560 @@
+"""Synthetic stand-ins for the graphs that RGNN papers benchmark on.
+
+The real AIFB, MUTAG, BGS, AM, ogbn-mag, ogbl-wikikg2, FB15k-237 and ogbl-biokg
+graphs are large downloads. For kernel work what matters is their *shape*: node
+and edge counts, the number of relations, how unequal the relations are and how
+often one ``(source, relation)`` pair repeats. A :class:`Profile` records the
+published statistics of one graph and :func:`generate` builds a random graph that
+matches them. **These graphs are generated locally; they are not the real data**
+(use the ``ogbn-mag``, ``ogbl-biokg`` and ``ogbl-wikikg2`` loaders in
+:mod:`pigeon.data.ogb` for that).
+
+How a graph is generated (vectorised with NumPy; every random draw comes from
+generators seeded by ``(seed, profile name)``, never from global state):
+
+1. Node counts per node type are exact at ``scale=1`` and rounded (largest
+   remainder, at least one node per type) below it. Node types own contiguous
+   id blocks in the order the profile lists them.
+2. Relation sizes are the published ones where known (ogbn-mag), otherwise
+   Zipf-distributed (size of the k-th largest relation proportional to
+   ``1 / k**zipf_exponent``, ranks assigned to relations at random, at least one
+   edge each). At ``scale < 1`` the edge total ``round(num_edges * scale)`` is
+   shared among relations in proportion to their scale-1 sizes.
+3. Each node gets a Pareto "popularity". Each relation picks a subset of its
+   source type and of its destination type, sized by a mean degree drawn per
+   relation: popular nodes are likelier to be picked, and nodes no subset has
+   used yet are mixed in so that few nodes end up isolated. The subset is ranked
+   by popularity; every member gets one edge and the remaining endpoints follow
+   a Zipf law over the ranks. Hubs therefore recur across relations and a
+   relation's edges concentrate on few sources: repeated ``(src, etype)`` pairs,
+   the thing compact materialization exploits, come out as in real graphs.
+4. Duplicate ``(src, dst, etype)`` triples are redrawn (real triple stores hold
+   none); only a relation too dense for its subsets keeps a few.
+5. Profiles whose published numbers count a reverse edge per triple (DGL's RDF
+   datasets, FB15k-237 as RGNN papers use it) are generated as forward relations
+   followed by their reverses (relation ``r + R`` reverses relation ``r``).
+
+Edges come grouped by relation, as in OGB's per-relation files.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pigeon.data.graph import HeteroGraph
+from pigeon.data.kg import add_reverse_edges
+
+__all__ = ["Relation", "Profile", "PROFILES", "generate", "describe", "scaled_count"]
+
+
+@dataclass(frozen=True)
+class Relation:
+    """One edge type of a profile.
+
+    Args:
+        name (str): the relation name.
+        src_type (int): index of the source node type in the profile.
+        dst_type (int): index of the destination node type in the profile.
+        num_edges (int, optional): the published edge count at ``scale=1``; ``None``
+            draws a Zipf share of the profile's edges.
+    """
+
+    name: str
+    src_type: int = 0
+    dst_type: int = 0
+    num_edges: int | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Published statistics of one benchmark graph.
+
+    Args:
+        name (str): the name :func:`pigeon.data.load` knows it by.
+        source (str): where the numbers come from, quoted in descriptions.
+        ntype_names (tuple of str): node type names, in id-block order.
+        ntype_sizes (tuple of int): nodes per type at ``scale=1``.
+        num_edges (int): published edge count, reverse edges included when
+            ``reverse_pairs``.
+        num_etypes (int): published number of edge types, likewise.
+        relations (tuple of Relation): the forward relations. Empty means
+            ``num_etypes`` (halved when ``reverse_pairs``) relations ``r0, r1, ...``
+            between nodes of type 0.
+        reverse_pairs (bool): the published counts include one reverse edge per
+            triple, in relations of their own.
+        zipf_exponent (float): skew of the relation sizes that are not published.
+    """
+
+    name: str
+    source: str
+    ntype_names: tuple[str, ...]
+    ntype_sizes: tuple[int, ...]
+    num_edges: int
+    num_etypes: int
+    relations: tuple[Relation, ...] = ()
+    reverse_pairs: bool = False
+    zipf_exponent: float = 1.0
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(self.ntype_sizes)
+
+    @property
+    def forward_relations(self) -> tuple[Relation, ...]:
+        """The relations generated before any reverse edges are added."""
+        if self.relations:
+            return self.relations
+        count = self.num_etypes // 2 if self.reverse_pairs else self.num_etypes
+        return tuple(Relation(f"r{k}") for k in range(count))
+
+    @property
+    def num_forward_edges(self) -> int:
+        return self.num_edges // 2 if self.reverse_pairs else self.num_edges
+
+    def __post_init__(self):
+        if len(self.ntype_names) != len(self.ntype_sizes):
+            raise ValueError(
+                f"Profile {self.name!r}: expected one size per node type "
+                f"({len(self.ntype_names)} names, got {len(self.ntype_sizes)} sizes)"
+            )
+        if self.reverse_pairs and (self.num_edges % 2 or self.num_etypes % 2):
+            raise ValueError(
+                f"Profile {self.name!r}: reverse_pairs needs even edge and edge-type counts "
+                f"(got {self.num_edges} edges, {self.num_etypes} edge types)"
+            )
+        for r in self.relations:
+            if not (0 <= r.src_type < len(self.ntype_names) and 0 <= r.dst_type < len(self.ntype_names)):
+                raise ValueError(
+                    f"Profile {self.name!r}: relation {r.name!r} names node types "
+                    f"({r.src_type}, {r.dst_type}), expected indices below {len(self.ntype_names)}"
+                )
+        generated = len(self.forward_relations) * (2 if self.reverse_pairs else 1)
+        if generated != self.num_etypes:
+            raise ValueError(
+                f"Profile {self.name!r}: expected {self.num_etypes} edge types, "
+                f"the relations give {generated}"
+            )
+        published = [r.num_edges for r in self.forward_relations]
+        if all(n is not None for n in published) and sum(published) != self.num_forward_edges:
+            raise ValueError(
+                f"Profile {self.name!r}: relation sizes sum to {sum(published)}, "
+                f"expected {self.num_forward_edges}"
+            )
+
+
+# ---- the profiles ------------------------------------------------------------------
+# DGL's RDF datasets (AIFBDataset, MUTAGDataset, BGSDataset, AMDataset) insert a
+# reverse edge and relation for every triple by default (insert_reverse=True; DGL's
+# docs give AIFB as 7,262 nodes and 48,810 edges "including reverse edges"). The
+# counts RGNN system papers quote are those of the DGL graphs, hence the even edge
+# and edge-type counts. DGL types the nodes too, but only totals are quoted, so
+# these profiles have a single node type.
+_RDF_SOURCE = (
+    "the R-GCN entity-classification benchmark (Schlichtkrull et al., 2018) as packaged "
+    "by DGL with a reverse edge per triple, the statistics RGNN system papers quote"
+)
+
+
+def _rdf(name: str, nodes: int, edges: int, etypes: int) -> Profile:
+    return Profile(
+        name=name,
+        source=_RDF_SOURCE,
+        ntype_names=("entity",),
+        ntype_sizes=(nodes,),
+        num_edges=edges,
+        num_etypes=etypes,
+        reverse_pairs=True,
+    )
+
+
+_MAG_TYPES = ("paper", "author", "institution", "field_of_study")
+_PAPER, _AUTHOR, _INSTITUTION, _FIELD = range(4)
+
+# A schema modelled on ogbl-biokg's: many drug-drug side-effect relations, the
+# protein-protein interaction kinds, function-function, and 5 relations between
+# distinct types, 51 in all. How the real 51 split among those groups is in the
+# data files, not in the OGB paper; so is each relation's size, hence Zipf shares.
+_BIOKG_TYPES = ("disease", "drug", "function", "protein", "sideeffect")
+_DISEASE, _DRUG, _FUNCTION, _PROTEIN, _SIDEEFFECT = range(5)
+_BIOKG_RELATIONS = (
+    Relation("disease-protein", _DISEASE, _PROTEIN),
+    Relation("drug-disease", _DRUG, _DISEASE),
+    *(Relation(f"drug-drug_{k}", _DRUG, _DRUG) for k in range(38)),
+    Relation("drug-protein", _DRUG, _PROTEIN),
+    Relation("drug-sideeffect", _DRUG, _SIDEEFFECT),
+    Relation("function-function", _FUNCTION, _FUNCTION),
+    Relation("protein-function", _PROTEIN, _FUNCTION),
+    *(
+        Relation(f"protein-protein_{kind}", _PROTEIN, _PROTEIN)
+        for kind in ("activation", "binding", "catalysis", "expression", "inhibition", "ptmod", "reaction")
+    ),
+)
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        _rdf("aifb", nodes=7_262, edges=48_810, etypes=104),
+        _rdf("mutag", nodes=27_163, edges=148_100, etypes=50),
+        _rdf("bgs", nodes=94_806, edges=672_884, etypes=122),
+        _rdf("am", nodes=881_680, edges=5_668_682, etypes=108),
+        Profile(
+            name="mag",
+            source="ogbn-mag (Hu et al., 2020, Open Graph Benchmark), without reverse edges",
+            ntype_names=_MAG_TYPES,
+            ntype_sizes=(736_389, 1_134_649, 8_740, 59_965),
+            num_edges=21_111_007,
+            num_etypes=4,
+            relations=(
+                Relation("affiliated_with", _AUTHOR, _INSTITUTION, 1_043_998),
+                Relation("writes", _AUTHOR, _PAPER, 7_145_660),
+                Relation("cites", _PAPER, _PAPER, 5_416_271),
+                Relation("has_topic", _PAPER, _FIELD, 7_505_078),
+            ),
+        ),
+        Profile(
+            name="wikikg2",
+            source="ogbl-wikikg2 (Hu et al., 2020, Open Graph Benchmark), training edges",
+            ntype_names=("entity",),
+            ntype_sizes=(2_500_604,),
+            num_edges=16_109_182,
+            num_etypes=535,
+        ),
+        Profile(
+            name="fb15k",
+            source=(
+                "FB15k-237 (Toutanova and Chen, 2015): 14,541 entities, 237 relations, "
+                "310,116 triples over all splits, with a reverse edge per triple"
+            ),
+            ntype_names=("entity",),
+            ntype_sizes=(14_541,),
+            num_edges=620_232,
+            num_etypes=474,
+            reverse_pairs=True,
+        ),
+        Profile(
+            name="biokg",
+            source="ogbl-biokg (Hu et al., 2020, Open Graph Benchmark), training edges",
+            ntype_names=_BIOKG_TYPES,
+            ntype_sizes=(10_687, 10_533, 45_085, 17_499, 9_969),
+            num_edges=4_762_678,
+            num_etypes=51,
+            relations=_BIOKG_RELATIONS,
+        ),
+    )
+}
+
+# Shape of the generator, shared by every profile. A relation's mean out-degree
+# per active source (and in-degree per active target) is drawn log-uniformly from
+# _DEGREE_RANGE; the Zipf exponents over its ranked sources and targets from
+# _SRC_SKEW and _DST_SKEW; node popularity is Pareto with shape _POPULARITY.
+_DEGREE_RANGE = (1.5, 8.0)
+_SRC_SKEW = (0.7, 1.1)
+_DST_SKEW = (0.5, 1.0)
+_POPULARITY = 1.5
+_DEDUP_ROUNDS = 8
+
+
+def scaled_count(count: int, scale: float) -> int:
+    """``count * scale`` rounded to the nearest integer (halves round up)."""
+    return int(math.floor(count * scale + 0.5))
+
+
+def _apportion(total: int, weights: np.ndarray, minimum: int) -> np.ndarray:
+    """Split ``total`` into integer parts proportional to ``weights`` (largest remainder).
+
+    When ``total`` allows it, parts whose share falls below ``minimum`` get exactly
+    ``minimum`` and the rest is shared among the others, so large parts stay
+    within one of their proportional share. Ties go to the lower index.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    fixed = np.zeros(weights.size, dtype=bool)
+    if minimum > 0 and total >= minimum * weights.size:
+        while True:
+            free = np.where(fixed, 0.0, weights)
+            free_total = total - minimum * int(fixed.sum())
+            quota = free / max(free.sum(), 1e-300) * free_total
+            below = ~fixed & (quota < minimum)
+            if not below.any():
+                break
+            fixed |= below
+    free = np.where(fixed, 0.0, weights)
+    rest = total - minimum * int(fixed.sum())
+    if rest == 0 or free.sum() == 0.0:
+        return np.where(fixed, minimum, 0).astype(np.int64)
+    quota = free / free.sum() * rest
+    counts = np.floor(quota).astype(np.int64)
+    short = rest - int(counts.sum())
+    if short:
+        order = np.argsort(-(quota - counts), kind="stable")
+        counts[order[:short]] += 1
+    return np.where(fixed, minimum, counts)
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. (``np.unique`` hashes int64 keys and is ~50x slower.)"""
+    values = np.sort(values)
+    keep = np.empty(values.size, dtype=bool)
+    keep[:1] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _zipf_ranks(rng: np.random.Generator, size: int, exponent: float, count: int) -> np.ndarray:
+    """``count`` ranks in ``[0, size)`` with ``P(rank k)`` roughly ``∝ (k + 1) ** -exponent``.
+
+    Inverse-CDF sampling of the continuous power law on ``[1, size + 1)``;
+    ``exponent=0`` is uniform.
+    """
+    # float32 halves the cost of the powers; its 24-bit mantissa resolves ranks
+    # far beyond the largest node type.
+    u = rng.random(count, dtype=np.float32)
+    top = np.float32(size + 1.0)
+    if abs(exponent - 1.0) < 1e-9:
+        x = np.power(top, u)
+    else:
+        a = float(1.0 - exponent)  # a Python float keeps the arithmetic in float32
+        x = np.power(1.0 + u * (top**a - 1.0), 1.0 / a)
+    return np.minimum(x.astype(np.int64) - 1, size - 1)
+
+
+def _sorted_uniforms(rng: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` uniform draws on ``[0, 1)``, ascending, in O(count): normalised
+    partial sums of exponential gaps are distributed as sorted uniforms."""
+    partial = np.cumsum(rng.standard_exponential(count + 1))
+    return partial[:-1] / partial[-1]
+
+
+def _isin_sorted(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    if sorted_keys.size == 0:
+        return np.zeros(query.size, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, query), sorted_keys.size - 1)
+    return sorted_keys[pos] == query
+
+
+class _NodeBlock:
+    """The id block of one node type: popularity, and a queue of nodes to cover.
+
+    Nodes are handled by *popularity position* (0 = most popular), so a sorted set
+    of positions is already ranked. Relation subsets mix positions drawn by
+    popularity with positions taken in turn from a random permutation, so that
+    together they touch every node the edge budget allows (real triple stores have
+    few isolated nodes).
+    """
+
+    def __init__(self, rng: np.random.Generator, start: int, size: int):
+        self.start, self.size = start, size
+        popularity = rng.pareto(_POPULARITY, size) + 1.0
+        self.by_popularity = np.argsort(-popularity, kind="stable")
+        cdf = np.cumsum(popularity[self.by_popularity])
+        self.cdf = cdf / cdf[-1]
+        self.cover_order = rng.permutation(size)
+        self.cover_next = 0
+
+    def ranked_subset(self, rng: np.random.Generator, want: int, fresh: int) -> np.ndarray:
+        """About ``want`` global ids of this type, ``fresh`` of them not yet covered,
+        most popular first."""
+        if 2 * want >= self.size:
+            return self.by_popularity + self.start
+        taken = np.sort(self.cover_order[self.cover_next : self.cover_next + fresh])
+        self.cover_next += taken.size
+        # Sorted queries into a CDF whose mass sits at its start keep the binary
+        # searches cache-friendly, and give sorted (= ranked) positions.
+        picks = np.searchsorted(self.cdf, _sorted_uniforms(rng, want - taken.size), side="right")
+        picks = np.minimum(picks, self.size - 1)
+        positions = _sorted_unique(np.concatenate([taken, picks]))
+        return self.by_popularity[positions] + self.start
+
+
+def _relation_sizes(profile: Profile, rng: np.random.Generator, scale: float) -> np.ndarray:
+    relations = profile.forward_relations
+    published = [r.num_edges for r in relations]
+    if all(n is not None for n in published):
+        full = np.asarray(published, dtype=np.int64)
+    else:
+        ranks = rng.permutation(len(relations)) + 1.0
+        full = _apportion(profile.num_forward_edges, ranks**-profile.zipf_exponent, minimum=1)
+    if scale == 1.0:
+        return full
+    total = scaled_count(profile.num_forward_edges, scale)
+    return _apportion(total, full.astype(np.float64), minimum=0)
+
+
+def _node_sizes(profile: Profile, scale: float) -> np.ndarray:
+    full = np.asarray(profile.ntype_sizes, dtype=np.int64)
+    if scale == 1.0:
+        return full
+    total = scaled_count(profile.num_nodes, scale)
+    if total < len(full):
+        raise ValueError(
+            f"Expected `scale` to leave at least one node per node type of {profile.name!r} "
+            f"({len(full)} types), got scale={scale} giving {total} nodes"
+        )
+    return _apportion(total, full.astype(np.float64), minimum=1)
+
+
+def _subset_sizes(
+    rng: np.random.Generator, sizes: np.ndarray, src_size: np.ndarray, dst_size: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """How many sources and targets each relation draws its edges among."""
+    low, high = np.log(_DEGREE_RANGE[0]), np.log(_DEGREE_RANGE[1])
+    out_degree = np.exp(rng.uniform(low, high, sizes.size))
+    in_degree = np.exp(rng.uniform(low, high, sizes.size))
+    want_src = np.minimum(src_size, np.ceil(sizes / out_degree)).astype(np.int64)
+    want_dst = np.minimum(dst_size, np.ceil(sizes / in_degree)).astype(np.int64)
+    # Leave room for distinct pairs, twice the edges, where the node types allow.
+    cramped = want_src * want_dst < 2 * sizes
+    need_dst = np.ceil(2 * sizes / np.maximum(want_src, 1)).astype(np.int64)
+    want_dst = np.where(cramped, np.minimum(dst_size, need_dst), want_dst)
+    need_src = np.ceil(2 * sizes / np.maximum(want_dst, 1)).astype(np.int64)
+    want_src = np.where(cramped, np.minimum(src_size, np.maximum(want_src, need_src)), want_src)
+    return want_src, want_dst
+
+
+def _fresh_quotas(wants: np.ndarray, types: np.ndarray, type_sizes: np.ndarray) -> np.ndarray:
+    """Per subset, how many not-yet-covered nodes of its type it takes.
+
+    Each type's nodes are shared among the subsets on that type in proportion to
+    their sizes, never more than a subset holds.
+    """
+    fresh = np.zeros_like(wants)
+    for t, size in enumerate(type_sizes.tolist()):
+        on_type = np.flatnonzero(types == t)
+        demand = int(wants[on_type].sum())
+        if demand:
+            fresh[on_type] = _apportion(min(size, demand), wants[on_type].astype(np.float64), minimum=0)
+    return np.minimum(fresh, wants)
+
+
+def _pair_keys(
+    rng: np.random.Generator, count: int, num_src: int, num_dst: int, src_skew: float, dst_skew: float
+) -> np.ndarray:
+    """``count`` sorted keys ``src_rank * num_dst + dst_rank``, distinct where possible.
+
+    Every rank below ``count`` appears at least once on each side (each node of
+    the subsets gets an edge); the remaining endpoints follow the Zipf laws. A
+    duplicate pair is redrawn; hubs saturate first, so after ``_DEDUP_ROUNDS``
+    rounds the remainder is drawn uniformly, and only a relation denser than its
+    subsets keeps duplicates.
+    """
+    def draw(m: int, s_skew: float, d_skew: float) -> np.ndarray:
+        return _zipf_ranks(rng, num_src, s_skew, m) * num_dst + _zipf_ranks(rng, num_dst, d_skew, m)
+
+    cover_src = min(num_src, count)
+    cover_dst = min(num_dst, count)
+    src_rank = np.concatenate([np.arange(cover_src), _zipf_ranks(rng, num_src, src_skew, count - cover_src)])
+    dst_rank = np.concatenate([np.arange(cover_dst), _zipf_ranks(rng, num_dst, dst_skew, count - cover_dst)])
+    keys = _sorted_unique(src_rank * num_dst + rng.permutation(dst_rank))
+    for skews in [(src_skew, dst_skew)] * _DEDUP_ROUNDS + [(0.0, 0.0)] * _DEDUP_ROUNDS:
+        if keys.size == count:
+            return keys
+        fresh = _sorted_unique(draw(count - keys.size, *skews))
+        fresh = fresh[~_isin_sorted(keys, fresh)]
+        keys = np.sort(np.concatenate([keys, fresh]), kind="stable")
+    return np.sort(np.concatenate([keys, draw(count - keys.size, 0.0, 0.0)]), kind="stable")
+
+
+def generate(profile: Profile | str, scale: float = 1.0, seed: int = 0) -> HeteroGraph:
+    """Generate the synthetic graph of ``profile`` (see the module docstring).
+
+    Args:
+        profile (Profile or str): the profile, or its name in :data:`PROFILES`.
+        scale (float): fraction of the published node and edge counts, in
+            ``(0, 1]``. Default ``1.0`` (exact counts).
+        seed (int): seed of the generator; the same ``(profile, scale, seed)``
+            always gives the same graph. Default ``0``.
+
+    Returns:
+        HeteroGraph: ``round(num_nodes * scale)`` nodes, ``round(num_edges * scale)``
+        edges (twice the rounded forward count for ``reverse_pairs`` profiles) and
+        exactly ``num_etypes`` edge types, with names.
+    """
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"Expected `profile` to be one of {sorted(PROFILES)} (got {profile!r})")
+        profile = PROFILES[profile]
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"Expected `scale` to be a number in (0, 1] (got {scale})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"Expected `seed` to be a non-negative int (got {seed!r})")
+    # Independent streams for sizes, nodes and edges keep the scale-1 relation sizes
+    # (which smaller scales are proportional to) independent of the scale.
+    sequence = np.random.SeedSequence([seed, zlib.crc32(profile.name.encode())])
+    size_rng, node_rng, edge_rng = (np.random.default_rng(s) for s in sequence.spawn(3))
+
+    relations = profile.forward_relations
+    rel_sizes = _relation_sizes(profile, size_rng, scale)
+    node_sizes = _node_sizes(profile, scale)
+    starts = np.concatenate([[0], np.cumsum(node_sizes)[:-1]])
+    blocks = [_NodeBlock(node_rng, int(s), int(n)) for s, n in zip(starts, node_sizes)]
+
+    src_types = np.array([r.src_type for r in relations])
+    dst_types = np.array([r.dst_type for r in relations])
+    want_src, want_dst = _subset_sizes(edge_rng, rel_sizes, node_sizes[src_types], node_sizes[dst_types])
+    fresh = _fresh_quotas(
+        np.concatenate([want_src, want_dst]), np.concatenate([src_types, dst_types]), node_sizes
+    )
+    fresh_src, fresh_dst = fresh[: len(relations)], fresh[len(relations) :]
+    src_skew = edge_rng.uniform(*_SRC_SKEW, len(relations))
+    dst_skew = edge_rng.uniform(*_DST_SKEW, len(relations))
+
+    num_edges = int(rel_sizes.sum())
+    src = torch.empty(num_edges, dtype=torch.int64)
+    dst = torch.empty(num_edges, dtype=torch.int64)
+    etype = torch.empty(num_edges, dtype=torch.int64)
+    offset = 0
+    for r, count in enumerate(rel_sizes.tolist()):
+        if count == 0:
+            continue
+        sources = blocks[src_types[r]].ranked_subset(edge_rng, int(want_src[r]), int(fresh_src[r]))
+        targets = blocks[dst_types[r]].ranked_subset(edge_rng, int(want_dst[r]), int(fresh_dst[r]))
+        keys = _pair_keys(edge_rng, count, sources.size, targets.size, src_skew[r], dst_skew[r])
+        src[offset : offset + count] = torch.from_numpy(sources[keys // targets.size])
+        dst[offset : offset + count] = torch.from_numpy(targets[keys % targets.size])
+        etype[offset : offset + count] = r
+        offset += count
+
+    ntype = torch.repeat_interleave(
+        torch.arange(len(node_sizes), dtype=torch.int64), torch.from_numpy(node_sizes)
+    )
+    if len(profile.ntype_names) > 1:
+        names = [(profile.ntype_names[r.src_type], r.name, profile.ntype_names[r.dst_type]) for r in relations]
+    else:
+        names = [r.name for r in relations]
+    graph = HeteroGraph(
+        src,
+        dst,
+        etype,
+        num_nodes=int(node_sizes.sum()),
+        ntype=ntype,
+        num_etypes=len(relations),
+        num_ntypes=len(profile.ntype_names),
+        etype_names=names,
+        ntype_names=profile.ntype_names,
+    )
+    return add_reverse_edges(graph) if profile.reverse_pairs else graph
+
+
+def describe(profile: Profile, graph: HeteroGraph, scale: float, seed: int) -> str:
+    """A description naming the published numbers and what was generated."""
+    nodes = f"{profile.num_nodes:,} nodes"
+    if len(profile.ntype_names) > 1:
+        parts = ", ".join(f"{n} {s:,}" for n, s in zip(profile.ntype_names, profile.ntype_sizes))
+        nodes += f" in {len(profile.ntype_names)} node types ({parts})"
+    edges = f"{profile.num_edges:,} edges in {profile.num_etypes} edge types"
+    if all(r.num_edges is not None for r in profile.forward_relations):
+        parts = "; ".join(
+            f"{profile.ntype_names[r.src_type]}-{r.name}-{profile.ntype_names[r.dst_type]} {r.num_edges:,}"
+            for r in profile.forward_relations
+        )
+        edges += f" ({parts})"
+    return (
+        f"Synthetic stand-in for {profile.name!r}, generated locally: NOT the real data. "
+        f"Published statistics ({profile.source}): {nodes}; {edges}. "
+        f"Generated at scale={scale}, seed={seed}: {graph.num_nodes:,} nodes, "
+        f"{graph.num_edges:,} edges, {graph.num_etypes} edge types."
+    )
