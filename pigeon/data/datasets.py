@@ -32,7 +32,7 @@ from typing import Mapping
 import torch
 
 from pigeon.data.graph import HeteroGraph
-from pigeon.data.kg import KG_NAMES, add_reverse_edges, load_kg
+from pigeon.data.kg import KG_NAMES, load_kg
 from pigeon.data.ogb import OGB_NAMES, load_ogb
 from pigeon.data.profiles import PROFILES, describe, generate
 
@@ -180,7 +180,7 @@ def load(
     else:
         dataset = _load_ogb(name, root)
     if reverse and source is not Source.PROFILE:
-        dataset = _with_graph(dataset, add_reverse_edges(dataset.graph), "reverse relations added")
+        dataset = _with_graph(dataset, dataset.graph.with_reverse_edges(), "reverse relations added")
     return dataset
 
 
@@ -204,7 +204,7 @@ def _load_profile(name: str, scale: float, seed: int, root, reverse: bool) -> Da
     graph = generate(profile, scale, seed)
     description = describe(profile, graph, scale, seed)
     if reverse:
-        graph = add_reverse_edges(graph)
+        graph = graph.with_reverse_edges()
         description += (
             f" With reverse edges (reverse=True): {graph.num_edges:,} edges, "
             f"{graph.num_etypes} edge types."

@@ -381,6 +381,38 @@ class HeteroGraph:
             max_in_degree=int(in_deg.max()) if in_deg.numel() else 0,
         )
 
+    def with_reverse_edges(self) -> "HeteroGraph":
+        """This graph plus one reverse edge per edge, in relations of their own.
+
+        With ``R = self.num_etypes``, edge ``(u, v, r)`` gains ``(v, u, r + R)``; the
+        reverse edges follow the originals in the edge list. Relation names become
+        ``rev_<name>``, and a ``(src_type, rel, dst_type)`` name becomes
+        ``(dst_type, rev_<rel>, src_type)``. This is the inverse-relation convention
+        of R-GCN and NBFNet.
+        """
+        num_rel = self.num_etypes
+        names = None
+        if self.etype_names is not None:
+            reversed_names = []
+            for name in self.etype_names:
+                if isinstance(name, tuple):
+                    src_type, rel, dst_type = name
+                    reversed_names.append((dst_type, f"rev_{rel}", src_type))
+                else:
+                    reversed_names.append(f"rev_{name}")
+            names = list(self.etype_names) + reversed_names
+        return HeteroGraph(
+            torch.cat([self.src, self.dst]),
+            torch.cat([self.dst, self.src]),
+            torch.cat([self.etype, self.etype + num_rel]),
+            num_nodes=self.num_nodes,
+            ntype=self.ntype,
+            num_etypes=2 * num_rel,
+            num_ntypes=self.num_ntypes,
+            etype_names=names,
+            ntype_names=self.ntype_names,
+        )
+
     # ---- movement ----------------------------------------------------------------
     def to(self, device) -> "HeteroGraph":
         """A copy on ``device`` that carries every layout computed so far."""

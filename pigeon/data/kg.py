@@ -18,7 +18,7 @@ import torch
 
 from pigeon.data.graph import HeteroGraph
 
-__all__ = ["KG_NAMES", "SPLITS", "KnowledgeGraph", "pykeen_folder", "read_triples", "load_kg", "add_reverse_edges"]
+__all__ = ["KG_NAMES", "SPLITS", "KnowledgeGraph", "pykeen_folder", "read_triples", "load_kg"]
 
 KG_NAMES = ("kinships", "umls", "nations")
 SPLITS = ("train", "valid", "test")
@@ -123,37 +123,4 @@ def load_kg(name: str, root: str | Path | None = None) -> KnowledgeGraph:
     )
     return KnowledgeGraph(
         graph, tensors["train"], tensors["valid"], tensors["test"], tuple(entities), tuple(relations), folder
-    )
-
-
-def add_reverse_edges(graph: HeteroGraph) -> HeteroGraph:
-    """``graph`` plus one reverse edge per edge, in relations of their own.
-
-    With ``R = graph.num_etypes``, edge ``(u, v, r)`` gains ``(v, u, r + R)``; the
-    reverse edges follow the originals in the edge list. Relation names become
-    ``rev_<name>``, and a ``(src_type, rel, dst_type)`` name becomes
-    ``(dst_type, rev_<rel>, src_type)``. This is the inverse-relation convention
-    of R-GCN and NBFNet.
-    """
-    num_rel = graph.num_etypes
-    names = None
-    if graph.etype_names is not None:
-        reversed_names = []
-        for name in graph.etype_names:
-            if isinstance(name, tuple):
-                src_type, rel, dst_type = name
-                reversed_names.append((dst_type, f"rev_{rel}", src_type))
-            else:
-                reversed_names.append(f"rev_{name}")
-        names = list(graph.etype_names) + reversed_names
-    return HeteroGraph(
-        torch.cat([graph.src, graph.dst]),
-        torch.cat([graph.dst, graph.src]),
-        torch.cat([graph.etype, graph.etype + num_rel]),
-        num_nodes=graph.num_nodes,
-        ntype=graph.ntype,
-        num_etypes=2 * num_rel,
-        num_ntypes=graph.num_ntypes,
-        etype_names=names,
-        ntype_names=graph.ntype_names,
     )

@@ -47,7 +47,6 @@ import numpy as np
 import torch
 
 from pigeon.data.graph import HeteroGraph
-from pigeon.data.kg import add_reverse_edges
 
 __all__ = ["Relation", "Profile", "PROFILES", "generate", "describe", "scaled_count"]
 
@@ -536,7 +535,7 @@ def generate(profile: Profile | str, scale: float = 1.0, seed: int = 0) -> Heter
         etype_names=names,
         ntype_names=profile.ntype_names,
     )
-    return add_reverse_edges(graph) if profile.reverse_pairs else graph
+    return graph.with_reverse_edges() if profile.reverse_pairs else graph
 
 
 def describe(profile: Profile, graph: HeteroGraph, scale: float, seed: int) -> str:

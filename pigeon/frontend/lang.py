@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping
 
 from pigeon.ir.builder import Builder, IRError
 from pigeon.ir.graph_ir import (
-    BUILTIN_MAPS, COMPACT_DST_OF_EDGE, DST, EDGE, ETYPE, GLOBAL, NODE, NTYPE, SRC, Binary, Op, Program,
-    Reduce, SourceLoc, Space, TensorType, Unary,
+    COMPACT_DST_OF_EDGE, DST, EDGE, ETYPE, GLOBAL, NODE, NTYPE, SRC, Binary, Op, Program,
+    Reduce, SourceLoc, Space, TensorType, Unary, map_between,
 )
 
 __all__ = [
@@ -148,9 +148,9 @@ class _Tracer:
         """Read a typed value for each row of ``space`` (implicit typed lookup)."""
         if value.space in (space, GLOBAL):
             return value
-        for index in BUILTIN_MAPS.values():
-            if index.source == space and index.target == value.space:
-                return self.add(Op.GATHER, (value,), index=index)
+        index = map_between(space, value.space)
+        if index is not None:
+            return self.add(Op.GATHER, (value,), index=index)
         raise IRError(
             f"expected a value in {space} space, or one typed so that each {space} row has one entry, "
             f"got {value.type}", _caller_loc(),
@@ -219,9 +219,9 @@ def linear(x: Sym, w: Sym) -> Sym:
     tracer = x.tracer
     if w.space == GLOBAL:
         return tracer.add(Op.LINEAR, (x, w))
-    for index in BUILTIN_MAPS.values():
-        if index.source == x.space and index.target == w.space:
-            return tracer.add(Op.TYPED_LINEAR, (x, w), index=index)
+    index = map_between(x.space, w.space)
+    if index is not None:
+        return tracer.add(Op.TYPED_LINEAR, (x, w), index=index)
     raise IRError(
         f"linear: a weight typed per {w.space} needs rows that have a {w.space} "
         f"(edge rows for per-etype, node rows for per-ntype), got rows in {x.space} space",

@@ -28,7 +28,7 @@ __all__ = [
     "Space", "IndexMap", "Op", "Unary", "Binary", "Reduce", "TensorType", "SourceLoc",
     "Node", "Program", "replace", "NODE", "EDGE", "COMPACT_SRC", "COMPACT_DST", "ETYPE",
     "NTYPE", "GLOBAL", "SRC", "DST", "ETYPE_OF_EDGE", "NTYPE_OF_NODE", "BUILTIN_MAPS",
-    "COMPACT_SRC_OF_EDGE", "COMPACT_DST_OF_EDGE",
+    "COMPACT_SRC_OF_EDGE", "COMPACT_DST_OF_EDGE", "map_between",
 ]
 
 
@@ -85,6 +85,14 @@ BUILTIN_MAPS = {
         NODE_OF_COMPACT_SRC, NODE_OF_COMPACT_DST, ETYPE_OF_COMPACT_SRC, ETYPE_OF_COMPACT_DST,
     )
 }
+
+
+def map_between(source: Space, target: Space) -> IndexMap | None:
+    """The built-in map from ``source`` rows to ``target`` rows, if there is one."""
+    for index in BUILTIN_MAPS.values():
+        if index.source == source and index.target == target:
+            return index
+    return None
 
 
 class Op(enum.Enum):

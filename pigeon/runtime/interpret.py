@@ -105,13 +105,19 @@ def segment_reduce(x: torch.Tensor, index: torch.Tensor, size: int, how: Reduce)
     return out
 
 
-def _typed_linear(x: torch.Tensor, w: torch.Tensor, index: torch.Tensor, batched: bool) -> torch.Tensor:
-    out = x.new_zeros(*x.shape[:-1], w.shape[-1])
-    for t in range(w.shape[0]):
+def _rows_by_type(index: torch.Tensor, num_types: int):
+    """``(t, rows of type t)`` for every type that has rows."""
+    for t in range(num_types):
         rows = torch.nonzero(index == t, as_tuple=True)[0]
         if rows.numel():
-            part = x[rows]
-            out[rows] = torch.einsum("r...i,...io->r...o", part, w[t]) if batched else part @ w[t]
+            yield t, rows
+
+
+def _typed_linear(x: torch.Tensor, w: torch.Tensor, index: torch.Tensor, batched: bool) -> torch.Tensor:
+    out = x.new_zeros(*x.shape[:-1], w.shape[-1])
+    for t, rows in _rows_by_type(index, w.shape[0]):
+        part = x[rows]
+        out[rows] = torch.einsum("r...i,...io->r...o", part, w[t]) if batched else part @ w[t]
     return out
 
 
@@ -165,10 +171,8 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
             else:
                 index, size = resolve_index(graph, node.attr("index"), bindings)
                 value = x.new_zeros(size, *node.type.shape)
-                for t in range(size):
-                    rows = torch.nonzero(index == t, as_tuple=True)[0]
-                    if rows.numel():
-                        value[t] = torch.einsum(spec, x[rows], dy[rows])
+                for t, rows in _rows_by_type(index, size):
+                    value[t] = torch.einsum(spec, x[rows], dy[rows])
         elif op in (Op.UNARY, Op.BINARY, Op.DOT):
             if op is Op.UNARY:
                 value = _unary(node.attr("fn"), args[0], node)
