@@ -17,7 +17,7 @@ from pigeon.ir.autodiff import backward_program
 from pigeon.nn import functional
 from pigeon.runtime.interpret import run
 from strategies import hetero_graphs
-from test_layer_language import _param_shapes
+from test_layer_language import _param_shapes, nbfnet_case
 
 
 def _check_backward(program, graph, inputs, params):
@@ -83,4 +83,15 @@ def test_layer_backward_programs(graph, name, make, config):
     inputs = {"x": torch.randn(graph.num_nodes, in_dim, dtype=torch.float64, generator=gen)}
     params = {k: v.detach().clone() for k, v in module.named_parameters()}
     program = fn.trace({"x": (in_dim,)}, _param_shapes(fn, module), **config)
+    _check_backward(program, graph, inputs, params)
+
+
+@pytest.mark.parametrize("message, aggregate", [("distmult", "pna"), ("rotate", "max"), ("transe", "mean"),
+                                                ("distmult", "min")])
+@settings(max_examples=8)
+@given(graph=hetero_graphs(max_nodes=10, max_edges=30))
+def test_nbfnet_backward_programs(graph, message, aggregate):
+    program, inputs, params, _, _ = nbfnet_case(graph, message, aggregate)
+    inputs = {k: v.detach().clone() for k, v in inputs.items()}
+    params = {k: v.detach().clone() for k, v in params.items()}
     _check_backward(program, graph, inputs, params)

@@ -34,7 +34,7 @@ from pigeon.ir.graph_ir import (
 )
 
 __all__ = [
-    "PerEtype", "PerNtype", "Shared", "Layer", "layer", "Sym", "GraphSym", "linear", "dot",
+    "PerEtype", "PerNtype", "Shared", "EtypeInput", "equal", "chunk", "mean_rows", "Layer", "layer", "Sym", "GraphSym", "linear", "dot",
     "relu", "leaky_relu", "exp", "log", "sqrt", "sigmoid", "tanh", "gelu", "maximum", "minimum",
     "edge_softmax", "aggregate", "concat", "split_heads", "merge_heads", "reshape", "layer_norm", "sum_last",
 ]
@@ -52,6 +52,20 @@ class _ParamKind:
 PerEtype = _ParamKind(ETYPE, "PerEtype")   #: a parameter with one entry per edge type
 PerNtype = _ParamKind(NTYPE, "PerNtype")   #: a parameter with one entry per node type
 Shared = _ParamKind(GLOBAL, "Shared")      #: an untyped parameter
+
+
+@dataclass(frozen=True)
+class _InputKind:
+    space: Space
+    label: str
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+#: an input with one row per edge type (NBFNet's query-dependent relation vectors);
+#: unannotated inputs have one row per node.
+EtypeInput = _InputKind(ETYPE, "EtypeInput")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -164,8 +178,22 @@ class _Tracer:
             return values
         return tuple(self.to_space(v, space) for v in values)
 
-    def binary(self, fn: Binary, a: Sym, b: Sym) -> Sym:
+    def rows_broadcast(self, a: Sym, b: Sym) -> tuple[Sym, Sym]:
+        """Two row values whose shapes differ, the shorter a prefix of the longer: the
+        shorter scales the leading dims (``alpha[heads] * z[heads, dim]``). Global values
+        broadcast from the right, as in NumPy."""
         a, b = self.common(a, b)
+        if GLOBAL in (a.space, b.space) or a.shape == b.shape:
+            return a, b
+        short, long_ = sorted((a, b), key=lambda v: len(v.shape))
+        if long_.shape[: len(short.shape)] == short.shape:
+            pad = (1,) * (len(long_.shape) - len(short.shape))
+            widened = self.add(Op.RESHAPE, (short,), shape=short.shape + pad)
+            return (widened, long_) if short is a else (long_, widened)
+        return a, b
+
+    def binary(self, fn: Binary, a: Sym, b: Sym) -> Sym:
+        a, b = self.rows_broadcast(a, b)
         return self.add(Op.BINARY, (a, b), fn=fn)
 
     def unary(self, fn: Unary, x: Sym, **attrs) -> Sym:
@@ -214,14 +242,15 @@ def _expect_space(x, space: Space, what: str) -> Sym:
 
 # ---- operations ---------------------------------------------------------------------
 
-def linear(x: Sym, w: Sym) -> Sym:
-    """``x @ w``; a typed ``w`` multiplies each row by the weight of the row's type."""
+def linear(x: Sym, w: Sym, *, transpose: bool = False) -> Sym:
+    """``x @ w`` (``x @ w.T`` with ``transpose``, for ``nn.Linear``-shaped weights);
+    a typed ``w`` multiplies each row by the weight of the row's type."""
     tracer = x.tracer
     if w.space == GLOBAL:
-        return tracer.add(Op.LINEAR, (x, w))
+        return tracer.add(Op.LINEAR, (x, w), transpose_w=transpose)
     index = map_between(x.space, w.space)
     if index is not None:
-        return tracer.add(Op.TYPED_LINEAR, (x, w), index=index)
+        return tracer.add(Op.TYPED_LINEAR, (x, w), index=index, transpose_w=transpose)
     raise IRError(
         f"linear: a weight typed per {w.space} needs rows that have a {w.space} "
         f"(edge rows for per-etype, node rows for per-ntype), got rows in {x.space} space",
@@ -231,8 +260,26 @@ def linear(x: Sym, w: Sym) -> Sym:
 
 def dot(a: Sym, b: Sym) -> Sym:
     """Dot product over the last dim (per head when rows are ``[heads, dim]``)."""
-    a, b = a.tracer.common(a, b)
+    a, b = a.tracer.rows_broadcast(a, b)
     return a.tracer.add(Op.DOT, (a, b))
+
+
+def equal(a: Sym, b) -> Sym:
+    """1.0 where ``a == b``, else 0.0 (no gradient)."""
+    return a._binary(Binary.EQ, b)
+
+
+def chunk(x: Sym, parts: int) -> tuple[Sym, ...]:
+    """Split the last dim into ``parts`` equal pieces."""
+    width = x.shape[-1] // parts
+    if width * parts != x.shape[-1]:
+        raise IRError(f"chunk: expected a last dim divisible by {parts}, got {x.type}", _caller_loc())
+    return tuple(x.tracer.add(Op.SLICE_LAST, (x,), start=i * width, stop=(i + 1) * width) for i in range(parts))
+
+
+def mean_rows(x: Sym) -> Sym:
+    """The mean over all rows (a global value)."""
+    return x.tracer.add(Op.MEAN_ROWS, (x,))
 
 
 def sum_last(x: Sym) -> Sym:
@@ -284,10 +331,11 @@ def edge_softmax(g: GraphSym, scores: Sym) -> Sym:
     return g._tracer.add(Op.SEGMENT_SOFTMAX, (_expect_space(scores, EDGE, "edge_softmax"),), index=DST)
 
 
-def aggregate(g: GraphSym, messages: Sym, reduce: str = "sum") -> Sym:
+def aggregate(g: GraphSym, messages: Sym, reduce: str = "sum", *, self_message: Sym | None = None) -> Sym:
     """Reduce per-edge ``messages`` into their destination nodes: sum, mean, max or min.
 
-    Nodes with no incoming edge get zeros.
+    Nodes with no incoming edge get zeros. ``self_message`` (node rows) joins every
+    node's reduction as one more message, as NBFNet's boundary condition does.
     """
     try:
         how = Reduce(reduce)
@@ -296,7 +344,10 @@ def aggregate(g: GraphSym, messages: Sym, reduce: str = "sum") -> Sym:
             f"aggregate: expected `reduce` to be one of {[r.value for r in Reduce]}, got {reduce!r}",
             _caller_loc(),
         ) from None
-    return g._tracer.add(Op.AGGREGATE, (_expect_space(messages, EDGE, "aggregate"),), index=DST, reduce=how)
+    operands = (_expect_space(messages, EDGE, "aggregate"),)
+    if self_message is not None:
+        operands += (_expect_space(self_message, NODE, "aggregate self_message"),)
+    return g._tracer.add(Op.AGGREGATE, operands, index=DST, reduce=how)
 
 
 def concat(*values: Sym) -> Sym:
@@ -344,6 +395,7 @@ class Layer:
             raise TypeError(f"layer {self.name}: expected the graph as the first argument")
         self.param_kinds: dict[str, _ParamKind] = {}
         self.input_names: list[str] = []
+        self.input_spaces: dict[str, Space] = {}
         self.config_names: list[str] = []
         self.optional_params: set[str] = set()
         for p in params[1:]:
@@ -355,6 +407,7 @@ class Layer:
                     self.optional_params.add(p.name)
             else:
                 self.input_names.append(p.name)
+                self.input_spaces[p.name] = p.annotation.space if isinstance(p.annotation, _InputKind) else NODE
         functools.update_wrapper(self, fn)
 
     def trace(self, inputs: Mapping[str, tuple[int, ...]], params: Mapping[str, tuple[int, ...]],
@@ -362,7 +415,8 @@ class Layer:
         """Trace to a level-1 program.
 
         Args:
-            inputs: row shape of each node input, e.g. ``{"h": (64,)}``.
+            inputs: row shape of each input, e.g. ``{"h": (64,)}`` (without the type dim
+                for an ``EtypeInput``).
             params: shape of each parameter without its type dim, e.g. ``{"W": (64, 64)}``
                 for a ``[num_etypes, 64, 64]`` weight. A parameter declared with default
                 ``None`` may be left out; the function then receives ``None``.
@@ -376,7 +430,7 @@ class Layer:
         tracer = _Tracer()
         args = [GraphSym(tracer)]
         for name in self.input_names:
-            args.append(tracer.add(Op.INPUT, type=TensorType(NODE, tuple(inputs[name])), name=name))
+            args.append(tracer.add(Op.INPUT, type=TensorType(self.input_spaces[name], tuple(inputs[name])), name=name))
         for name, kind in self.param_kinds.items():
             if name not in params:  # an optional parameter the module does not have
                 args.append(None)

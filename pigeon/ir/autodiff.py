@@ -43,9 +43,16 @@ class _Adjoints:
         return self.binary(Binary.MUL, a, c)
 
     def reduce_to(self, grad: int, target: TensorType) -> int:
-        """Undo broadcasting: sum trailing dims, then rows if ``target`` is GLOBAL."""
-        while len(self.b.type_of(grad).shape) > len(target.shape):
-            grad = self.b.add(Op.SUM_LAST, (grad,))
+        """Undo NumPy broadcasting of row shapes, then of rows if ``target`` is GLOBAL."""
+        shape = self.b.type_of(grad).shape
+        lead = len(shape) - len(target.shape)
+        dims = tuple(range(lead)) + tuple(
+            lead + i for i, n in enumerate(target.shape) if n == 1 and shape[lead + i] != 1
+        )
+        if dims:
+            grad = self.b.add(Op.SUM_DIMS, (grad,), dims=dims)
+        if self.b.type_of(grad).shape != target.shape:
+            grad = self.b.add(Op.RESHAPE, (grad,), shape=target.shape)
         if target.space == GLOBAL and self.b.type_of(grad).space != GLOBAL:
             grad = self.b.add(Op.SUM_ROWS, (grad,))
         return grad
@@ -101,25 +108,46 @@ class _Adjoints:
             self.accumulate(ins[0], self.b.add(Op.PAD_LAST, (g,), **pad))
         elif op is Op.LAYER_NORM:
             self._layer_norm(node, y, g)
+        elif op in (Op.SUM_ROWS, Op.MEAN_ROWS):
+            space = self.forward.nodes[ins[0]].type.space
+            spread = self.b.add(Op.BROADCAST_ROWS, (g,), space=space)
+            if op is Op.MEAN_ROWS:
+                ones = self.b.add(Op.BROADCAST_ROWS, (self.const(1.0),), space=space)
+                count = self.binary(Binary.MAX, self.b.add(Op.SUM_ROWS, (ones,)), self.const(1.0))
+                spread = self.binary(Binary.DIV, spread, count)
+            self.accumulate(ins[0], spread)
+        elif op is Op.BROADCAST_ROWS:
+            self.accumulate(ins[0], self.b.add(Op.SUM_ROWS, (g,)))
         else:
             raise IRError(f"autodiff: no vector-Jacobian rule for {op.value}", node.loc)
 
     def _aggregate(self, node: Node, y: int, g: int) -> None:
         index, how = node.attr("index"), node.attr("reduce")
-        x = node.inputs[0]
+        x, init = node.inputs[0], (node.inputs[1] if len(node.inputs) > 1 else None)
         if how is Reduce.SUM:
             self.accumulate(x, self.b.add(Op.GATHER, (g,), index=index))
+            if init is not None:
+                self.accumulate(init, g)
             return
         if how is Reduce.MEAN:
-            count = self.binary(Binary.MAX, self.b.add(Op.DEGREE, index=index), self.const(1.0))
-            self.accumulate(x, self.b.add(Op.GATHER, (self.binary(Binary.DIV, g, count),), index=index))
+            count = self.b.add(Op.DEGREE, index=index)
+            if init is not None:  # the self message is one more row of every mean
+                count = self.binary(Binary.ADD, count, self.const(1.0))
+            share = self.binary(Binary.DIV, g, self.binary(Binary.MAX, count, self.const(1.0)))
+            self.accumulate(x, self.b.add(Op.GATHER, (share,), index=index))
+            if init is not None:
+                self.accumulate(init, share)
             return
         # max / min: the gradient goes to the rows that attain the extremum, split among ties.
         hit = self.binary(Binary.EQ, self.remap[x], self.b.add(Op.GATHER, (y,), index=index))
-        ties = self.binary(Binary.MAX, self.b.add(Op.AGGREGATE, (hit,), index=index, reduce=Reduce.SUM),
-                           self.const(1.0))
-        share = self.b.add(Op.GATHER, (self.binary(Binary.DIV, g, ties),), index=index)
-        self.accumulate(x, self.mul(hit, share))
+        ties = self.b.add(Op.AGGREGATE, (hit,), index=index, reduce=Reduce.SUM)
+        if init is not None:
+            hit_init = self.binary(Binary.EQ, self.remap[init], y)
+            ties = self.binary(Binary.ADD, ties, hit_init)
+        share = self.binary(Binary.DIV, g, self.binary(Binary.MAX, ties, self.const(1.0)))
+        self.accumulate(x, self.mul(hit, self.b.add(Op.GATHER, (share,), index=index)))
+        if init is not None:
+            self.accumulate(init, self.mul(hit_init, share))
 
     def _linear(self, node: Node, g: int) -> None:
         x, w = node.inputs

@@ -36,6 +36,9 @@ class Builder:
 
     def add(self, op: Op, inputs: tuple[int, ...] = (), *, loc: SourceLoc | None = None,
             type: TensorType | None = None, **attrs) -> int:
+        # Canonical attributes: flags that are off and absent options are not stored, so
+        # equal nodes compare equal (CSE) and print the same.
+        attrs = {k: v for k, v in attrs.items() if v is not None and v is not False}
         types = tuple(self.nodes[i].type for i in inputs)
         try:
             result = _infer_node(op, types, attrs, type)

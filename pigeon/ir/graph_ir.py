@@ -102,7 +102,9 @@ class Op(enum.Enum):
     PARAM = "param"                # name: a learned parameter
     CONST = "const"                # value: a scalar, broadcast to the result type
     GATHER = "gather"              # index: IndexMap; x in index.target -> index.source
-    AGGREGATE = "aggregate"        # index, reduce: Reduce; x in index.source -> index.target
+    AGGREGATE = "aggregate"        # index, reduce: Reduce; x in index.source -> index.target;
+                                   # an optional 2nd operand in index.target joins each reduction
+                                   # as one more row (a self message: NBFNet's boundary)
     SEGMENT_SOFTMAX = "softmax"    # index; softmax of x over the rows that share a target
     DEGREE = "degree"              # index; number of source rows per target row
     LINEAR = "linear"              # transpose_w; x [.., in] @ w [in, out], w in GLOBAL
@@ -113,12 +115,15 @@ class Op(enum.Enum):
     BINARY = "binary"              # fn: Binary; broadcasting over row shapes
     DOT = "dot"                    # dot product over the last dim of two operands
     SUM_LAST = "sum_last"          # sum over the last dim
+    SUM_DIMS = "sum_dims"          # dims: sum over these row dims, keeping them as size 1
     EXPAND_LAST = "expand_last"    # size: append a last dim of ``size`` (broadcast)
     RESHAPE = "reshape"            # shape: new row shape with the same element count
     CONCAT = "concat"              # join operands along the last dim
     SLICE_LAST = "slice_last"      # start, stop: a slice of the last dim
     PAD_LAST = "pad_last"          # before, after: zeros around the last dim
     SUM_ROWS = "sum_rows"          # sum over all rows into GLOBAL (weight gradients)
+    MEAN_ROWS = "mean_rows"        # mean over all rows into GLOBAL
+    BROADCAST_ROWS = "broadcast_rows"  # space: a GLOBAL value repeated for every row of space
     LAYER_NORM = "layer_norm"      # eps: normalise over the last dim (no affine part)
     OUTPUT = "output"              # name: a program result
 

@@ -1,9 +1,9 @@
 """Type rules of the level-1 IR: one function, used by the builder and the verifier.
 
-Broadcasting is deliberately narrow so that every adjoint is simple:
-- two operands in the same space, or one in ``GLOBAL`` (one row for all rows);
-- row shapes equal, or the shorter one a prefix of the longer one (its trailing
-  dims are broadcast: ``alpha[heads] * z[heads, dim]`` scales each head).
+Elementwise operands are in the same space, or one is in ``GLOBAL`` (one row for
+all rows). Row shapes broadcast as in NumPy: aligned from the right, a dim of size 1
+stretches. (The frontend turns ``alpha[heads] * z[heads, dim]`` into
+``alpha[heads, 1] * z[heads, dim]`` explicitly.)
 """
 
 from __future__ import annotations
@@ -26,13 +26,23 @@ def _space_of(op: Op, *types: TensorType) -> Space:
     return spaces.pop() if spaces else GLOBAL
 
 
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
+    """NumPy broadcasting of row shapes, or None when they do not broadcast."""
+    rank = max((len(s) for s in shapes), default=0)
+    result = []
+    for dims in zip(*(((1,) * (rank - len(s))) + tuple(s) for s in shapes)):
+        sizes = set(dims) - {1}
+        if len(sizes) > 1:
+            return None
+        result.append(sizes.pop() if sizes else 1)
+    return tuple(result)
+
+
 def broadcast_shape(op: Op, a: TensorType, b: TensorType) -> tuple[int, ...]:
-    short, long_ = sorted((a.shape, b.shape), key=len)
-    if long_[: len(short)] != short:
-        raise IRTypeError(
-            f"{op.value}: expected equal row shapes, or one a prefix of the other, got {a} and {b}"
-        )
-    return long_
+    shape = broadcast_shapes(a.shape, b.shape)
+    if shape is None:
+        raise IRTypeError(f"{op.value}: expected row shapes that broadcast (NumPy rules), got {a} and {b}")
+    return shape
 
 
 def _expect_index(op: Op, index, x: TensorType, role: str) -> IndexMap:
@@ -80,9 +90,13 @@ def infer(op: Op, inputs: tuple[TensorType, ...], attrs: dict) -> TensorType:
         index = _expect_index(op, attrs["index"], inputs[0], "target")
         return TensorType(index.source, inputs[0].shape)
     if op is Op.AGGREGATE:
-        arity(1)
+        if len(inputs) not in (1, 2):
+            raise IRTypeError(f"aggregate: expected 1 or 2 operands, got {len(inputs)}")
         index = _expect_index(op, attrs["index"], inputs[0], "source")
-        return TensorType(index.target, inputs[0].shape)
+        result = TensorType(index.target, inputs[0].shape)
+        if len(inputs) == 2 and inputs[1] != result:
+            raise IRTypeError(f"aggregate along {index}: expected the self message typed {result}, got {inputs[1]}")
+        return result
     if op is Op.SEGMENT_SOFTMAX:
         arity(1)
         _expect_index(op, attrs["index"], inputs[0], "source")
@@ -137,6 +151,12 @@ def infer(op: Op, inputs: tuple[TensorType, ...], attrs: dict) -> TensorType:
         if not inputs[0].shape:
             raise IRTypeError(f"sum_last: expected rows with a feature dim, got {inputs[0]}")
         return TensorType(inputs[0].space, inputs[0].shape[:-1])
+    if op is Op.SUM_DIMS:
+        arity(1)
+        dims = tuple(attrs["dims"])
+        if any(not 0 <= d < len(inputs[0].shape) for d in dims):
+            raise IRTypeError(f"sum_dims: expected dims within the row shape of {inputs[0]}, got {list(dims)}")
+        return TensorType(inputs[0].space, tuple(1 if i in dims else n for i, n in enumerate(inputs[0].shape)))
     if op is Op.EXPAND_LAST:
         arity(1)
         return TensorType(inputs[0].space, inputs[0].shape + (int(attrs["size"]),))
@@ -167,7 +187,12 @@ def infer(op: Op, inputs: tuple[TensorType, ...], attrs: dict) -> TensorType:
         if not inputs[0].shape or attrs["before"] < 0 or attrs["after"] < 0:
             raise IRTypeError(f"pad_last: expected a feature dim and non-negative padding, got {inputs[0]}")
         return TensorType(inputs[0].space, inputs[0].shape[:-1] + (inputs[0].shape[-1] + attrs["before"] + attrs["after"],))
-    if op is Op.SUM_ROWS:
+    if op in (Op.SUM_ROWS, Op.MEAN_ROWS):
         arity(1)
         return TensorType(GLOBAL, inputs[0].shape)
+    if op is Op.BROADCAST_ROWS:
+        arity(1)
+        if inputs[0].space != GLOBAL:
+            raise IRTypeError(f"broadcast_rows: expected a global value, got {inputs[0]}")
+        return TensorType(attrs["space"], inputs[0].shape)
     raise IRTypeError(f"no type rule for {op}")

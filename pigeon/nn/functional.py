@@ -1,4 +1,4 @@
-"""RGCN, RGAT and HGT written in the layer language.
+"""RGCN, RGAT, HGT and the NBFNet layer written in the layer language.
 
 Each function is the whole layer: the compiler traces it, so what is written here
 is what gets optimised and generated. Parameter names match
@@ -10,9 +10,13 @@ from __future__ import annotations
 import math
 
 from pigeon.frontend import (
-    PerEtype, PerNtype, Shared, aggregate, dot, edge_softmax, gelu, layer, leaky_relu, linear,
-    merge_heads, reshape, sigmoid, split_heads,
+    EtypeInput, PerEtype, PerNtype, Shared, aggregate, chunk, concat, dot, edge_softmax, equal,
+    gelu, layer, layer_norm, leaky_relu, linear, log, maximum, mean_rows, merge_heads, relu,
+    reshape, sigmoid, split_heads, sqrt,
 )
+
+NBF_MESSAGES = ("distmult", "transe", "rotate")
+NBF_AGGREGATES = ("sum", "mean", "max", "min", "pna")
 
 
 @layer
@@ -61,3 +65,48 @@ def hgt(g, x, k_weight: PerNtype, q_weight: PerNtype, v_weight: PerNtype, a_weig
         gate = sigmoid(skip)
         out = gate * out + (1 - gate) * x
     return out
+
+
+def _nbf_message(kind: str, x_src, rel):
+    if kind == "distmult":
+        return x_src * rel
+    if kind == "transe":
+        return x_src + rel
+    if kind == "rotate":  # complex product; real parts first, imaginary parts second
+        (x_re, x_im), (r_re, r_im) = chunk(x_src, 2), chunk(rel, 2)
+        return concat(x_re * r_re - x_im * r_im, x_re * r_im + x_im * r_re)
+    raise ValueError(f"Expected `message` to be one of {list(NBF_MESSAGES)} (got {kind!r})")
+
+
+def _pna(g, msg, boundary):
+    """Mean, max, min and std, each times the degree scalers 1, s, 1/max(s, 0.01)."""
+    batch, dim = msg.shape
+    mean = aggregate(g, msg, "mean", self_message=boundary)
+    square = aggregate(g, msg * msg, "mean", self_message=boundary * boundary)
+    stats = [mean, aggregate(g, msg, "max", self_message=boundary),
+             aggregate(g, msg, "min", self_message=boundary), sqrt(maximum(square - mean * mean, 1e-6))]
+    log_degree = log(g.in_degree() + 1.0)          # the boundary counts as a message
+    flat = equal(mean_rows(log_degree), 0.0)       # no edges at all: s = 1
+    s = (log_degree + flat) / (mean_rows(log_degree) + flat)
+    stacked = concat(*(reshape(v, batch, dim, 1) for v in stats))
+    scaled = (stacked, stacked * s, stacked / maximum(s, 0.01))
+    return reshape(concat(*(reshape(v, batch, dim, 4, 1) for v in scaled)), batch, 12 * dim)
+
+
+@layer
+def nbfnet(g, x, boundary, relation: EtypeInput, linear_weight: Shared, linear_bias: Shared,
+           layer_norm_weight: Shared = None, layer_norm_bias: Shared = None, *,
+           message="distmult", reduce="sum", short_cut=True):
+    # Rows are nodes (or relations); each row holds [batch, dim]: the queries share one pass.
+    msg = _nbf_message(message, g.src(x), g.edge_type(relation))
+    if reduce == "pna":
+        update = _pna(g, msg, boundary)
+    elif reduce in NBF_AGGREGATES:
+        update = aggregate(g, msg, reduce, self_message=boundary)
+    else:
+        raise ValueError(f"Expected `aggregate` to be one of {list(NBF_AGGREGATES)} (got {reduce!r})")
+    out = linear(concat(x, update), linear_weight, transpose=True) + linear_bias
+    if layer_norm_weight is not None:
+        out = layer_norm(out) * layer_norm_weight + layer_norm_bias
+    out = relu(out)
+    return out + x if short_cut else out

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pigeon.data.graph import HeteroGraph
-from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Program, Reduce, Unary
+from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Program, Reduce, Space, Unary
 
 
 def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tuple] | None = None):
@@ -46,17 +46,31 @@ def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tu
     raise KeyError(f"index map {name!r} has no binding and is not a graph map")
 
 
+def space_size(graph: HeteroGraph, space: Space, bindings: Mapping[str, tuple] | None = None) -> int:
+    """Number of rows of ``space`` on ``graph`` (a declared space's size comes from ``bindings``)."""
+    sizes = {
+        "node": graph.num_nodes, "edge": graph.num_edges, "etype": graph.num_etypes,
+        "ntype": graph.num_ntypes, "global": 1,
+    }
+    if space.name in sizes:
+        return sizes[space.name]
+    if space.name in ("compact_src", "compact_dst"):
+        return graph.layout(space.name).num_rows
+    if bindings and space.name in bindings:
+        return int(bindings[space.name])
+    raise KeyError(f"space {space.name!r} has no size binding and is not a graph space")
+
+
 def _rows_first(value: torch.Tensor, node: Node) -> torch.Tensor:
     """GLOBAL values get a leading row dim of 1 so they broadcast against rows."""
     return value.unsqueeze(0) if node.type.space == GLOBAL else value
 
 
 def _align(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix broadcasting: pad the shorter operand with trailing singleton dims."""
-    while a.dim() < b.dim():
-        a = a.unsqueeze(-1)
-    while b.dim() < a.dim():
-        b = b.unsqueeze(-1)
+    """NumPy broadcasting of row shapes behind the row dim: pad after the row dim."""
+    rank = max(a.dim(), b.dim())
+    a = a.view(a.shape[0], *([1] * (rank - a.dim())), *a.shape[1:])
+    b = b.view(b.shape[0], *([1] * (rank - b.dim())), *b.shape[1:])
     return a, b
 
 
@@ -90,8 +104,15 @@ def _binary(fn: Binary, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return table[fn](a, b)
 
 
-def segment_reduce(x: torch.Tensor, index: torch.Tensor, size: int, how: Reduce) -> torch.Tensor:
-    """Reduce rows of ``x`` into ``size`` rows by ``index``; empty rows are zero."""
+def segment_reduce(x: torch.Tensor, index: torch.Tensor, size: int, how: Reduce,
+                   init: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce rows of ``x`` into ``size`` rows by ``index``; empty rows are zero.
+
+    ``init`` (``[size, ...]``), when given, takes part in every reduction as one more row.
+    """
+    if init is not None:
+        x = torch.cat([x, init])
+        index = torch.cat([index, torch.arange(size, device=index.device)])
     out_shape = (size, *x.shape[1:])
     flat_index = index.view(-1, *([1] * (x.dim() - 1))).expand_as(x)
     if how in (Reduce.SUM, Reduce.MEAN):
@@ -143,7 +164,7 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
             value = args[0].index_select(0, index)
         elif op is Op.AGGREGATE:
             index, size = resolve_index(graph, node.attr("index"), bindings)
-            value = segment_reduce(args[0], index, size, node.attr("reduce"))
+            value = segment_reduce(args[0], index, size, node.attr("reduce"), *args[1:])
         elif op is Op.SEGMENT_SOFTMAX:
             index, size = resolve_index(graph, node.attr("index"), bindings)
             peak = segment_reduce(args[0], index, size, Reduce.MAX).detach()
@@ -184,6 +205,10 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
                     value = value.squeeze(0)
         elif op is Op.SUM_LAST:
             value = args[0].sum(-1)
+        elif op is Op.SUM_DIMS:
+            offset = 0 if node.type.space == GLOBAL else 1
+            dims = [d + offset for d in node.attr("dims")]
+            value = args[0].sum(dim=dims, keepdim=True) if dims else args[0]
         elif op is Op.EXPAND_LAST:
             value = args[0].unsqueeze(-1).expand(*args[0].shape, node.attr("size"))
         elif op is Op.RESHAPE:
@@ -197,6 +222,11 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
             value = F.pad(args[0], (node.attr("before"), node.attr("after")))
         elif op is Op.SUM_ROWS:
             value = args[0].sum(0)
+        elif op is Op.MEAN_ROWS:
+            value = args[0].mean(0) if args[0].shape[0] else args[0].new_zeros(args[0].shape[1:])
+        elif op is Op.BROADCAST_ROWS:
+            rows = space_size(graph, node.attr("space"), bindings)
+            value = args[0].unsqueeze(0).expand(rows, *args[0].shape)
         elif op is Op.LAYER_NORM:
             value = F.layer_norm(args[0], args[0].shape[-1:], eps=node.attr("eps"))
         elif op is Op.OUTPUT:
@@ -208,4 +238,4 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
     return outputs
 
 
-__all__ = ["run", "resolve_index", "segment_reduce"]
+__all__ = ["run", "resolve_index", "segment_reduce", "space_size"]
