@@ -186,7 +186,7 @@ class _Tracer:
         if GLOBAL in (a.space, b.space) or a.shape == b.shape:
             return a, b
         short, long_ = sorted((a, b), key=lambda v: len(v.shape))
-        if long_.shape[: len(short.shape)] == short.shape:
+        if short.shape and long_.shape[: len(short.shape)] == short.shape:
             pad = (1,) * (len(long_.shape) - len(short.shape))
             widened = self.add(Op.RESHAPE, (short,), shape=short.shape + pad)
             return (widened, long_) if short is a else (long_, widened)

@@ -1,0 +1,50 @@
+"""The pass pipeline: one function, read top to bottom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pigeon.ir.builder import verify
+from pigeon.ir.graph_ir import Program
+from pigeon.passes.base import Pass, PassContext
+from pigeon.passes.compact import CompactMaterialization
+from pigeon.passes.cse import CommonSubexpressionElimination
+from pigeon.passes.dce import DeadCodeElimination
+from pigeon.passes.reorder import LinearReordering
+from pigeon.passes.simplify import Simplify
+
+Hook = Callable[[str, Program], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Compiler decisions a caller (or the autotuner) may force; None = cost model."""
+
+    reorder: bool | None = None
+    compact: bool | None = None
+    verify: bool = False
+
+
+PASS_NAMES = ("cse", "reorder", "dce", "compact", "simplify")
+
+
+def optimize(program: Program, ctx: PassContext, options: Options = Options(), hook: Hook | None = None) -> Program:
+    """Run the level-1 passes. ``hook(pass_name, program)`` sees the IR after each step."""
+
+    def step(p: Pass, current: Program) -> Program:
+        result = p.apply(current, ctx)
+        if options.verify:
+            verify(result)
+        if hook is not None:
+            hook(p.name, result)
+        return result
+
+    program = step(CommonSubexpressionElimination(), program)        # one copy of each value
+    program = step(LinearReordering(options.reorder), program)       # dot(xW, a) -> x(Wa)
+    program = step(DeadCodeElimination(), program)                   # drop the products it replaced
+    program = step(CompactMaterialization(options.compact), program) # per unique (node, etype)
+    program = step(Simplify(), program)                              # fold reshapes of reshapes
+    program = step(CommonSubexpressionElimination(), program)        # merge what rewrites duplicated
+    program = step(DeadCodeElimination(), program)                   # drop what is now unread
+    return program
