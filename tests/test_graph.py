@@ -119,6 +119,15 @@ def test_compact_maps_match_brute_force(graph):
 
 
 @given(hetero_graphs())
+def test_ntype_segments_match_brute_force(graph):
+    segments = graph.ntype_sorted
+    types = graph.ntype.tolist()
+    for t in range(graph.num_ntypes):
+        lo, hi = int(segments.ptr[t]), int(segments.ptr[t + 1])
+        assert segments.perm[lo:hi].tolist() == [v for v in range(graph.num_nodes) if types[v] == t]
+
+
+@given(hetero_graphs())
 def test_degrees_match_brute_force(graph):
     edges = _edges(graph)
     assert graph.in_degree().tolist() == [sum(1 for e in edges if e[1] == v) for v in range(graph.num_nodes)]

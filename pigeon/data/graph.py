@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-__all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "LAYOUTS"]
+__all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "Segments", "LAYOUTS"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -48,6 +48,13 @@ class SortedCOO(NamedTuple):
     etype: torch.Tensor
     eid: torch.Tensor
     rel_ptr: torch.Tensor
+
+
+class Segments(NamedTuple):
+    """Rows grouped by type: type ``t`` owns ``perm[ptr[t]:ptr[t+1]]`` (ascending ids)."""
+
+    perm: torch.Tensor
+    ptr: torch.Tensor
 
 
 class CompactMap(NamedTuple):
@@ -149,7 +156,9 @@ class GraphStats:
         return self.num_edges / max(self.compact_src_rows, 1)
 
 
-LAYOUTS = ("csr_dst", "csr_src", "coo_etype", "compact_src", "compact_dst", "in_degree", "out_degree")
+LAYOUTS = (
+    "csr_dst", "csr_src", "coo_etype", "compact_src", "compact_dst", "ntype_sorted", "in_degree", "out_degree",
+)
 
 
 class HeteroGraph:
@@ -305,6 +314,11 @@ class HeteroGraph:
         """Unique ``(dst, etype)`` pairs and each edge's row among them."""
         return self.layout("compact_dst")
 
+    @property
+    def ntype_sorted(self) -> Segments:
+        """Nodes grouped by node type, for GEMMs with per-node-type weights."""
+        return self.layout("ntype_sorted")
+
     def in_degree(self) -> torch.Tensor:
         """In-degree of every node over all relations (int64)."""
         return self.layout("in_degree")
@@ -361,6 +375,11 @@ class HeteroGraph:
 
     def _build_compact_dst(self) -> CompactMap:
         return self._compact(self.dst)
+
+    def _build_ntype_sorted(self) -> Segments:
+        dtype = self.index_dtype
+        perm = self._sorted_by(self.ntype, None, 0)
+        return Segments(perm=perm.to(dtype), ptr=_rowptr(self.ntype, self.num_ntypes, dtype))
 
     def _build_in_degree(self) -> torch.Tensor:
         return torch.bincount(self.dst, minlength=self.num_nodes)

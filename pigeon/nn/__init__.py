@@ -1,5 +1,6 @@
-"""User-facing layers. ``functional`` holds them in the layer language."""
+"""User-facing layers: compiled modules, and ``functional`` with the layer-language sources."""
 
 from pigeon.nn import functional
+from pigeon.nn.modules import HGT, RGAT, RGCN, NBFNetLayer
 
-__all__ = ["functional"]
+__all__ = ["functional", "RGCN", "RGAT", "HGT", "NBFNetLayer"]

@@ -14,9 +14,7 @@ from pigeon.frontend import (
     gelu, layer, layer_norm, leaky_relu, linear, log, maximum, mean_rows, merge_heads, relu,
     reshape, sigmoid, split_heads, sqrt,
 )
-
-NBF_MESSAGES = ("distmult", "transe", "rotate")
-NBF_AGGREGATES = ("sum", "mean", "max", "min", "pna")
+from pigeon.reference import NBF_AGGREGATES, NBF_MESSAGES
 
 
 @layer

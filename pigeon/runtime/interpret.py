@@ -143,12 +143,14 @@ def _typed_linear(x: torch.Tensor, w: torch.Tensor, index: torch.Tensor, batched
 
 
 def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor],
-        params: Mapping[str, torch.Tensor], bindings: Mapping[str, tuple] | None = None
-        ) -> dict[str, torch.Tensor]:
-    """Evaluate ``program``; returns its outputs by name."""
+        params: Mapping[str, torch.Tensor], bindings: Mapping[str, tuple] | None = None,
+        dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Evaluate ``program``; returns its outputs by name. Constants and degrees take
+    ``dtype`` (default: the first input's)."""
     values: list[torch.Tensor | None] = []
     outputs: dict[str, torch.Tensor] = {}
-    dtype = next(iter(inputs.values())).dtype if inputs else torch.get_default_dtype()
+    if dtype is None:
+        dtype = next(iter(inputs.values())).dtype if inputs else torch.get_default_dtype()
     device = graph.device
     for node in program.nodes:
         args = [values[i] for i in node.inputs]

@@ -1,0 +1,237 @@
+"""Fusion and lowering: a level-1 program becomes a level-2 kernel program.
+
+Greedy and in program order:
+
+1. Every (typed) linear and weight-gradient product is a GEMM. A gather that only
+   feeds a GEMM's A operand is fused into its tile loads; a sum-aggregate that is the
+   only reader of a GEMM's result is fused into its store (scatter-add).
+2. Every other op over a graph space with grouping (edges, compact rows) joins the
+   open *traversal* of that space: gathers become loads, elementwise ops and dots the
+   per-row expression, softmaxes and aggregates along one group the reductions. A
+   traversal is closed (emitted) when a later kernel reads one of its values.
+3. What remains (node-wise and per-type work) joins an open *dense* kernel of its space
+   the same way.
+
+Constants are copied into every body that reads them. The layout a traversal walks is
+chosen per kernel: CSR of its group (node-parallel, no atomics) where the graph has
+one, else edge-parallel COO; ``layout="coo"`` forces edge-parallel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pigeon.ir.builder import Builder
+from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, DST, EDGE, SRC, Node, Op, Program, Space
+from pigeon.ir.kernel_ir import (
+    Buffer, BufferRole, DenseKernel, GemmKernel, KernelProgram, TraversalKernel,
+)
+from pigeon.ir.rewrite import copy_node
+
+_GEMMS = (Op.LINEAR, Op.TYPED_LINEAR, Op.TYPED_OUTER)
+_TRAVERSAL_SPACES = (EDGE, COMPACT_SRC, COMPACT_DST)
+_GROUP_LAYOUT = {DST.name: "csr_dst", SRC.name: "csr_src"}
+_SEGMENT_LAYOUT = {
+    "etype": "coo_etype", "compact_src_etype": "compact_src", "compact_dst_etype": "compact_dst",
+    "ntype": "ntype_sorted",
+}
+
+
+@dataclass
+class _Region:
+    kind: str                  # "traversal" or "dense"
+    space: Space
+    group: object = None       # IndexMap of its reductions, if any
+    nodes: list[int] = field(default_factory=list)
+
+
+class _Lowering:
+    def __init__(self, program: Program, layout: str | None):
+        self.p = program
+        self.layout = layout
+        self.users = program.users()
+        self.kernels: list = []
+        self.buffers: dict[str, Buffer] = {}
+        self.buffer_of: dict[int, str] = {}
+        self.region_of: dict[int, _Region] = {}
+        self.open: list[_Region] = []
+        self.absorbed: set[int] = set()
+        self.layouts: list[str] = []
+
+    # -- helpers -------------------------------------------------------------------------
+    def node(self, i: int) -> Node:
+        return self.p.nodes[i]
+
+    def need_layout(self, name: str | None) -> None:
+        if name and name not in self.layouts:
+            self.layouts.append(name)
+
+    def materialize(self, i: int) -> str:
+        """The buffer holding node ``i``'s value (closing its region if still open)."""
+        region = self.region_of.get(i)
+        if region is not None and region in self.open:
+            self.close(region)
+        return self.buffer_of[i]
+
+    def temp(self, i: int) -> str:
+        name = f"%{i}"
+        self.buffers.setdefault(name, Buffer(name, self.node(i).type, BufferRole.TEMP))
+        self.buffer_of[i] = name
+        return name
+
+    # -- GEMMs ---------------------------------------------------------------------------
+    def single_user(self, i: int) -> int | None:
+        users = self.users[i]
+        return users[0] if len(users) == 1 else None
+
+    def plan_fusion(self) -> None:
+        """Mark the gathers and aggregates that GEMMs take over."""
+        self.gemm_gather: dict[int, int] = {}
+        self.gemm_scatter: dict[int, int] = {}
+        for node in self.p.nodes:
+            if node.op not in _GEMMS:
+                continue
+            a = self.node(node.inputs[0])
+            if a.op is Op.GATHER and self.single_user(a.id) == node.id:
+                self.gemm_gather[node.id] = a.id
+                self.absorbed.add(a.id)
+            if node.op is Op.TYPED_OUTER:
+                continue
+            reader = self.single_user(node.id)
+            if reader is not None:
+                agg = self.node(reader)
+                if agg.op is Op.AGGREGATE and len(agg.inputs) == 1 and agg.attr("reduce").value == "sum":
+                    self.gemm_scatter[node.id] = agg.id
+                    self.absorbed.add(agg.id)
+
+    def emit_gemm(self, node: Node) -> None:
+        gather_id = self.gemm_gather.get(node.id)
+        a_source = self.node(gather_id).inputs[0] if gather_id is not None else node.inputs[0]
+        a = self.materialize(a_source)
+        w = self.materialize(node.inputs[1])
+        out_node = self.gemm_scatter.get(node.id, node.id)
+        out = self.temp(out_node)
+        index = node.attr("index")
+        segment_layout = _SEGMENT_LAYOUT.get(index.name) if index is not None else None
+        self.need_layout(segment_layout)
+        weight_shape = self.node(node.inputs[1]).type.shape
+        self.kernels.append(GemmKernel(
+            out=out, a=a, w=w,
+            a_gather=self.node(gather_id).attr("index") if gather_id is not None else None,
+            segment=index,
+            transpose_w=bool(node.attr("transpose_w")),
+            scatter=self.node(out_node).attr("index") if out_node != node.id else None,
+            weight_grad=node.op is Op.TYPED_OUTER,
+            batched=bool(node.attr("batched")) if node.op is Op.TYPED_OUTER else len(weight_shape) > 2,
+            layout=segment_layout,
+        ))
+
+    # -- regions -------------------------------------------------------------------------
+    def place(self, node: Node) -> None:
+        domain, group = self.domain(node)
+        kind = "traversal" if domain in _TRAVERSAL_SPACES else "dense"
+        region = None
+        for r in reversed(self.open):
+            if r.kind == kind and r.space == domain and (group is None or r.group in (None, group)):
+                region = r
+                break
+        # Operands held by other open regions must be written before this region reads them.
+        for i in node.inputs:
+            owner = self.region_of.get(i)
+            if owner is not None and owner is not region and owner in self.open:
+                self.close(owner)
+        if region is not None and region not in self.open:
+            region = None  # closed above because it read one of ours
+        if region is None:
+            region = _Region(kind, domain)
+            self.open.append(region)
+        if group is not None:
+            region.group = group
+        region.nodes.append(node.id)
+        self.region_of[node.id] = region
+
+    @staticmethod
+    def domain(node: Node) -> tuple[Space, object]:
+        if node.op in (Op.AGGREGATE, Op.SEGMENT_SOFTMAX):
+            return node.attr("index").source, node.attr("index")
+        return node.type.space, None
+
+    def close(self, region: _Region) -> None:
+        self.open.remove(region)
+        inside = set(region.nodes)
+        b = Builder(self.p.maps)
+        local: dict[int, int] = {}
+        outputs = []
+
+        def operand(i: int) -> int:
+            if i in local:
+                return local[i]
+            src = self.node(i)
+            if src.op is Op.CONST:
+                local[i] = copy_node(b, src, ())
+            else:
+                local[i] = b.add(Op.INPUT, type=src.type, name=self.materialize(i))
+            return local[i]
+
+        reductions, softmax = [], False
+        for i in region.nodes:
+            node = self.node(i)
+            local[i] = copy_node(b, node, tuple(operand(j) for j in node.inputs))
+            if node.op is Op.AGGREGATE:
+                reductions.append(f"{node.attr('reduce').value}[{node.attr('index')}]")
+            softmax = softmax or node.op is Op.SEGMENT_SOFTMAX
+            if any(u not in inside for u in self.users[i]):
+                outputs.append(i)
+        for i in outputs:
+            b.add(Op.OUTPUT, (local[i],), name=self.temp(i))
+        body = b.build()
+        if region.kind == "dense":
+            self.kernels.append(DenseKernel(region.space, body))
+            return
+        layout = self.traversal_layout(region)
+        self.need_layout(layout if layout != "coo" else None)
+        self.kernels.append(TraversalKernel(region.space, region.group, layout, body, tuple(reductions), softmax))
+
+    def traversal_layout(self, region: _Region) -> str:
+        if region.group is None or self.layout == "coo":
+            return "coo"
+        return _GROUP_LAYOUT.get(region.group.name, "coo")
+
+    # -- driver --------------------------------------------------------------------------
+    def run(self) -> KernelProgram:
+        self.plan_fusion()
+        outputs = []
+        for node in self.p.nodes:
+            if node.op in (Op.INPUT, Op.PARAM):
+                name = node.attr("name")
+                role = BufferRole.INPUT if node.op is Op.INPUT else BufferRole.PARAM
+                self.buffers[name] = Buffer(name, node.type, role)
+                self.buffer_of[node.id] = name
+            elif node.op is Op.OUTPUT:
+                outputs.append((node.attr("name"), node.inputs[0]))
+            elif node.op is Op.CONST or node.id in self.absorbed:
+                continue
+            elif node.op in _GEMMS:
+                self.emit_gemm(node)
+            else:
+                self.place(node)
+        resolved = []
+        for name, value in outputs:
+            if self.node(value).op is Op.CONST:
+                raise ValueError(f"output {name!r} is a constant; a layer must return a computed value")
+            buffer = self.materialize(value)
+            resolved.append((name, buffer))
+        while self.open:
+            self.close(self.open[0])
+        for _, buffer in resolved:
+            if self.buffers[buffer].role is BufferRole.TEMP:
+                self.buffers[buffer] = Buffer(buffer, self.buffers[buffer].type, BufferRole.OUTPUT)
+        return KernelProgram(tuple(self.buffers.values()), tuple(self.kernels), tuple(self.layouts), tuple(resolved))
+
+
+def lower(program: Program, layout: str | None = None) -> KernelProgram:
+    """Lower an (optimised) level-1 program to level 2; ``layout``: None or ``"coo"``."""
+    if layout not in (None, "csr", "coo"):
+        raise ValueError(f"Expected `layout` to be None, 'csr' or 'coo' (got {layout!r})")
+    return _Lowering(program, layout).run()
+

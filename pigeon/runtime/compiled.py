@@ -1,0 +1,162 @@
+"""``pigeon.compile``: a layer function becomes a callable that runs generated kernels,
+forward and backward, inside one ``torch.autograd.Function``.
+
+The pipeline per (shapes, dtype, graph row counts): trace → optimise → differentiate
+the optimised forward → optimise the backward → lower both to level 2 → bind a
+backend. Plans are cached, so a second call on the same graph does none of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from pigeon.data.graph import HeteroGraph
+from pigeon.frontend.lang import Layer
+from pigeon.ir.autodiff import backward_program
+from pigeon.ir.graph_ir import GLOBAL, Program
+from pigeon.ir.kernel_ir import KernelProgram
+from pigeon.passes import Options, PassContext, RowCounts, optimize
+from pigeon.passes.lower import lower
+from pigeon.runtime.torch_backend import TorchExecutor
+
+BACKENDS = ("torch",)
+
+
+@dataclass
+class Plan:
+    """Everything compiled for one signature: both programs at both levels."""
+
+    forward: Program
+    backward: Program
+    forward_kernels: KernelProgram
+    backward_kernels: KernelProgram
+    decisions: list[str]
+    run_forward: Callable
+    run_backward: Callable
+
+
+class _Apply(torch.autograd.Function):
+    """Forward runs the forward kernels; backward runs the backward kernels."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, graph: HeteroGraph, names: tuple[str, ...], dtype, *tensors):
+        values = dict(zip(names, tensors))
+        outputs = plan.run_forward(graph, values, dtype)
+        ctx.plan, ctx.graph, ctx.names, ctx.dtype = plan, graph, names, dtype
+        ctx.output_names = tuple(outputs)
+        ctx.save_for_backward(*tensors)
+        return tuple(outputs.values())
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        values = dict(zip(ctx.names, ctx.saved_tensors))
+        for name, grad in zip(ctx.output_names, grad_outputs):
+            values[f"grad_{name}"] = grad.contiguous()
+        grads = ctx.plan.run_backward(ctx.graph, values, ctx.dtype)
+        return (None, None, None, None, *(grads.get(f"grad_{n}") for n in ctx.names))
+
+
+class Compiled:
+    """A compiled layer: call it as ``fn(graph, **tensors)`` with inputs and parameters by
+    name (see :func:`compile`)."""
+
+    def __init__(self, layer: Layer, backend: str, options: Options, layout: str | None, config: dict):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Expected `layer` to be a function decorated with @pigeon.layer (got {type(layer).__name__})")
+        if backend not in BACKENDS:
+            raise ValueError(f"Expected `backend` to be one of {list(BACKENDS)} (got {backend!r})")
+        self.layer, self.backend, self.options, self.layout, self.config = layer, backend, options, layout, config
+        self._plans: dict[tuple, Plan] = {}
+
+    # -- planning ------------------------------------------------------------------------
+    def _shapes(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor]):
+        rows = {"node": graph.num_nodes, "etype": graph.num_etypes, "ntype": graph.num_ntypes}
+        inputs, params = {}, {}
+        for name in self.layer.input_names:
+            if name not in tensors:
+                raise TypeError(f"{self.layer.name}: missing input `{name}`")
+            space = self.layer.input_spaces[name].name
+            inputs[name] = self._row_shape(name, tensors[name], rows[space], space)
+        for name, kind in self.layer.param_kinds.items():
+            if name not in tensors:
+                if name in self.layer.optional_params:
+                    continue
+                raise TypeError(f"{self.layer.name}: missing parameter `{name}`")
+            value = tensors[name]
+            if kind.space == GLOBAL:
+                params[name] = tuple(value.shape)
+            else:
+                params[name] = self._row_shape(name, value, rows[kind.space.name], kind.space.name)
+        unknown = sorted(set(tensors) - set(self.layer.input_names) - set(self.layer.param_kinds))
+        if unknown:
+            raise TypeError(f"{self.layer.name}: unknown tensors {unknown}; it takes "
+                            f"{self.layer.input_names + list(self.layer.param_kinds)}")
+        return inputs, params
+
+    @staticmethod
+    def _row_shape(name: str, value, rows: int, space: str) -> tuple[int, ...]:
+        if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != rows:
+            got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"Expected `{name}` to have one row per {space} ({rows}) (got {got})")
+        return tuple(value.shape[1:])
+
+    def plan(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor]) -> Plan:
+        """The cached plan for these shapes and this graph's row counts (built on a miss)."""
+        inputs, params = self._shapes(graph, tensors)
+        rows = RowCounts.from_graph(graph)
+        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), rows)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._build(inputs, params, rows)
+            self._plans[key] = plan
+        return plan
+
+    def _build(self, inputs, params, rows: RowCounts) -> Plan:
+        ctx = PassContext(rows)
+        traced = self.layer.trace(inputs, params, **self.config)
+        forward = optimize(traced, ctx, self.options)
+        backward = optimize(backward_program(forward), ctx, self.options)
+        forward_kernels = lower(forward, self.layout)
+        backward_kernels = lower(backward, self.layout)
+        return Plan(forward, backward, forward_kernels, backward_kernels, ctx.decisions,
+                    TorchExecutor(forward_kernels), TorchExecutor(backward_kernels))
+
+    # -- calling -------------------------------------------------------------------------
+    def __call__(self, graph: HeteroGraph, **tensors: torch.Tensor):
+        if not isinstance(graph, HeteroGraph):
+            raise TypeError(f"Expected `graph` to be a pigeon.HeteroGraph (got {type(graph).__name__})")
+        floats = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+        dtypes = {v.dtype for v in floats.values()}
+        if len(dtypes) != 1:
+            raise ValueError(f"Expected every tensor in one floating dtype (got {sorted(map(str, dtypes))})")
+        devices = {v.device for v in floats.values()} | {graph.device}
+        if len(devices) != 1:
+            raise ValueError(f"Expected the graph and every tensor on one device (got {sorted(map(str, devices))})")
+        plan = self.plan(graph, tensors)
+        names = tuple(tensors)
+        dtype = dtypes.pop()
+        outputs = _Apply.apply(plan, graph, names, dtype, *(tensors[n] for n in names))
+        names_out = [n.attr("name") for n in plan.forward.outputs()]
+        return outputs[0] if names_out == ["out"] else dict(zip(names_out, outputs))
+
+
+def compile(layer: Layer, *, backend: str = "torch", reorder: bool | None = None, compact: bool | None = None,
+            layout: str | None = None, verify: bool = False, **config: Any) -> Compiled:
+    """Compile a ``@pigeon.layer`` function.
+
+    Args:
+        layer: the layer function.
+        backend (str): ``"torch"`` (more to come). Default: ``"torch"``.
+        reorder, compact (bool, optional): force linear reordering / compact
+            materialization on or off; None lets the cost model decide per graph.
+        layout (str, optional): ``"coo"`` forces edge-parallel traversals.
+        verify (bool): verify the IR after every pass. Default: False.
+        **config: the layer's keyword-only configuration (e.g. ``heads=2``).
+
+    Returns a callable ``fn(graph, **tensors)`` giving the layer's output (a dict when the
+    layer returns several).
+    """
+    return Compiled(layer, backend, Options(reorder, compact, verify), layout, config)
