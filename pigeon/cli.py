@@ -73,6 +73,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(row[-1] for row in rows) else 1
 
 
+LAYERS = ("rgcn", "rgat", "hgt", "nbfnet")
+
+
+def _example_layer(name: str, graph, dim: int, heads: int):
+    """A compiled ``pigeon.nn`` layer and the tensors its compiled function takes."""
+    from pigeon import nn as pnn
+
+    gen = torch.Generator().manual_seed(0)
+    if name == "nbfnet":
+        module = pnn.NBFNetLayer(dim, graph.num_etypes, aggregate="pna")
+        batch = 2
+        tensors = {
+            "x": torch.randn(graph.num_nodes, batch, dim, generator=gen),
+            "boundary": torch.randn(graph.num_nodes, batch, dim, generator=gen),
+            "relation": torch.randn(graph.num_etypes, batch, dim, generator=gen),
+        }
+        params = {n.replace(".", "_"): p for n, p in module.named_parameters()}
+        return module, {**tensors, **params}
+    module = {
+        "rgcn": lambda: pnn.RGCN(dim, dim, graph.num_etypes),
+        "rgat": lambda: pnn.RGAT(dim, dim // heads, graph.num_etypes, heads=heads),
+        "hgt": lambda: pnn.HGT(dim, dim, graph.num_ntypes, graph.num_etypes, heads=heads),
+    }[name]()
+    return module, {"x": torch.randn(graph.num_nodes, dim, generator=gen), **dict(module.named_parameters())}
+
+
+def cmd_show_ir(args: argparse.Namespace) -> int:
+    from pigeon.data import load
+    from pigeon.ir import format_program
+    from pigeon.ir.autodiff import backward_program
+    from pigeon.ir.kernel_ir import format_kernel_program
+    from pigeon.passes import PASS_NAMES, PassContext, optimize
+
+    graph = load(args.dataset, scale=args.scale, seed=0).graph
+    module, tensors = _example_layer(args.layer, graph, args.dim, args.heads)
+    compiled = module.compiled
+    print(f"# {args.layer} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "
+          f"{graph.num_edges} edges, {graph.num_etypes} edge types; hidden {args.dim}")
+    if args.level == 2:
+        plan = compiled.plan(graph, tensors)
+        print(format_kernel_program(plan.backward_kernels if args.backward else plan.forward_kernels))
+        for decision in plan.decisions:
+            print(f"# {decision}")
+        return 0
+    traced, rows = compiled.trace(graph, tensors)
+    if args.after is None:
+        program = traced
+    else:
+        if args.after not in PASS_NAMES:
+            raise SystemExit(f"pigeon show-ir: --after must be one of {list(PASS_NAMES)} (got {args.after!r})")
+        seen = {}
+        optimize(traced, PassContext(rows), compiled.options, hook=lambda name, p: seen.setdefault(name, p))
+        program = seen[args.after]
+    if args.backward:
+        program = backward_program(program)
+    print(format_program(program))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pigeon",
@@ -89,6 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dim", type=int, default=64, help="hidden size (default: 64)")
     demo.add_argument("--repeat", type=int, default=3, help="timed runs per case after warm-up (default: 3)")
     demo.set_defaults(func=cmd_demo)
+
+    show = sub.add_parser(
+        "show-ir",
+        help="print a layer's IR: level 1 (graph dataflow) or level 2 (kernels)",
+        description="Compile a built-in layer for a profile graph and print its IR. Level 1 is the traced "
+                    "graph-level program (or the program after a pass with --after); level 2 is the "
+                    "kernel program the backends run. Example: pigeon show-ir rgat --level 2",
+    )
+    show.add_argument("layer", choices=LAYERS, help="which layer")
+    show.add_argument("--level", type=int, choices=(1, 2), default=1, help="IR level (default: 1)")
+    show.add_argument("--after", default=None, help="level 1 only: print the program after this pass "
+                      "(cse, reorder, dce, compact, simplify; the first run of each)")
+    show.add_argument("--backward", action="store_true", help="print the backward program instead")
+    show.add_argument("--dataset", default="aifb", help="graph profile or dataset (default: aifb)")
+    show.add_argument("--scale", type=float, default=0.02, help="profile scale (default: 0.02)")
+    show.add_argument("--dim", type=int, default=16, help="hidden size (default: 16)")
+    show.add_argument("--heads", type=int, default=1, help="attention heads (default: 1)")
+    show.set_defaults(func=cmd_show_ir)
     return parser
 
 

@@ -103,6 +103,11 @@ class Compiled:
             raise ValueError(f"Expected `{name}` to have one row per {space} ({rows}) (got {got})")
         return tuple(value.shape[1:])
 
+    def trace(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor]) -> tuple[Program, RowCounts]:
+        """The traced level-1 program for these tensors, and the graph's row counts."""
+        inputs, params = self._shapes(graph, tensors)
+        return self.layer.trace(inputs, params, **self.config), RowCounts.from_graph(graph)
+
     def plan(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor]) -> Plan:
         """The cached plan for these shapes and this graph's row counts (built on a miss)."""
         inputs, params = self._shapes(graph, tensors)
@@ -110,13 +115,12 @@ class Compiled:
         key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), rows)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._build(inputs, params, rows)
+            plan = self._build(self.layer.trace(inputs, params, **self.config), rows)
             self._plans[key] = plan
         return plan
 
-    def _build(self, inputs, params, rows: RowCounts) -> Plan:
+    def _build(self, traced: Program, rows: RowCounts) -> Plan:
         ctx = PassContext(rows)
-        traced = self.layer.trace(inputs, params, **self.config)
         forward = optimize(traced, ctx, self.options)
         backward = optimize(backward_program(forward), ctx, self.options)
         forward_kernels = lower(forward, self.layout)
