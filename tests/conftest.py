@@ -2,6 +2,9 @@
 
 import os
 
+# Verify the IR after every pass of every compile in the suite (a broken pass fails at the pass).
+os.environ.setdefault("PIGEON_VERIFY", "1")
+
 from hypothesis import HealthCheck, settings
 
 # Hypothesis: a fixed, modest budget so the suite stays fast on 2 cores; CI derandomizes

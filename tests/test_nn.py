@@ -14,8 +14,9 @@ from pigeon.nn import functional
 from strategies import hetero_graphs
 
 F64 = dict(rtol=1e-10, atol=1e-10)
-DECISIONS = [dict(), dict(reorder=True, compact=True), dict(reorder=False, compact=False),
-             dict(reorder=False, compact=True, layout="coo")]
+DECISIONS = [dict(), dict(reorder=True, compact=True), dict(reorder=False, compact=True, layout="coo"),
+             dict(reorder=True, compact=False)] + [dict(disable=(name,), reorder=True, compact=True)
+                                                   for name in ("cse", "reorder", "dce", "compact", "simplify")]
 
 
 def _pair(name, graph, options):

@@ -14,19 +14,20 @@ from pigeon.nn import functional
 from pigeon.runtime.compiled import compile as compile_layer
 
 
-def _compile_options(backend: str, reorder, compact, layout) -> dict:
-    return {"backend": backend, "reorder": reorder, "compact": compact, "layout": layout}
+def _compile_options(backend: str, reorder, compact, layout, disable) -> dict:
+    return {"backend": backend, "reorder": reorder, "compact": compact, "layout": layout, "disable": disable}
 
 
 class RGCN(reference.RGCN):
     """Relational graph convolution, compiled. Arguments as :class:`pigeon.reference.RGCN`,
-    plus ``backend`` (``"torch"``), and ``reorder``/``compact``/``layout`` to force compiler
-    decisions (None: the cost model decides per graph)."""
+    plus ``backend`` (``"torch"``), ``reorder``/``compact``/``layout`` to force compiler
+    decisions (None: the cost model decides per graph) and ``disable`` to skip passes."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, **kwargs):
+    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.rgcn, norm=self.norm,
-                                      **_compile_options(backend, reorder, compact, layout))
+                                      **_compile_options(backend, reorder, compact, layout, disable))
 
     def forward(self, graph, x: torch.Tensor) -> torch.Tensor:
         return self.compiled(graph, x=x, **dict(self.named_parameters()))
@@ -36,10 +37,11 @@ class RGAT(reference.RGAT):
     """Relational graph attention, compiled. Arguments as :class:`pigeon.reference.RGAT`,
     plus the compiler options of :class:`RGCN`."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, **kwargs):
+    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.rgat, heads=self.heads, negative_slope=self.negative_slope,
-                                      **_compile_options(backend, reorder, compact, layout))
+                                      **_compile_options(backend, reorder, compact, layout, disable))
 
     def forward(self, graph, x: torch.Tensor) -> torch.Tensor:
         return self.compiled(graph, x=x, **dict(self.named_parameters()))
@@ -49,10 +51,11 @@ class HGT(reference.HGT):
     """Heterogeneous graph transformer layer, compiled. Arguments as
     :class:`pigeon.reference.HGT`, plus the compiler options of :class:`RGCN`."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, **kwargs):
+    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.hgt, heads=self.heads,
-                                      **_compile_options(backend, reorder, compact, layout))
+                                      **_compile_options(backend, reorder, compact, layout, disable))
 
     def forward(self, graph, x: torch.Tensor) -> torch.Tensor:
         return self.compiled(graph, x=x, **dict(self.named_parameters()))
@@ -63,10 +66,11 @@ class NBFNetLayer(reference.NBFNetLayer):
     Arguments and shapes as :class:`pigeon.reference.NBFNetLayer`, plus the compiler
     options of :class:`RGCN`."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, **kwargs):
+    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.nbfnet, message=self.message, reduce=self.aggregate,
-                                      short_cut=self.short_cut, **_compile_options(backend, reorder, compact, layout))
+                                      short_cut=self.short_cut, **_compile_options(backend, reorder, compact, layout, disable))
 
     def forward(self, graph, x: torch.Tensor, boundary: torch.Tensor, relation: torch.Tensor) -> torch.Tensor:
         for name, value in (("x", x), ("boundary", boundary), ("relation", relation)):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pigeon.ir.builder import verify
@@ -16,24 +17,40 @@ from pigeon.passes.simplify import Simplify
 
 Hook = Callable[[str, Program], None]
 
+PASS_NAMES = ("cse", "reorder", "dce", "compact", "simplify")
+
+
+def _verify_default() -> bool:
+    """The test suite sets PIGEON_VERIFY=1 so every pass is verified on every compile."""
+    return os.environ.get("PIGEON_VERIFY", "") not in ("", "0")
+
 
 @dataclass(frozen=True)
 class Options:
-    """Compiler decisions a caller (or the autotuner) may force; None = cost model."""
+    """Compiler decisions a caller (or the autotuner) may force; None = cost model.
+
+    ``disable`` names passes to skip (any of :data:`PASS_NAMES`); ``verify`` checks the
+    IR after every pass.
+    """
 
     reorder: bool | None = None
     compact: bool | None = None
-    verify: bool = False
+    verify: bool = field(default_factory=_verify_default)
+    disable: frozenset = frozenset()
+
+    def __post_init__(self):
+        unknown = sorted(set(self.disable) - set(PASS_NAMES))
+        if unknown:
+            raise ValueError(f"Expected `disable` to name passes from {list(PASS_NAMES)} (got {unknown})")
 
 
-PASS_NAMES = ("cse", "reorder", "dce", "compact", "simplify")
 
 
 def optimize(program: Program, ctx: PassContext, options: Options = Options(), hook: Hook | None = None) -> Program:
     """Run the level-1 passes. ``hook(pass_name, program)`` sees the IR after each step."""
 
     def step(p: Pass, current: Program) -> Program:
-        result = p.apply(current, ctx)
+        result = current if p.name in options.disable else p.apply(current, ctx)
         if options.verify:
             verify(result)
         if hook is not None:

@@ -148,7 +148,8 @@ class Compiled:
 
 
 def compile(layer: Layer, *, backend: str = "torch", reorder: bool | None = None, compact: bool | None = None,
-            layout: str | None = None, verify: bool = False, **config: Any) -> Compiled:
+            layout: str | None = None, verify: bool | None = None, disable: tuple[str, ...] = (),
+            **config: Any) -> Compiled:
     """Compile a ``@pigeon.layer`` function.
 
     Args:
@@ -157,10 +158,14 @@ def compile(layer: Layer, *, backend: str = "torch", reorder: bool | None = None
         reorder, compact (bool, optional): force linear reordering / compact
             materialization on or off; None lets the cost model decide per graph.
         layout (str, optional): ``"coo"`` forces edge-parallel traversals.
-        verify (bool): verify the IR after every pass. Default: False.
+        verify (bool, optional): verify the IR after every pass. Default: on when the
+            ``PIGEON_VERIFY`` environment variable is set (the test suite sets it).
+        disable (tuple of str): passes to skip, e.g. ``("cse",)``.
         **config: the layer's keyword-only configuration (e.g. ``heads=2``).
 
     Returns a callable ``fn(graph, **tensors)`` giving the layer's output (a dict when the
     layer returns several).
     """
-    return Compiled(layer, backend, Options(reorder, compact, verify), layout, config)
+    verify_flag = {} if verify is None else {"verify": verify}
+    options = Options(reorder, compact, disable=frozenset(disable), **verify_flag)
+    return Compiled(layer, backend, options, layout, config)
