@@ -63,19 +63,21 @@ def _compare(compiled, ref, graph, inputs):
 LAYERS = ["rgcn", "rgcn-bases", "rgat", "hgt", "nbfnet-distmult-pna", "nbfnet-rotate-max", "nbfnet-transe-mean"]
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("name", LAYERS)
 @pytest.mark.parametrize("options", DECISIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "cost-model")
 @settings(max_examples=6)
 @given(graph=hetero_graphs(max_nodes=10, max_edges=30))
-def test_compiled_layer_matches_reference(graph, name, options):
-    compiled, ref, inputs = _pair(name, graph, options)
+def test_compiled_layer_matches_reference(graph, name, options, backend):
+    compiled, ref, inputs = _pair(name, graph, {**options, "backend": backend})
     _compare(compiled, ref, graph, inputs)
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("name", ["rgcn", "rgat", "hgt", "nbfnet-distmult-sum"])
-def test_single_node_graph(name):
+def test_single_node_graph(name, backend):
     graph = pigeon.HeteroGraph(torch.tensor([0]), torch.tensor([0]), num_nodes=1, num_etypes=2)
-    compiled, ref, inputs = _pair(name, graph, {})
+    compiled, ref, inputs = _pair(name, graph, {"backend": backend})
     _compare(compiled, ref, graph, inputs)
 
 

@@ -142,6 +142,9 @@ class _Lowering:
                 self.close(owner)
         if region is not None and region not in self.open:
             region = None  # closed above because it read one of ours
+        if region is not None and kind == "traversal" and self.reads_reduction_across(node, region):
+            self.close(region)  # a reduced value read through another map needs the pass finished
+            region = None
         if region is None:
             region = _Region(kind, domain)
             self.open.append(region)
@@ -150,9 +153,18 @@ class _Lowering:
         region.nodes.append(node.id)
         self.region_of[node.id] = region
 
+    def reads_reduction_across(self, node: Node, region: _Region) -> bool:
+        """Whether ``node`` reads one of ``region``'s reduced values other than through the
+        region's own group map (a row can only see its own group's reduction mid-pass)."""
+        for i in node.inputs:
+            if self.region_of.get(i) is region and self.node(i).type.space != region.space:
+                if not (node.op is Op.GATHER and node.attr("index") == region.group):
+                    return True
+        return False
+
     @staticmethod
     def domain(node: Node) -> tuple[Space, object]:
-        if node.op in (Op.AGGREGATE, Op.SEGMENT_SOFTMAX):
+        if node.op in (Op.AGGREGATE, Op.SEGMENT_SOFTMAX, Op.DEGREE):
             return node.attr("index").source, node.attr("index")
         return node.type.space, None
 
@@ -201,7 +213,10 @@ class _Lowering:
     def run(self) -> KernelProgram:
         self.plan_fusion()
         outputs = []
-        for node in self.p.nodes:
+        # Degrees read nothing: placing them first lets them join the traversal of their group
+        # instead of opening a pass of their own later.
+        order = sorted(self.p.nodes, key=lambda n: n.op is not Op.DEGREE)
+        for node in order:
             if node.op in (Op.INPUT, Op.PARAM):
                 name = node.attr("name")
                 role = BufferRole.INPUT if node.op is Op.INPUT else BufferRole.PARAM

@@ -20,9 +20,26 @@ from pigeon.ir.graph_ir import GLOBAL, Program
 from pigeon.ir.kernel_ir import KernelProgram
 from pigeon.passes import Options, PassContext, RowCounts, optimize
 from pigeon.passes.lower import lower
+from pigeon.runtime.cpu_backend import CpuExecutor
 from pigeon.runtime.torch_backend import TorchExecutor
 
-BACKENDS = ("torch",)
+#: Executors by backend name; "auto" picks one per call from the tensors' device.
+EXECUTORS = {"torch": TorchExecutor, "cpu": CpuExecutor}
+BACKENDS = (*EXECUTORS, "auto")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for ``backend`` on ``device``."""
+    if backend != "auto":
+        if backend == "cpu" and device.type != "cpu":
+            raise ValueError(f"backend='cpu' runs on CPU tensors (got tensors on {device})")
+        return backend
+    if device.type == "cpu":
+        return "cpu"
+    raise ValueError(
+        f"backend='auto' on {device}: the Triton backend is not built yet; pass backend='torch' "
+        "to run the unfused torch lowering on this device"
+    )
 
 
 @dataclass
@@ -112,21 +129,23 @@ class Compiled:
         """The cached plan for these shapes and this graph's row counts (built on a miss)."""
         inputs, params = self._shapes(graph, tensors)
         rows = RowCounts.from_graph(graph)
-        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), rows)
+        backend = resolve_backend(self.backend, graph.device)
+        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), rows, backend)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._build(self.layer.trace(inputs, params, **self.config), rows)
+            plan = self._build(self.layer.trace(inputs, params, **self.config), rows, backend)
             self._plans[key] = plan
         return plan
 
-    def _build(self, traced: Program, rows: RowCounts) -> Plan:
+    def _build(self, traced: Program, rows: RowCounts, backend: str) -> Plan:
         ctx = PassContext(rows)
         forward = optimize(traced, ctx, self.options)
         backward = optimize(backward_program(forward), ctx, self.options)
         forward_kernels = lower(forward, self.layout)
         backward_kernels = lower(backward, self.layout)
+        executor = EXECUTORS[backend]
         return Plan(forward, backward, forward_kernels, backward_kernels, ctx.decisions,
-                    TorchExecutor(forward_kernels), TorchExecutor(backward_kernels))
+                    executor(forward_kernels), executor(backward_kernels))
 
     # -- calling -------------------------------------------------------------------------
     def __call__(self, graph: HeteroGraph, **tensors: torch.Tensor):
@@ -154,7 +173,8 @@ def compile(layer: Layer, *, backend: str = "torch", reorder: bool | None = None
 
     Args:
         layer: the layer function.
-        backend (str): ``"torch"`` (more to come). Default: ``"torch"``.
+        backend (str): ``"torch"`` (the unfused torch lowering), ``"cpu"`` (generated C with
+            OpenMP) or ``"auto"`` (``"cpu"`` for CPU tensors). Default: ``"torch"``.
         reorder, compact (bool, optional): force linear reordering / compact
             materialization on or off; None lets the cost model decide per graph.
         layout (str, optional): ``"coo"`` forces edge-parallel traversals.

@@ -1,0 +1,1 @@
+"""Code generators: level-2 kernels rendered from the templates in ``pigeon/kernels``."""

@@ -1,0 +1,445 @@
+"""C code generation: level-2 traversal kernels become C functions with OpenMP.
+
+The template (``kernels/traversal.c.jinja``) owns the structure: the node-parallel loop
+over the groups of a CSR, the sweeps over each group's rows, and where reductions are
+initialised, finished and stored. This module plans the sweeps and emits the per-row
+expression, one rule per op (``_RULES``), as lines of C the template places.
+
+A traversal reads a reduction of its own pass only after the sweep that computes it:
+``phase(value)`` is the first sweep in which a per-row value can be computed, and a
+reduction over a value of phase k is final after sweep k. A softmax needs its maximum
+and sum (one online sweep) before any normalised value exists, so it adds a sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Program, Reduce, Space, Unary
+from pigeon.ir.kernel_ir import TraversalKernel
+
+_TEMPLATES = Path(__file__).resolve().parent.parent / "kernels"
+_GROUP_VALUES = (Op.AGGREGATE, Op.DEGREE)  # one value per group, held in registers during a pass
+
+
+class CodegenError(ValueError):
+    """A kernel the C templates cannot express, with the op and the layer line."""
+
+    def __init__(self, message: str, node: Node | None = None):
+        where = f" ({node.loc})" if node is not None and node.loc else ""
+        op = f"{node.op.value}: " if node is not None else ""
+        super().__init__(f"C codegen: {op}{message}{where}")
+
+
+@lru_cache(maxsize=None)
+def template_env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def render(template: str, **context) -> str:
+    """Render a template file, naming the template and line on failure."""
+    try:
+        return template_env().get_template(template).render(**context)
+    except jinja2.TemplateError as err:
+        line = getattr(err, "lineno", "?")
+        raise CodegenError(f"template {template} line {line}: {err}") from None
+
+
+@dataclass(frozen=True)
+class CKernel:
+    """A rendered traversal: its C source and the arguments it takes, in order.
+
+    ``args`` entries are ``("rowptr" | "perm", group map)``, ``("index", map)`` or
+    ``("buffer", buffer name)``. ``sizes[0]`` is the number of groups (rows when ungrouped).
+    """
+
+    name: str
+    source: str
+    args: tuple[tuple[str, object], ...]
+    domain: Space
+    group: IndexMap | None
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+def _strides(shape: tuple[int, ...]) -> list[int]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return list(reversed(strides))
+
+
+def _index(out_shape: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    """Flat index into an operand of ``shape`` broadcast to ``out_shape`` (loop vars i0..)."""
+    offset = len(out_shape) - len(shape)
+    terms = []
+    for d, (size, stride) in enumerate(zip(shape, _strides(shape))):
+        if size != 1:
+            terms.append(f"i{d + offset}*{stride}" if stride != 1 else f"i{d + offset}")
+    return " + ".join(terms) or "0"
+
+
+def _loops(shape: tuple[int, ...], statement: str) -> list[str]:
+    lines = [f"for (int i{d} = 0; i{d} < {size}; i{d}++)" for d, size in enumerate(shape)]
+    return lines + [("    " if shape else "") + statement]
+
+
+def _real(value: float) -> str:
+    if math.isinf(value):
+        return "INFINITY" if value > 0 else "-INFINITY"
+    return f"(real){value!r}"
+
+
+_UNARY = {
+    Unary.NEG: "-({x})", Unary.RELU: "max_({x}, (real)0)", Unary.EXP: "EXP({x})", Unary.LOG: "LOG({x})",
+    Unary.SQRT: "SQRT({x})", Unary.RSQRT: "(real)1 / SQRT({x})", Unary.RECIP: "(real)1 / ({x})",
+    Unary.SIGMOID: "sigmoid_({x})", Unary.TANH: "TANH({x})", Unary.GELU: "gelu_({x})",
+    Unary.GELU_GRAD: "gelu_grad_({x})", Unary.STEP: "(({x}) > 0 ? (real)1 : (real)0)",
+    Unary.SQUARE: "({x}) * ({x})",
+}
+_BINARY = {
+    Binary.ADD: "{a} + {b}", Binary.SUB: "{a} - {b}", Binary.MUL: "{a} * {b}", Binary.DIV: "{a} / {b}",
+    Binary.MAX: "max_({a}, {b})", Binary.MIN: "min_({a}, {b})", Binary.EQ: "({a} == {b} ? (real)1 : (real)0)",
+}
+
+
+class _Planner:
+    """Plans sweeps and emits C for one traversal kernel."""
+
+    def __init__(self, kernel: TraversalKernel, name: str):
+        self.k = kernel
+        self.name = name
+        self.body: Program = kernel.body
+        self.group = kernel.group
+        self.args: list[tuple[str, object]] = []
+        self.arg_decls: list[str] = []
+        self.ptr: dict[str, str] = {}
+        self.index_var: dict[str, str] = {}
+        self.phase: dict[int, int] = {}
+        self.reductions: list[Node] = [n for n in self.body.nodes if n.op is Op.AGGREGATE]
+        self.softmaxes: list[Node] = [n for n in self.body.nodes if n.op is Op.SEGMENT_SOFTMAX]
+        self.outputs: list[Node] = [n for n in self.body.nodes if n.op is Op.OUTPUT]
+
+    # -- arguments ---------------------------------------------------------------------
+    def add_arg(self, kind: str, key, decl: str) -> None:
+        self.arg_decls.append(decl.format(i=len(self.args)))
+        self.args.append((kind, key))
+
+    def buffer(self, name: str, writable: bool = False) -> str:
+        if name not in self.ptr:
+            var = f"b{len(self.ptr)}_{re.sub(r'[^0-9A-Za-z]', '_', name)}"
+            qualifier = "" if writable else "const "
+            self.add_arg("buffer", name, f"{qualifier}real *{var} = ({qualifier}real *)args[{{i}}];")
+            self.ptr[name] = var
+        return self.ptr[name]
+
+    def index(self, index: IndexMap) -> str:
+        if index.name not in self.index_var:
+            var = f"idx_{index.name}"
+            self.add_arg("index", index, f"const int64_t *{var} = (const int64_t *)args[{{i}}];")
+            self.index_var[index.name] = var
+        return self.index_var[index.name]
+
+    # -- classification ----------------------------------------------------------------
+    def is_row(self, node: Node) -> bool:
+        return node.type.space == self.k.domain and node.op not in (Op.INPUT, Op.CONST)
+
+    def compute_phases(self) -> None:
+        for node in self.body.nodes:
+            if node.op is Op.AGGREGATE:  # final after the sweep that computes its operand
+                self.phase[node.id] = self.phase.get(node.inputs[0], 0)
+                continue
+            if node.op is Op.DEGREE:  # the group's row count: known before any sweep
+                self.phase[node.id] = -1
+                continue
+            if not self.is_row(node):
+                continue
+            phase = 0
+            for i in node.inputs:
+                src = self.body.nodes[i]
+                if self.is_row(src):
+                    phase = max(phase, self.phase[i] + (1 if node.op is Op.SEGMENT_SOFTMAX else 0))
+                elif src.op in _GROUP_VALUES:
+                    phase = max(phase, self.phase[i] + 1)
+            if node.op is Op.SEGMENT_SOFTMAX and not self.is_row(self.body.nodes[node.inputs[0]]):
+                phase = 1
+            self.phase[node.id] = phase
+
+    def stats_phase(self, softmax: Node) -> int:
+        return self.phase.get(softmax.inputs[0], 0)
+
+    # -- per-row emission ----------------------------------------------------------------
+    def ref(self, i: int) -> str:
+        return f"a{i}" if self.body.nodes[i].op in _GROUP_VALUES else f"v{i}"
+
+    def emit_row(self, node: Node, lines: list[str]) -> None:
+        rule = _RULES.get(node.op)
+        if rule is None:
+            raise CodegenError("not supported inside a traversal", node)
+        rule(self, node, lines)
+
+    def closure(self, roots: list[int]) -> list[int]:
+        needed: set[int] = set()
+        stack = list(roots)
+        while stack:
+            i = stack.pop()
+            node = self.body.nodes[i]
+            if i in needed or not (self.is_row(node) or node.op in (Op.INPUT, Op.CONST)):
+                continue
+            needed.add(i)
+            if node.op is Op.SEGMENT_SOFTMAX:
+                stack.append(node.inputs[0])
+            else:
+                stack.extend(node.inputs)
+        return sorted(needed)
+
+    def sweep_lines(self, k: int) -> tuple[list[str], list[str]]:
+        roots = [r.inputs[0] for r in self.reductions if self.phase[r.id] == k]
+        roots += [s.inputs[0] for s in self.softmaxes if self.stats_phase(s) == k]
+        row_outputs = [o for o in self.outputs if self.is_row(self.body.nodes[o.inputs[0]])
+                       and self.phase[o.inputs[0]] == k]
+        roots += [o.inputs[0] for o in row_outputs]
+        body: list[str] = []
+        for i in self.closure(roots):
+            node = self.body.nodes[i]
+            if node.op is Op.INPUT:
+                if node.type.space == self.k.domain:
+                    body.append(f"const real *v{i} = {self.buffer(node.attr('name'))} + row * {node.type.numel};")
+            elif node.op is not Op.CONST:
+                self.emit_row(node, body)
+        for r in self.reductions:
+            if self.phase[r.id] == k:
+                body += _accumulate(r, self.ref(r.inputs[0]))
+        for s in self.softmaxes:
+            if self.stats_phase(s) == k:
+                n, x = s.type.numel, self.ref(s.inputs[0])
+                body += [f"for (int j = 0; j < {n}; j++) {{",
+                         f"    real t = {x}[j];",
+                         f"    if (t > m{s.id}[j]) {{ s{s.id}[j] = s{s.id}[j] * EXP(m{s.id}[j] - t) + (real)1; m{s.id}[j] = t; }}",
+                         f"    else {{ s{s.id}[j] += EXP(t - m{s.id}[j]); }}",
+                         "}"]
+        for o in row_outputs:
+            out = self.buffer(o.attr("name"), writable=True)
+            n = o.type.numel
+            body.append(f"for (int j = 0; j < {n}; j++) {out}[row * {n} + j] = {self.ref(o.inputs[0])}[j];")
+        finish: list[str] = []
+        for r in self.reductions:
+            if self.phase[r.id] == k:
+                finish += _finish(r, len(r.inputs) > 1)
+        return body, finish
+
+    # -- whole kernel --------------------------------------------------------------------
+    def render(self) -> CKernel:
+        grouped = self.group is not None
+        if grouped:
+            self.add_arg("rowptr", self.group, "const int64_t *rowptr = (const int64_t *)args[{i}];")
+            self.add_arg("perm", self.group, "const int64_t *perm = (const int64_t *)args[{i}];")
+        elif self.reductions or self.softmaxes or any(n.op is Op.DEGREE for n in self.body.nodes):
+            raise CodegenError("a traversal with reductions needs a group map")
+        self.compute_phases()
+        top = [f"const real v{n.id}[1] = {{{_real(n.attr('value'))}}};" for n in self.body.nodes if n.op is Op.CONST]
+        for n in self.body.nodes:
+            if n.op is Op.INPUT and n.type.space == GLOBAL:
+                top.append(f"const real *v{n.id} = {self.buffer(n.attr('name'))};")
+        last = max([self.phase[r.id] for r in self.reductions] + [self.stats_phase(s) for s in self.softmaxes]
+                   + [self.phase[o.inputs[0]] for o in self.outputs if self.is_row(self.body.nodes[o.inputs[0]])]
+                   + [0])
+        sweeps = []
+        for k in range(last + 1):
+            body, finish = self.sweep_lines(k)
+            sweeps.append({"body": body, "finish": finish})
+        group_init: list[str] = []
+        for r in self.reductions:
+            init = self.buffer(self.body.nodes[r.inputs[1]].attr("name")) if len(r.inputs) > 1 else None
+            group_init += _init(r, init)
+        for d in self.body.nodes:
+            if d.op is Op.DEGREE:
+                group_init.append(f"real a{d.id}[1] = {{(real)count}};")
+        for s in self.softmaxes:
+            n = s.type.numel
+            group_init += [f"real m{s.id}[{n}], s{s.id}[{n}];",
+                           f"for (int j = 0; j < {n}; j++) {{ m{s.id}[j] = -INFINITY; s{s.id}[j] = 0; }}"]
+        group_store = []
+        for o in self.outputs:
+            source = self.body.nodes[o.inputs[0]]
+            if source.op in _GROUP_VALUES:
+                out, n = self.buffer(o.attr("name"), writable=True), o.type.numel
+                group_store.append(f"for (int j = 0; j < {n}; j++) {out}[g * {n} + j] = a{source.id}[j];")
+            elif not self.is_row(source):
+                raise CodegenError(f"output {o.attr('name')} is neither per-row nor a reduction", o)
+        title = self.k.describe().splitlines()[0]
+        source = render("traversal.c.jinja", title=title, name=self.name, arg_decls=self.arg_decls + top,
+                        grouped=grouped, sweeps=sweeps, group_init=group_init, group_store=group_store)
+        return CKernel(self.name, source, tuple(self.args), self.k.domain, self.group)
+
+
+def _init(r: Node, init: str | None) -> list[str]:
+    n, how = r.type.numel, r.attr("reduce")
+    lines = [f"real a{r.id}[{n}];"]
+    if init is not None:
+        lines.append(f"for (int j = 0; j < {n}; j++) a{r.id}[j] = {init}[g * {n} + j];")
+    else:
+        start = {Reduce.SUM: "0", Reduce.MEAN: "0", Reduce.MAX: "-INFINITY", Reduce.MIN: "INFINITY"}[how]
+        lines.append(f"for (int j = 0; j < {n}; j++) a{r.id}[j] = {start};")
+    return lines
+
+
+def _accumulate(r: Node, x: str) -> list[str]:
+    n, how = r.type.numel, r.attr("reduce")
+    update = {
+        Reduce.SUM: f"a{r.id}[j] += {x}[j];", Reduce.MEAN: f"a{r.id}[j] += {x}[j];",
+        Reduce.MAX: f"a{r.id}[j] = max_(a{r.id}[j], {x}[j]);", Reduce.MIN: f"a{r.id}[j] = min_(a{r.id}[j], {x}[j]);",
+    }[how]
+    return [f"for (int j = 0; j < {n}; j++) {update}"]
+
+
+def _finish(r: Node, has_init: bool) -> list[str]:
+    n, how = r.type.numel, r.attr("reduce")
+    total = "(count + 1)" if has_init else "count"
+    if how is Reduce.MEAN:
+        return [f"if ({total} > 0) for (int j = 0; j < {n}; j++) a{r.id}[j] /= (real){total};"]
+    if how in (Reduce.MAX, Reduce.MIN) and not has_init:
+        return [f"if (count == 0) for (int j = 0; j < {n}; j++) a{r.id}[j] = 0;"]
+    return []
+
+
+# ---- lowering rules: one per op ------------------------------------------------------------
+
+def _gather(pl: _Planner, node: Node, lines: list[str]) -> None:
+    index = node.attr("index")
+    source = pl.body.nodes[node.inputs[0]]
+    n = node.type.numel
+    if source.op in _GROUP_VALUES:
+        lines.append(f"const real *v{node.id} = a{source.id};")  # this group's own reduction
+        return
+    if source.op is not Op.INPUT:
+        raise CodegenError("gathers read buffers or this pass's own reductions", node)
+    row = "g" if pl.group is not None and index == pl.group else f"{pl.index(index)}[row]"
+    lines.append(f"const real *v{node.id} = {pl.buffer(source.attr('name'))} + {row} * {n};")
+
+
+def _elementwise(pl: _Planner, node: Node, lines: list[str]) -> None:
+    shape = node.type.shape
+    ops = [pl.body.nodes[i] for i in node.inputs]
+    args = [f"{pl.ref(o.id)}[{_index(shape, o.type.shape)}]" for o in ops]
+    if node.op is Op.UNARY:
+        fn = node.attr("fn")
+        if fn is Unary.LEAKY_RELU:
+            expr = f"({args[0]} > 0 ? {args[0]} : {_real(node.attr('alpha'))} * {args[0]})"
+        else:
+            expr = _UNARY[fn].format(x=args[0])
+    else:
+        expr = _BINARY[node.attr("fn")].format(a=args[0], b=args[1])
+    lines.append(f"real v{node.id}[{node.type.numel}];")
+    lines += _loops(shape, f"v{node.id}[{_index(shape, shape)}] = {expr};")
+
+
+def _dot(pl: _Planner, node: Node, lines: list[str]) -> None:
+    a, b = (pl.body.nodes[i] for i in node.inputs)
+    size = a.type.shape[-1]
+    full = node.type.shape + (size,)
+    k = len(node.type.shape)
+    lines.append(f"real v{node.id}[{node.type.numel}];")
+    lines += _loops(node.type.shape, f"{{ real t = 0; for (int i{k} = 0; i{k} < {size}; i{k}++) "
+                    f"t += {pl.ref(a.id)}[{_index(full, a.type.shape)}] * {pl.ref(b.id)}[{_index(full, b.type.shape)}]; "
+                    f"v{node.id}[{_index(node.type.shape, node.type.shape)}] = t; }}")
+
+
+def _sum_last(pl: _Planner, node: Node, lines: list[str]) -> None:
+    x = pl.body.nodes[node.inputs[0]]
+    size, k = x.type.shape[-1], len(node.type.shape)
+    lines.append(f"real v{node.id}[{node.type.numel}];")
+    lines += _loops(node.type.shape, f"{{ real t = 0; for (int i{k} = 0; i{k} < {size}; i{k}++) "
+                    f"t += {pl.ref(x.id)}[{_index(x.type.shape, x.type.shape)}]; "
+                    f"v{node.id}[{_index(node.type.shape, node.type.shape)}] = t; }}")
+
+
+def _sum_dims(pl: _Planner, node: Node, lines: list[str]) -> None:
+    x = pl.body.nodes[node.inputs[0]]
+    out = node.type
+    lines.append(f"real v{node.id}[{out.numel}];")
+    lines.append(f"for (int j = 0; j < {out.numel}; j++) v{node.id}[j] = 0;")
+    # Walk the operand; each element adds into the output element its kept dims select.
+    lines += _loops(x.type.shape, f"v{node.id}[{_index(x.type.shape, out.shape)}] += "
+                    f"{pl.ref(x.id)}[{_index(x.type.shape, x.type.shape)}];")
+
+
+def _expand_last(pl: _Planner, node: Node, lines: list[str]) -> None:
+    x = pl.body.nodes[node.inputs[0]]
+    lines.append(f"real v{node.id}[{node.type.numel}];")
+    lines += _loops(node.type.shape, f"v{node.id}[{_index(node.type.shape, node.type.shape)}] = "
+                    f"{pl.ref(x.id)}[{_index(node.type.shape[:-1], x.type.shape)}];")
+
+
+def _reshape(pl: _Planner, node: Node, lines: list[str]) -> None:
+    lines.append(f"const real *v{node.id} = {pl.ref(node.inputs[0])};")
+
+
+def _last_dim_copy(pl: _Planner, node: Node, lines: list[str]) -> None:
+    """concat / slice_last / pad_last: copies along the last dim."""
+    shape = node.type.shape
+    lead = math.prod(shape[:-1])
+    width = shape[-1]
+    lines.append(f"real v{node.id}[{node.type.numel}];")
+    if node.op is Op.CONCAT:
+        start = 0
+        for i in node.inputs:
+            w = pl.body.nodes[i].type.shape[-1]
+            lines.append(f"for (int r = 0; r < {lead}; r++) for (int c = 0; c < {w}; c++) "
+                         f"v{node.id}[r * {width} + {start} + c] = {pl.ref(i)}[r * {w} + c];")
+            start += w
+        return
+    x = pl.body.nodes[node.inputs[0]]
+    xw = x.type.shape[-1]
+    if node.op is Op.SLICE_LAST:
+        lines.append(f"for (int r = 0; r < {lead}; r++) for (int c = 0; c < {width}; c++) "
+                     f"v{node.id}[r * {width} + c] = {pl.ref(x.id)}[r * {xw} + {node.attr('start')} + c];")
+        return
+    before = node.attr("before")
+    lines.append(f"for (int j = 0; j < {node.type.numel}; j++) v{node.id}[j] = 0;")
+    lines.append(f"for (int r = 0; r < {lead}; r++) for (int c = 0; c < {xw}; c++) "
+                 f"v{node.id}[r * {width} + {before} + c] = {pl.ref(x.id)}[r * {xw} + c];")
+
+
+def _softmax(pl: _Planner, node: Node, lines: list[str]) -> None:
+    x = pl.ref(node.inputs[0])
+    n = node.type.numel
+    lines.append(f"real v{node.id}[{n}];")
+    lines.append(f"for (int j = 0; j < {n}; j++) v{node.id}[j] = EXP({x}[j] - m{node.id}[j]) / s{node.id}[j];")
+
+
+_RULES = {
+    Op.GATHER: _gather,
+    Op.UNARY: _elementwise,
+    Op.BINARY: _elementwise,
+    Op.DOT: _dot,
+    Op.SUM_LAST: _sum_last,
+    Op.SUM_DIMS: _sum_dims,
+    Op.EXPAND_LAST: _expand_last,
+    Op.RESHAPE: _reshape,
+    Op.CONCAT: _last_dim_copy,
+    Op.SLICE_LAST: _last_dim_copy,
+    Op.PAD_LAST: _last_dim_copy,
+    Op.SEGMENT_SOFTMAX: _softmax,
+}
+
+
+def render_traversal(kernel: TraversalKernel, name: str) -> CKernel:
+    """Plan and render one traversal kernel as a C function called ``name``."""
+    return _Planner(kernel, name).render()
+
+
+def render_library(kernels: list[CKernel], real: str, version: str) -> str:
+    """The whole C file for one program's traversal kernels."""
+    return render("library.c.jinja", kernels=[k.source for k in kernels], real=real, version=version)
