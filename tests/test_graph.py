@@ -119,6 +119,31 @@ def test_compact_maps_match_brute_force(graph):
 
 
 @given(hetero_graphs())
+def test_ntype_etype_pairs_match_brute_force(graph):
+    edges = _edges(graph)
+    types = graph.ntype.tolist()
+    pairs = graph.ntype_etype
+    expected = sorted({(e[2], types[e[0]]) for e in edges})  # (etype, source node type)
+    assert list(zip(pairs.etype.tolist(), pairs.ntype.tolist())) == expected
+    assert pairs.num_rows == len(expected) and pairs.rel_ptr.dtype == graph.index_dtype
+    row_of = {pair: row for row, pair in enumerate(expected)}
+    assert pairs.edge_row.tolist() == [row_of[(e[2], types[e[0]])] for e in edges]
+    compact = graph.compact_src
+    assert pairs.compact_src_row.tolist() == [
+        row_of[(t, types[v])] for v, t in zip(compact.node.tolist(), compact.etype.tolist())]
+    for t in range(graph.num_etypes):
+        lo, hi = int(pairs.rel_ptr[t]), int(pairs.rel_ptr[t + 1])
+        assert pairs.etype[lo:hi].tolist() == [t] * (hi - lo) and hi - lo == sum(1 for p in expected if p[0] == t)
+    by_pair = (("ntype_etype_edges", pairs.edge_row), ("ntype_etype_compact_src", pairs.compact_src_row))
+    for name, pair_of_row in by_pair:
+        segments = graph.layout(name)
+        assert segments.ptr.numel() == pairs.num_rows + 1
+        for p in range(pairs.num_rows):
+            lo, hi = int(segments.ptr[p]), int(segments.ptr[p + 1])
+            assert segments.perm[lo:hi].tolist() == [r for r, q in enumerate(pair_of_row.tolist()) if q == p]
+
+
+@given(hetero_graphs())
 def test_ntype_segments_match_brute_force(graph):
     segments = graph.ntype_sorted
     types = graph.ntype.tolist()

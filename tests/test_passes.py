@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 
 import pigeon
-from pigeon.frontend import PerEtype, aggregate, dot, layer, linear
+from pigeon.frontend import PerEtype, PerNtype, aggregate, dot, layer, linear
 from pigeon.ir import format_program
 from pigeon.ir.autodiff import backward_program
 from pigeon.nn import functional
@@ -15,6 +15,7 @@ from pigeon.passes import (
     CommonSubexpressionElimination, CompactMaterialization, DeadCodeElimination, LinearReordering,
     Options, PassContext, RowCounts, Simplify, optimize, program_cost,
 )
+from pigeon.passes.reorder_chain import ChainReordering
 from pigeon.runtime.interpret import run
 from strategies import hetero_graphs
 from test_ir import _lines_in_order
@@ -30,6 +31,15 @@ def _profile_graph():
 def _rgat(heads=2, in_dim=8, out_dim=4):
     shapes = {"weight": (in_dim, heads * out_dim), "att_src": (heads, out_dim), "att_dst": (heads, out_dim)}
     return functional.rgat.trace({"x": (in_dim,)}, shapes, heads=heads)
+
+
+def _hgt(in_dim, out_dim, heads):
+    d = out_dim // heads
+    shapes = {"rel_att": (heads, d, d), "rel_msg": (heads, d, d), "rel_pri": (heads,), "a_weight": (out_dim, out_dim)}
+    for name in "kqva":
+        shapes.setdefault(f"{name}_weight", (in_dim, out_dim))
+        shapes[f"{name}_bias"] = (out_dim,)
+    return functional.hgt.trace({"x": (in_dim,)}, shapes, heads=heads)
 
 
 def _random_params(program, graph, gen):
@@ -142,6 +152,130 @@ def test_compact_materialization_follows_the_compaction_ratio():
     assert format_program(CompactMaterialization().apply(program, PassContext())) == format_program(program)
 
 
+def test_chain_reordering_folds_the_hgt_key_weight_per_type_pair():
+    # 188 nodes, 1160 compact_src rows, 51 (ntype, etype) pairs; in_dim 4 < head dim 8.
+    graph = pigeon.data.load("biokg", scale=0.002, seed=0).graph
+    rows = RowCounts.from_graph(graph)
+    program = _hgt(in_dim=4, out_dim=16, heads=2)
+    unfolded = optimize(program, PassContext(rows), Options(reorder=False, verify=True))
+    ctx = PassContext(rows)
+    folded = optimize(program, ctx, Options(verify=True))
+    text = format_program(folded)
+    _lines_in_order(text, [
+        '%1 = param "k_weight" : ntype[4x16]',
+        '%5 = param "rel_att" : etype[2x8x8]',
+        '%8 = param "k_bias" : ntype[16]',
+        "%16 = gather[compact_src_node] %0 : compact_src[4]",
+        # K_tau W_att,r once per (source node type, edge type) pair, head by head.
+        "%18 = slice_last %1 {start=0, stop=8} : ntype[4x8]",
+        "%21 = gather[ntype_etype_ntype] %18 : ntype_etype[4x8]",
+        "%22 = typed_linear[ntype_etype_etype] %21, %20 : ntype_etype[4x8]",
+        "%23 = slice_last %1 {start=8, stop=16} : ntype[4x8]",
+        "%27 = typed_linear[ntype_etype_etype] %26, %25 : ntype_etype[4x8]",
+        "%28 = concat %22, %27 : ntype_etype[4x16]",
+        # The key per compact row straight from x: [4 x 16] instead of [16] then [8 x 8] per head.
+        "%29 = typed_linear[compact_src_to_ntype_etype] %16, %28 : compact_src[16]",
+        "%30 = reshape %29 {shape=(2, 8)} : compact_src[2x8]",
+        # bK_tau W_att,r, also per pair.
+        "%31 = reshape %8 {shape=(2, 8)} : ntype[2x8]",
+        "%32 = gather[ntype_etype_ntype] %31 : ntype_etype[2x8]",
+        "%33 = typed_linear[ntype_etype_etype] %32, %5 : ntype_etype[2x8]",
+        "%34 = gather[compact_src_to_ntype_etype] %33 : compact_src[2x8]",
+        "%35 = binary.add %30, %34 : compact_src[2x8]",
+        "%36 = gather[edge_to_compact_src] %35 : edge[2x8]",
+        "= dot %36, %37 : edge[2]",
+        "= softmax[dst]",
+        # The message V_tau W_msg,r is the same chain and folds the same way.
+        "= typed_linear[compact_src_to_ntype_etype] %16, %55 : compact_src[16]",
+        "= aggregate.sum[dst]",
+    ])
+    # No per-node K or V product and no per-row relation product is left; Q stays per node.
+    assert text.count("typed_linear[ntype] %0") == 1 and "typed_linear[compact_src_etype]" not in text
+    before, after = program_cost(unfolded, rows), program_cost(folded, rows)
+    print(f"chain reordering, hgt 4->16 x2 heads on biokg x0.002: {before} -> {after}")
+    assert after.flops < before.flops
+    assert sum(d.startswith("reorder_chain:") for d in ctx.decisions) == 2
+    _same_results(program, folded, graph)
+
+
+def test_chain_reordering_left_alone_when_it_does_not_pay():
+    graph = pigeon.data.load("biokg", scale=0.002, seed=0).graph
+    rows = RowCounts.from_graph(graph)
+    # in_dim = out_dim and two heads: the per-row product would grow from [8 x 8] per head to
+    # [16 x 16], which the 188 per-node products saved do not repay on 1160 compact rows.
+    program = _hgt(in_dim=16, out_dim=16, heads=2)
+    ctx = PassContext(rows)
+    compacted = DeadCodeElimination().apply(CompactMaterialization().apply(program, ctx), ctx)
+    assert format_program(ChainReordering().apply(compacted, ctx)) == format_program(compacted)
+    assert format_program(ChainReordering().apply(compacted, PassContext())) == format_program(compacted)
+    forced = DeadCodeElimination().apply(ChainReordering(enabled=True).apply(compacted, ctx), ctx)
+    assert "typed_linear[compact_src_to_ntype_etype]" in format_program(forced)
+    assert program_cost(forced, rows).flops > program_cost(compacted, rows).flops  # the model was right
+    _same_results(program, forced, graph)
+
+
+@layer
+def _typed_chain(g, x, K: PerNtype, W: PerEtype):
+    return aggregate(g, linear(g.src(linear(x, K)), W), "sum")
+
+
+def _same_gradients(before, after, graph, seed=0):
+    """The backward programs of ``before`` and ``after`` give the same gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = {n.attr("name"): torch.randn(graph.num_nodes, *n.type.shape, dtype=torch.float64, generator=gen)
+              for n in before.inputs()}
+    params = _random_params(before, graph, gen)
+    seeds = {f"grad_{n.attr('name')}": torch.randn(graph.num_nodes, *n.type.shape, dtype=torch.float64,
+                                                   generator=gen) for n in before.outputs()}
+    want = run(backward_program(before), graph, {**inputs, **seeds}, params)
+    got = run(backward_program(after), graph, {**inputs, **seeds}, params)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], **F64)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_chain_reordering_without_heads_or_bias_on_edges_and_compact_rows(compact):
+    graph = pigeon.data.load("mag", scale=0.0005, seed=1).graph
+    program = _typed_chain.trace({"x": (3,)}, {"K": (3, 5), "W": (5, 2)})
+    ctx = PassContext(RowCounts.from_graph(graph))
+    rows_map = "compact_src_to_ntype_etype" if compact else "edge_to_ntype_etype"
+    optimized = optimize(program, ctx, Options(reorder=True, compact=compact, verify=True))
+    _lines_in_order(format_program(optimized), [
+        "= gather[ntype_etype_ntype] %1 : ntype_etype[3x5]",
+        "= typed_linear[ntype_etype_etype] %4, %2 : ntype_etype[3x2]",
+        f"= typed_linear[{rows_map}]",
+        "= aggregate.sum[dst]",
+    ])
+    assert "typed_linear[ntype]" not in format_program(optimized)
+    _same_results(program, optimized, graph)
+    _same_gradients(program, optimized, graph)
+
+
+@pytest.mark.parametrize("heads, in_dim, out_dim, compact", [(1, 4, 4, False), (3, 5, 6, True)])
+def test_compiled_hgt_with_the_chain_folded_matches_the_reference(heads, in_dim, out_dim, compact):
+    from pigeon import nn as pnn
+    from pigeon import reference
+    graph = pigeon.data.load("mag", scale=0.0005, seed=1).graph
+    torch.manual_seed(heads)
+    compiled = pnn.HGT(in_dim, out_dim, graph.num_ntypes, graph.num_etypes, heads=heads,
+                       reorder=True, compact=compact).double()
+    ref = reference.HGT(in_dim, out_dim, graph.num_ntypes, graph.num_etypes, heads=heads).double()
+    ref.load_state_dict(compiled.state_dict())
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(graph.num_nodes, in_dim, dtype=torch.float64, generator=gen, requires_grad=True)
+    got, want = compiled(graph, x), ref(graph, x)
+    torch.testing.assert_close(got, want, **F64)
+    plan = compiled.compiled.plan(graph, dict(x=x, **dict(compiled.named_parameters())))
+    assert sum(d.startswith("reorder_chain:") for d in plan.decisions) == 2
+    upstream = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+    got_grads = torch.autograd.grad(got, [x, *compiled.parameters()], upstream)
+    want_grads = torch.autograd.grad(want, [x, *ref.parameters()], upstream)
+    names = ["x"] + [n for n, _ in compiled.named_parameters()]
+    for name, a, b in zip(names, got_grads, want_grads):
+        torch.testing.assert_close(a, b, **F64, msg=lambda m: f"gradient of {name}: {m}")
+
+
 def test_simplify_folds_reshape_chains():
     program = _rgat(heads=1)
     ctx = PassContext(RowCounts.from_graph(_profile_graph()))
@@ -155,7 +289,7 @@ def test_pipeline_hook_sees_every_step():
     seen = []
     optimize(_rgat(), PassContext(RowCounts.from_graph(_profile_graph())), Options(verify=True),
              hook=lambda name, p: seen.append(name))
-    assert seen == ["cse", "reorder", "dce", "compact", "simplify", "cse", "dce"]
+    assert seen == ["cse", "reorder", "dce", "compact", "reorder_chain", "simplify", "cse", "dce"]
 
 
 # ---- every layer, every pass setting: forward and backward still match the reference -------

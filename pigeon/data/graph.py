@@ -6,7 +6,8 @@ types share one id space (as in DGL's ``to_homogeneous``); the ``ntype`` vector
 says which type each node has.
 
 Kernels never read the raw edge list: they read *layouts* derived from it (CSR by
-destination, CSR by source, COO sorted by edge type, the compact maps). Each
+destination, CSR by source, COO sorted by edge type, the compact maps, the
+(node type, edge type) pairs). Each
 layout is built once on first use and memoized on the graph, so compiling and
 running a layer many times on the same graph pays for it once.
 """
@@ -18,7 +19,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-__all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "Segments", "LAYOUTS"]
+__all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "Segments", "TypePairs", "LAYOUTS"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -73,6 +74,26 @@ class CompactMap(NamedTuple):
     @property
     def num_rows(self) -> int:
         return self.node.numel()
+
+
+class TypePairs(NamedTuple):
+    """The (source node type, edge type) pairs that occur on edges: where a weight
+    folded from a per-node-type and a per-edge-type matrix lives (HGT's ``K_tau W_r``).
+
+    Rows are sorted by ``(etype, ntype)``; relation ``t`` owns rows
+    ``rel_ptr[t]:rel_ptr[t+1]``. ``edge_row[e]`` is the row of edge ``e`` (original edge
+    order) and ``compact_src_row[c]`` the row of ``compact_src`` row ``c``.
+    """
+
+    ntype: torch.Tensor
+    etype: torch.Tensor
+    rel_ptr: torch.Tensor
+    edge_row: torch.Tensor
+    compact_src_row: torch.Tensor
+
+    @property
+    def num_rows(self) -> int:
+        return self.ntype.numel()
 
 
 def _check_index_tensor(name: str, value, length: int | None = None) -> torch.Tensor:
@@ -158,6 +179,7 @@ class GraphStats:
 
 LAYOUTS = (
     "csr_dst", "csr_src", "coo_etype", "compact_src", "compact_dst", "ntype_sorted", "in_degree", "out_degree",
+    "ntype_etype", "ntype_etype_edges", "ntype_etype_compact_src",
 )
 
 
@@ -319,6 +341,11 @@ class HeteroGraph:
         """Nodes grouped by node type, for GEMMs with per-node-type weights."""
         return self.layout("ntype_sorted")
 
+    @property
+    def ntype_etype(self) -> TypePairs:
+        """The (source node type, edge type) pairs present, and each edge's and compact row's pair."""
+        return self.layout("ntype_etype")
+
     def in_degree(self) -> torch.Tensor:
         """In-degree of every node over all relations (int64)."""
         return self.layout("in_degree")
@@ -380,6 +407,35 @@ class HeteroGraph:
         dtype = self.index_dtype
         perm = self._sorted_by(self.ntype, None, 0)
         return Segments(perm=perm.to(dtype), ptr=_rowptr(self.ntype, self.num_ntypes, dtype))
+
+    def _build_ntype_etype(self) -> TypePairs:
+        dtype = self.index_dtype
+        num_ntypes = self.num_ntypes
+        unique_keys, edge_row = torch.unique(self.etype * num_ntypes + self.ntype[self.src], sorted=True,
+                                             return_inverse=True)
+        row_etype = unique_keys // num_ntypes
+        compact = self.compact_src
+        compact_keys = compact.etype.long() * num_ntypes + self.ntype[compact.node.long()]
+        return TypePairs(
+            ntype=(unique_keys - row_etype * num_ntypes).to(dtype),
+            etype=row_etype.to(dtype),
+            rel_ptr=_rowptr(row_etype, self.num_etypes, dtype),
+            edge_row=edge_row.to(dtype),
+            compact_src_row=torch.searchsorted(unique_keys, compact_keys).to(dtype),
+        )
+
+    def _pair_segments(self, pair_of_row: torch.Tensor) -> Segments:
+        """Rows grouped by their (ntype, etype) pair, for GEMMs with per-pair weights."""
+        dtype = self.index_dtype
+        pairs = self.ntype_etype
+        perm = self._sorted_by(pair_of_row.long(), None, 0)
+        return Segments(perm=perm.to(dtype), ptr=_rowptr(pair_of_row.long(), pairs.num_rows, dtype))
+
+    def _build_ntype_etype_edges(self) -> Segments:
+        return self._pair_segments(self.ntype_etype.edge_row)
+
+    def _build_ntype_etype_compact_src(self) -> Segments:
+        return self._pair_segments(self.ntype_etype.compact_src_row)
 
     def _build_in_degree(self) -> torch.Tensor:
         return torch.bincount(self.dst, minlength=self.num_nodes)

@@ -2,7 +2,7 @@
 
 A :class:`Program` is an SSA list of :class:`Node` s. Every value lives in a *row
 space*: one row per node, per edge, per unique (node, edge type) pair, per edge
-type, per node type, or a single row (``GLOBAL``, for untyped parameters and
+type, per node type, per (source node type, edge type) pair, or a single row (``GLOBAL``, for untyped parameters and
 constants). A value's type is its space, the shape of one row, and a dtype.
 
 Typed parameters are ordinary values in a type space: a per-edge-type weight
@@ -28,7 +28,8 @@ __all__ = [
     "Space", "IndexMap", "Op", "Unary", "Binary", "Reduce", "TensorType", "SourceLoc",
     "Node", "Program", "replace", "NODE", "EDGE", "COMPACT_SRC", "COMPACT_DST", "ETYPE",
     "NTYPE", "GLOBAL", "SRC", "DST", "ETYPE_OF_EDGE", "NTYPE_OF_NODE", "BUILTIN_MAPS",
-    "COMPACT_SRC_OF_EDGE", "COMPACT_DST_OF_EDGE", "map_between",
+    "COMPACT_SRC_OF_EDGE", "COMPACT_DST_OF_EDGE", "map_between", "NTYPE_ETYPE",
+    "NTYPE_ETYPE_OF_EDGE", "NTYPE_ETYPE_OF_COMPACT_SRC", "NTYPE_OF_NTYPE_ETYPE", "ETYPE_OF_NTYPE_ETYPE",
 ]
 
 
@@ -48,6 +49,7 @@ COMPACT_SRC = Space("compact_src")   # unique (src node, edge type) pairs
 COMPACT_DST = Space("compact_dst")   # unique (dst node, edge type) pairs
 ETYPE = Space("etype")               # one row per edge type (typed parameters)
 NTYPE = Space("ntype")               # one row per node type
+NTYPE_ETYPE = Space("ntype_etype")   # (source node type, edge type) pairs present (folded weights)
 GLOBAL = Space("global")             # a single row: untyped parameters, constants
 
 
@@ -77,12 +79,17 @@ NODE_OF_COMPACT_SRC = IndexMap("compact_src_node", COMPACT_SRC, NODE)
 NODE_OF_COMPACT_DST = IndexMap("compact_dst_node", COMPACT_DST, NODE)
 ETYPE_OF_COMPACT_SRC = IndexMap("compact_src_etype", COMPACT_SRC, ETYPE)
 ETYPE_OF_COMPACT_DST = IndexMap("compact_dst_etype", COMPACT_DST, ETYPE)
+NTYPE_ETYPE_OF_EDGE = IndexMap("edge_to_ntype_etype", EDGE, NTYPE_ETYPE)
+NTYPE_ETYPE_OF_COMPACT_SRC = IndexMap("compact_src_to_ntype_etype", COMPACT_SRC, NTYPE_ETYPE)
+NTYPE_OF_NTYPE_ETYPE = IndexMap("ntype_etype_ntype", NTYPE_ETYPE, NTYPE)
+ETYPE_OF_NTYPE_ETYPE = IndexMap("ntype_etype_etype", NTYPE_ETYPE, ETYPE)
 
 BUILTIN_MAPS = {
     m.name: m
     for m in (
         SRC, DST, ETYPE_OF_EDGE, NTYPE_OF_NODE, COMPACT_SRC_OF_EDGE, COMPACT_DST_OF_EDGE,
         NODE_OF_COMPACT_SRC, NODE_OF_COMPACT_DST, ETYPE_OF_COMPACT_SRC, ETYPE_OF_COMPACT_DST,
+        NTYPE_ETYPE_OF_EDGE, NTYPE_ETYPE_OF_COMPACT_SRC, NTYPE_OF_NTYPE_ETYPE, ETYPE_OF_NTYPE_ETYPE,
     )
 }
 

@@ -18,6 +18,7 @@ class RowCounts:
     ntype: int
     compact_src: int
     compact_dst: int
+    ntype_etype: int   # (source node type, edge type) pairs present: where folded weights live
 
     def of(self, space_name: str) -> int:
         return getattr(self, space_name, 1)
@@ -27,6 +28,7 @@ class RowCounts:
         return cls(
             node=graph.num_nodes, edge=graph.num_edges, etype=graph.num_etypes, ntype=graph.num_ntypes,
             compact_src=graph.compact_src.num_rows, compact_dst=graph.compact_dst.num_rows,
+            ntype_etype=graph.ntype_etype.num_rows,
         )
 
 

@@ -34,6 +34,9 @@ _GROUP_LAYOUT = {DST.name: "csr_dst", SRC.name: "csr_src"}
 _SEGMENT_LAYOUT = {
     "etype": "coo_etype", "compact_src_etype": "compact_src", "compact_dst_etype": "compact_dst",
     "ntype": "ntype_sorted",
+    "ntype_etype_etype": "ntype_etype",
+    "edge_to_ntype_etype": "ntype_etype_edges",
+    "compact_src_to_ntype_etype": "ntype_etype_compact_src",
 }
 
 

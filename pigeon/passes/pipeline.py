@@ -13,11 +13,12 @@ from pigeon.passes.compact import CompactMaterialization
 from pigeon.passes.cse import CommonSubexpressionElimination
 from pigeon.passes.dce import DeadCodeElimination
 from pigeon.passes.reorder import LinearReordering
+from pigeon.passes.reorder_chain import ChainReordering
 from pigeon.passes.simplify import Simplify
 
 Hook = Callable[[str, Program], None]
 
-PASS_NAMES = ("cse", "reorder", "dce", "compact", "simplify")
+PASS_NAMES = ("cse", "reorder", "dce", "compact", "reorder_chain", "simplify")
 
 
 def _verify_default() -> bool:
@@ -29,6 +30,8 @@ def _verify_default() -> bool:
 class Options:
     """Compiler decisions a caller (or the autotuner) may force; None = cost model.
 
+    ``reorder`` decides both halves of linear reordering (``reorder``: attention vectors
+    into weights; ``reorder_chain``: per-node-type into per-edge-type weights).
     ``disable`` names passes to skip (any of :data:`PASS_NAMES`); ``verify`` checks the
     IR after every pass.
     """
@@ -61,6 +64,7 @@ def optimize(program: Program, ctx: PassContext, options: Options = Options(), h
     program = step(LinearReordering(options.reorder), program)       # dot(xW, a) -> x(Wa)
     program = step(DeadCodeElimination(), program)                   # drop the products it replaced
     program = step(CompactMaterialization(options.compact), program) # per unique (node, etype)
+    program = step(ChainReordering(options.reorder), program)        # (x K)W -> x(KW) per type pair
     program = step(Simplify(), program)                              # fold reshapes of reshapes
     program = step(CommonSubexpressionElimination(), program)        # merge what rewrites duplicated
     program = step(DeadCodeElimination(), program)                   # drop what is now unread

@@ -21,6 +21,9 @@ from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Program, Reduce, Space, Unary
 
 
+_NTYPE_ETYPE_MAPS = ("edge_to_ntype_etype", "compact_src_to_ntype_etype", "ntype_etype_ntype", "ntype_etype_etype")
+
+
 def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tuple] | None = None):
     """``(row -> target row tensor (int64), number of target rows)`` for ``index`` on ``graph``."""
     if bindings and index.name in bindings:
@@ -35,6 +38,15 @@ def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tu
         return graph.etype, graph.num_etypes
     if name == "ntype":
         return graph.ntype, graph.num_ntypes
+    if name in _NTYPE_ETYPE_MAPS:
+        pairs = graph.layout("ntype_etype")
+        rows, size = {
+            "edge_to_ntype_etype": (pairs.edge_row, pairs.num_rows),
+            "compact_src_to_ntype_etype": (pairs.compact_src_row, pairs.num_rows),
+            "ntype_etype_ntype": (pairs.ntype, graph.num_ntypes),
+            "ntype_etype_etype": (pairs.etype, graph.num_etypes),
+        }[name]
+        return rows.long(), size
     for end in ("src", "dst"):
         cmap = graph.layout(f"compact_{end}")
         if name == f"edge_to_compact_{end}":
@@ -54,7 +66,7 @@ def space_size(graph: HeteroGraph, space: Space, bindings: Mapping[str, tuple] |
     }
     if space.name in sizes:
         return sizes[space.name]
-    if space.name in ("compact_src", "compact_dst"):
+    if space.name in ("compact_src", "compact_dst", "ntype_etype"):
         return graph.layout(space.name).num_rows
     if bindings and space.name in bindings:
         return int(bindings[space.name])

@@ -35,10 +35,11 @@ class _SegmentCache:
             return per_graph[index.name]
         if layout == "coo_etype":
             perm, ptr = graph.coo_etype.eid.long(), graph.coo_etype.rel_ptr
-        elif layout in ("compact_src", "compact_dst"):
+        elif layout in ("compact_src", "compact_dst", "ntype_etype"):
             perm, ptr = None, graph.layout(layout).rel_ptr
-        elif layout == "ntype_sorted":
-            perm, ptr = graph.ntype_sorted.perm.long(), graph.ntype_sorted.ptr
+        elif layout in ("ntype_sorted", "ntype_etype_edges", "ntype_etype_compact_src"):
+            segments = graph.layout(layout)
+            perm, ptr = segments.perm.long(), segments.ptr
         else:
             raise ValueError(f"GEMM segment map {index.name!r} has no segment layout (got layout={layout!r})")
         per_graph[index.name] = (perm, ptr.tolist())
