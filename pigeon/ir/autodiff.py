@@ -10,6 +10,7 @@ a typed linear with transposed weights plus a per-type outer-product reduction.
 from __future__ import annotations
 
 from pigeon.ir.builder import Builder, IRError
+from pigeon.ir.rewrite import copy_node
 from pigeon.ir.graph_ir import GLOBAL, Binary, Node, Op, Program, Reduce, TensorType, Unary
 
 _NO_GRADIENT = (Op.INPUT, Op.PARAM, Op.CONST, Op.DEGREE, Op.OUTPUT)
@@ -234,11 +235,18 @@ class _Adjoints:
         self.accumulate(node.inputs[0], self.mul(rstd, inner))
 
 
-def backward_program(forward: Program) -> Program:
+def saved_name(node_id: int) -> str:
+    """The backward input that carries forward value ``%node_id`` when it is saved."""
+    return f"saved_{node_id}"
+
+
+def backward_program(forward: Program, saved: frozenset[int] = frozenset()) -> Program:
     """The program computing the gradient of every input and parameter of ``forward``.
 
-    Its inputs are the forward inputs, the forward parameters and one ``grad_<name>``
-    per forward output (the upstream gradient); its outputs are ``grad_<name>`` for
+    Its inputs are the forward inputs, the forward parameters, one ``grad_<name>`` per
+    forward output (the upstream gradient) and, for every forward node id in ``saved``,
+    an input :func:`saved_name` holding that value as the forward pass computed it; the
+    other forward values it needs are recomputed. Its outputs are ``grad_<name>`` for
     every forward input and parameter that the outputs depend on (others get none).
     """
     b = Builder(forward.maps)
@@ -246,10 +254,10 @@ def backward_program(forward: Program) -> Program:
     for node in forward.nodes:  # recompute the forward values (DCE drops what is unused)
         if node.op is Op.OUTPUT:
             continue
-        attrs = dict(node.attrs)
-        remap[node.id] = b.add(node.op, tuple(remap[i] for i in node.inputs), loc=node.loc,
-                               type=node.type if node.op in (Op.INPUT, Op.PARAM, Op.CONST) else None,
-                               **attrs)
+        if node.id in saved and node.op not in (Op.INPUT, Op.PARAM, Op.CONST):
+            remap[node.id] = b.add(Op.INPUT, loc=node.loc, type=node.type, name=saved_name(node.id))
+            continue
+        remap[node.id] = copy_node(b, node, tuple(remap[i] for i in node.inputs))
     adjoints = _Adjoints(b, forward, remap)
     for out in forward.outputs():
         seed = b.add(Op.INPUT, type=out.type, name=f"grad_{out.attr('name')}")

@@ -15,9 +15,9 @@ import torch
 
 from pigeon.data.graph import HeteroGraph
 from pigeon.frontend.lang import Layer
-from pigeon.ir.autodiff import backward_program
+from pigeon.ir.autodiff import backward_program, saved_name
 from pigeon.ir.graph_ir import GLOBAL, Program
-from pigeon.ir.kernel_ir import KernelProgram
+from pigeon.ir.kernel_ir import BufferRole, KernelProgram
 from pigeon.passes import Options, PassContext, RowCounts, optimize
 from pigeon.passes.lower import lower
 from pigeon.runtime.cpu_backend import CpuExecutor
@@ -53,6 +53,7 @@ class Plan:
     decisions: list[str]
     run_forward: Callable
     run_backward: Callable
+    saved: tuple[tuple[str, str], ...]   # (forward buffer, backward input) kept for backward
 
 
 class _Apply(torch.autograd.Function):
@@ -61,18 +62,20 @@ class _Apply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan: Plan, graph: HeteroGraph, names: tuple[str, ...], dtype, *tensors):
         values = dict(zip(names, tensors))
-        outputs = plan.run_forward(graph, values, dtype)
+        outputs, kept = plan.run_forward(graph, values, dtype, keep=tuple(b for b, _ in plan.saved))
         ctx.plan, ctx.graph, ctx.names, ctx.dtype = plan, graph, names, dtype
         ctx.output_names = tuple(outputs)
-        ctx.save_for_backward(*tensors)
+        ctx.save_for_backward(*tensors, *(kept[b] for b, _ in plan.saved))
         return tuple(outputs.values())
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        values = dict(zip(ctx.names, ctx.saved_tensors))
+        saved = ctx.saved_tensors
+        values = dict(zip(ctx.names, saved))
+        values.update(zip((name for _, name in ctx.plan.saved), saved[len(ctx.names):]))
         for name, grad in zip(ctx.output_names, grad_outputs):
             values[f"grad_{name}"] = grad.contiguous()
-        grads = ctx.plan.run_backward(ctx.graph, values, ctx.dtype)
+        grads, _ = ctx.plan.run_backward(ctx.graph, values, ctx.dtype)
         return (None, None, None, None, *(grads.get(f"grad_{n}") for n in ctx.names))
 
 
@@ -140,12 +143,18 @@ class Compiled:
     def _build(self, traced: Program, rows: RowCounts, backend: str) -> Plan:
         ctx = PassContext(rows)
         forward = optimize(traced, ctx, self.options)
-        backward = optimize(backward_program(forward), ctx, self.options)
         forward_kernels = lower(forward, self.layout)
+        # Values the forward kernels write to memory anyway are kept for the backward pass
+        # instead of recomputed; values that live only inside a fused kernel are recomputed.
+        written = frozenset(int(b.name[1:]) for b in forward_kernels.buffers if b.role in (BufferRole.TEMP, BufferRole.OUTPUT))
+        backward = optimize(backward_program(forward, written), ctx, self.options)
         backward_kernels = lower(backward, self.layout)
+        readers = backward.users()
+        used = {n.attr("name") for n in backward.inputs() if readers[n.id]}
+        saved = tuple((f"%{i}", saved_name(i)) for i in sorted(written) if saved_name(i) in used)
         executor = EXECUTORS[backend]
         return Plan(forward, backward, forward_kernels, backward_kernels, ctx.decisions,
-                    executor(forward_kernels), executor(backward_kernels))
+                    executor(forward_kernels), executor(backward_kernels), saved)
 
     # -- calling -------------------------------------------------------------------------
     def __call__(self, graph: HeteroGraph, **tensors: torch.Tensor):

@@ -179,8 +179,9 @@ class CpuExecutor:
         sizes = (ctypes.c_int64 * 1)(size)
         getattr(library, kernel.name)(args, sizes)
 
-    def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype
-                 ) -> dict[str, torch.Tensor]:
+    def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
+                 keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run the program: (outputs by name, the buffers named in ``keep``)."""
         if graph.device.type != "cpu":
             raise ValueError(f"backend='cpu' runs on CPU tensors (the graph is on {graph.device})")
         library = self.library(dtype) if self.rendered else None
@@ -195,7 +196,7 @@ class CpuExecutor:
             else:
                 body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
                 env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
-        return {name: env[buffer] for name, buffer in self.program.outputs}
+        return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}
 
 
 def graph_rows(graph: HeteroGraph, traversal: TraversalKernel) -> int:

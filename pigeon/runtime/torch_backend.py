@@ -91,8 +91,9 @@ class TorchExecutor:
             out = out.new_zeros(size, *out.shape[1:]).index_add(0, index, out)
         return out
 
-    def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype
-                 ) -> dict[str, torch.Tensor]:
+    def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
+                 keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run the program: (outputs by name, the buffers named in ``keep``)."""
         env = dict(tensors)
         for kernel in self.program.kernels:
             if isinstance(kernel, GemmKernel):
@@ -100,4 +101,4 @@ class TorchExecutor:
                 continue
             body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
             env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
-        return {name: env[buffer] for name, buffer in self.program.outputs}
+        return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}
