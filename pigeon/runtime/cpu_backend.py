@@ -7,8 +7,8 @@ ctypes; a later process finds the library on disk and skips the compiler. GEMMs 
 torch's BLAS, one matmul per type segment (the issue's plan until a generated
 micro-kernel measures faster); dense kernels run as torch ops.
 
-Graph-side arrays the kernels read (int64 index maps, the CSR of each group) are built
-once per graph and kept in a per-graph cache.
+Graph-side arrays the kernels read (int64 index maps, the CSR of each group) come from
+the torch backend's per-graph cache (:class:`~pigeon.runtime.torch_backend.GraphIndex`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import weakref
 from pathlib import Path
 from typing import Mapping
 
@@ -28,9 +27,9 @@ import torch
 import pigeon
 from pigeon.codegen.c import CKernel, render_library, render_traversal
 from pigeon.data.graph import HeteroGraph
-from pigeon.ir.graph_ir import IndexMap, Op
+from pigeon.ir.graph_ir import Op
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel
-from pigeon.runtime.interpret import resolve_index, run, space_size
+from pigeon.runtime.interpret import run, space_size
 from pigeon.runtime.torch_backend import TorchExecutor
 
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-std=c11")
@@ -87,42 +86,6 @@ def build_library(source: str) -> tuple[ctypes.CDLL, Path]:
     return library, so_path
 
 
-class _GraphArrays:
-    """int64 index maps and per-group CSRs of a graph, built once per graph."""
-
-    def __init__(self):
-        self._cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def _slot(self, graph: HeteroGraph) -> dict:
-        return self._cache.setdefault(graph, {})
-
-    def index(self, graph: HeteroGraph, index: IndexMap) -> torch.Tensor:
-        slot = self._slot(graph)
-        key = ("index", index.name)
-        if key not in slot:
-            slot[key] = resolve_index(graph, index)[0].to(torch.int64).contiguous()
-        return slot[key]
-
-    def group_csr(self, graph: HeteroGraph, group: IndexMap) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rowptr, perm): the source rows of each target row of ``group``, in row order."""
-        slot = self._slot(graph)
-        key = ("csr", group.name)
-        if key not in slot:
-            if group.name in ("dst", "src"):
-                csr = graph.layout(f"csr_{group.name}")
-                slot[key] = (csr.rowptr.to(torch.int64).contiguous(), csr.eid.to(torch.int64).contiguous())
-            else:
-                keys, size = resolve_index(graph, group)
-                perm = torch.sort(keys, stable=True).indices
-                rowptr = torch.zeros(size + 1, dtype=torch.int64)
-                torch.cumsum(torch.bincount(keys, minlength=size), 0, out=rowptr[1:])
-                slot[key] = (rowptr, perm.to(torch.int64).contiguous())
-        return slot[key]
-
-
-_ARRAYS = _GraphArrays()
-
-
 class CpuExecutor:
     """Runs one level-2 program with C traversals, torch GEMMs and torch dense kernels."""
 
@@ -153,7 +116,7 @@ class CpuExecutor:
         outputs = {n.attr("name"): n for n in traversal.body.nodes if n.op is Op.OUTPUT}
         pointers, keep = [], []
         if kernel.group is not None:
-            rowptr, perm = _ARRAYS.group_csr(graph, kernel.group)
+            rowptr, perm = self.gemms.index.group_csr(graph, kernel.group)
             size = rowptr.numel() - 1
         else:
             size = graph_rows(graph, traversal)
@@ -163,7 +126,7 @@ class CpuExecutor:
             elif kind == "perm":
                 tensor = perm
             elif kind == "index":
-                tensor = _ARRAYS.index(graph, key)
+                tensor = self.gemms.index.index(graph, key)[0]
             elif key in outputs:
                 node = outputs[key]
                 rows = size if kernel.group is not None and node.type.space == kernel.group.target else graph_rows(graph, traversal)

@@ -20,34 +20,75 @@ from pigeon.ir.kernel_ir import GemmKernel, KernelProgram
 from pigeon.runtime.interpret import resolve_index, run
 
 
-class _SegmentCache:
-    """Per graph and segment map: (row permutation or None, python bounds per type).
+class GraphIndex:
+    """Per graph: GEMM row segments and the index arrays GEMMs read, built once.
 
-    The bounds are read to the host once per graph, never per call.
+    ``segments`` gives a permutation into segment order (None when rows already are in
+    it) and the segment bounds, read to the host once per graph, never per call.
     """
 
     def __init__(self):
         self._cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def get(self, graph: HeteroGraph, index: IndexMap, layout: str | None):
+    def _memo(self, graph: HeteroGraph, key: tuple, build):
         per_graph = self._cache.setdefault(graph, {})
-        if index.name in per_graph:
-            return per_graph[index.name]
-        if layout == "coo_etype":
-            perm, ptr = graph.coo_etype.eid.long(), graph.coo_etype.rel_ptr
-        elif layout in ("compact_src", "compact_dst", "ntype_etype"):
-            perm, ptr = None, graph.layout(layout).rel_ptr
-        elif layout in ("ntype_sorted", "ntype_etype_edges", "ntype_etype_compact_src"):
-            segments = graph.layout(layout)
-            perm, ptr = segments.perm.long(), segments.ptr
-        else:
-            raise ValueError(f"GEMM segment map {index.name!r} has no segment layout (got layout={layout!r})")
-        per_graph[index.name] = (perm, ptr.tolist())
-        return per_graph[index.name]
+        if key not in per_graph:
+            per_graph[key] = build()
+        return per_graph[key]
+
+    def index(self, graph: HeteroGraph, index: IndexMap) -> tuple[torch.Tensor, int]:
+        def build():
+            tensor, size = resolve_index(graph, index)
+            return tensor.to(torch.int64).contiguous(), size
+        return self._memo(graph, ("index", index.name), build)
+
+    def segments(self, graph: HeteroGraph, index: IndexMap, layout: str | None):
+        def build():
+            if layout == "coo_etype":
+                perm, ptr = graph.coo_etype.eid.long(), graph.coo_etype.rel_ptr
+            elif layout in ("compact_src", "compact_dst", "ntype_etype"):
+                perm, ptr = None, graph.layout(layout).rel_ptr
+            elif layout in ("ntype_sorted", "ntype_etype_edges", "ntype_etype_compact_src"):
+                segments = graph.layout(layout)
+                perm, ptr = segments.perm.long(), segments.ptr
+            else:
+                raise ValueError(f"GEMM segment map {index.name!r} has no segment layout (got layout={layout!r})")
+            return perm, ptr.tolist()
+        return self._memo(graph, ("segments", index.name), build)
+
+    def sorted_rows(self, graph: HeteroGraph, gather: IndexMap | None, segment: IndexMap, layout: str | None):
+        """For each position in segment order, the row of the A operand to read (None: identity)."""
+        def build():
+            perm, _ = self.segments(graph, segment, layout)
+            if gather is None:
+                return perm
+            index = self.index(graph, gather)[0]
+            return index if perm is None else index[perm]
+        return self._memo(graph, ("rows", gather.name if gather else None, segment.name), build)
+
+    def sorted_scatter(self, graph: HeteroGraph, scatter: IndexMap, segment: IndexMap, layout: str | None):
+        """The scatter target of each position in segment order, and the target size."""
+        def build():
+            perm, _ = self.segments(graph, segment, layout)
+            index, size = self.index(graph, scatter)
+            return (index if perm is None else index[perm]), size
+        return self._memo(graph, ("scatter", scatter.name, segment.name), build)
+
+    def group_csr(self, graph: HeteroGraph, group: IndexMap) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rowptr, perm): the source rows of each target row of ``group``, in row order
+        (the CSR a node-parallel traversal walks)."""
+        def build():
+            if group.name in ("dst", "src"):
+                csr = graph.layout(f"csr_{group.name}")
+                return csr.rowptr.to(torch.int64).contiguous(), csr.eid.to(torch.int64).contiguous()
+            keys, size = self.index(graph, group)
+            rowptr = torch.zeros(size + 1, dtype=torch.int64)
+            torch.cumsum(torch.bincount(keys, minlength=size), 0, out=rowptr[1:])
+            return rowptr, torch.sort(keys, stable=True).indices.contiguous()
+        return self._memo(graph, ("csr", group.name), build)
 
 
-def _rows(perm, lo: int, hi: int) -> torch.Tensor | slice:
-    return slice(lo, hi) if perm is None else perm[lo:hi]
+_GRAPH_INDEX = GraphIndex()
 
 
 class TorchExecutor:
@@ -55,40 +96,54 @@ class TorchExecutor:
 
     def __init__(self, program: KernelProgram):
         self.program = program
-        self.segments = _SegmentCache()
+        self.index = _GRAPH_INDEX
 
     def gemm(self, k: GemmKernel, graph: HeteroGraph, env: dict) -> torch.Tensor:
-        a = env[k.a]
-        if k.a_gather is not None:
-            a = a.index_select(0, resolve_index(graph, k.a_gather)[0])
-        w = env[k.w]
+        """One GEMM kernel: rows put in segment order once (gather fused into that
+        permutation), one matmul per segment on contiguous slices, then one scatter."""
+        a, w = env[k.a], env[k.w]
+        if k.segment is None:
+            return self._untyped_gemm(k, graph, a, w)
+        perm, bounds = self.index.segments(graph, k.segment, k.layout)
+        rows = self.index.sorted_rows(graph, k.a_gather, k.segment, k.layout)
+        a_sorted = a if rows is None else a.index_select(0, rows)
+        segments = [(t, bounds[t], bounds[t + 1]) for t in range(len(bounds) - 1) if bounds[t + 1] > bounds[t]]
         if k.weight_grad:
+            b_sorted = w if perm is None else w.index_select(0, perm)
             spec = "r...i,r...o->...io" if k.batched else "r...i,r...o->io"
-            if k.segment is None:  # one sum over all rows (a GLOBAL operand is one row)
-                a, w = (v.unsqueeze(0) if self.program.buffer(name).type.space == GLOBAL else v
-                        for v, name in ((a, k.a), (w, k.w)))
-                return torch.einsum(spec, a, w)
-            perm, bounds = self.segments.get(graph, k.segment, k.layout)
             out = a.new_zeros(len(bounds) - 1, *(a.shape[1:-1] if k.batched else ()), a.shape[-1], w.shape[-1])
-            for t in range(len(bounds) - 1):
-                if bounds[t + 1] > bounds[t]:
-                    rows = _rows(perm, bounds[t], bounds[t + 1])
-                    out[t] = torch.einsum(spec, a[rows], w[rows])
+            for t, lo, hi in segments:
+                out[t] = torch.einsum(spec, a_sorted[lo:hi], b_sorted[lo:hi])
             return out
         if k.transpose_w:
             w = w.transpose(-1, -2)
-        if k.segment is None:
-            out = torch.einsum("r...i,...io->r...o", a, w) if w.dim() > 2 else a @ w
-        else:
-            perm, bounds = self.segments.get(graph, k.segment, k.layout)
-            out = a.new_zeros(*a.shape[:-1], w.shape[-1])
-            for t in range(len(bounds) - 1):
-                if bounds[t + 1] > bounds[t]:
-                    rows = _rows(perm, bounds[t], bounds[t + 1])
-                    out[rows] = torch.einsum("r...i,...io->r...o", a[rows], w[t]) if k.batched else a[rows] @ w[t]
+        out_sorted = a.new_empty(a_sorted.shape[0], *a.shape[1:-1], w.shape[-1])
+        for t, lo, hi in segments:
+            if k.batched:
+                out_sorted[lo:hi] = torch.einsum("r...i,...io->r...o", a_sorted[lo:hi], w[t])
+            else:
+                torch.matmul(a_sorted[lo:hi], w[t], out=out_sorted[lo:hi])
         if k.scatter is not None:
-            index, size = resolve_index(graph, k.scatter)
-            out = out.new_zeros(size, *out.shape[1:]).index_add(0, index, out)
+            index, size = self.index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
+            return out_sorted.new_zeros(size, *out_sorted.shape[1:]).index_add_(0, index, out_sorted)
+        if perm is None:
+            return out_sorted
+        return torch.empty_like(out_sorted).index_copy_(0, perm, out_sorted)
+
+    def _untyped_gemm(self, k: GemmKernel, graph: HeteroGraph, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if k.a_gather is not None:
+            a = a.index_select(0, self.index.index(graph, k.a_gather)[0])
+        if k.weight_grad:  # one sum over all rows (a GLOBAL operand is one row)
+            spec = "r...i,r...o->...io" if k.batched else "r...i,r...o->io"
+            a, w = (v.unsqueeze(0) if self.program.buffer(name).type.space == GLOBAL else v
+                    for v, name in ((a, k.a), (w, k.w)))
+            return torch.einsum(spec, a, w)
+        if k.transpose_w:
+            w = w.transpose(-1, -2)
+        out = torch.einsum("r...i,...io->r...o", a, w) if w.dim() > 2 else a @ w
+        if k.scatter is not None:
+            index, size = self.index.index(graph, k.scatter)
+            out = out.new_zeros(size, *out.shape[1:]).index_add_(0, index, out)
         return out
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
