@@ -132,6 +132,12 @@ def cmd_show_ir(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pigeon.bench.command import run_bench
+
+    return run_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pigeon",
@@ -166,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--dim", type=int, default=16, help="hidden size (default: 16)")
     show.add_argument("--heads", type=int, default=1, help="attention heads (default: 1)")
     show.set_defaults(func=cmd_show_ir)
+
+    from pigeon.bench.command import EXAMPLE as BENCH_EXAMPLE, add_arguments as add_bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="time Pigeon's backends against DGL and PyG, each case in its own process",
+        description="Benchmark relational GNN layers: every combination of --systems, --models, "
+                    "--datasets and --modes is a case, timed (median and min-max of --repeat runs "
+                    "after a warm-up) with its peak memory and a correctness check against "
+                    "pigeon.reference. Prints a table with each Pigeon system's speedup over the best "
+                    "of DGL and PyG; optionally writes JSON, Markdown and a PNG chart.",
+        epilog=BENCH_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

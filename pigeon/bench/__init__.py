@@ -1,0 +1,26 @@
+"""The benchmark harness behind ``pigeon bench``.
+
+A *case* is one system × model × dataset × mode (``infer``: a forward pass under
+``torch.no_grad``; ``train``: forward and backward). Each case runs in its own
+``python -m pigeon.bench.worker`` subprocess, so its peak memory is its own and an
+out-of-memory, a crash or a hang in one system becomes that case's result (``OOM``,
+``error: ...``, ``timeout``) instead of ending the run.
+
+Where things are:
+
+* :mod:`pigeon.bench.systems`: the systems (Pigeon's backends, DGL, PyG, the
+  reference layers), how each builds a model with the reference's weights, and
+  which of them compute the reference's maths;
+* :mod:`pigeon.bench.worker`: one case: load, build, check against
+  :mod:`pigeon.reference`, warm up, time, measure peak memory;
+* :mod:`pigeon.bench.harness`: the case list, the subprocesses, memory and time
+  limits, the machine description;
+* :mod:`pigeon.bench.report`: the table, Markdown, the PNG chart, ``--compare``.
+
+This module imports nothing heavy, so the command line can validate names first.
+"""
+
+from pigeon.bench.harness import Case, Config, run_cases
+from pigeon.bench.systems import MODELS, MODES, available_systems
+
+__all__ = ["Case", "Config", "run_cases", "MODELS", "MODES", "available_systems"]

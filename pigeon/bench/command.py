@@ -1,0 +1,220 @@
+"""``pigeon bench``: argument types and the command (the parser lives in pigeon/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Callable, Sequence
+
+from pigeon.bench.harness import Config, new_report, run_cases
+from pigeon.bench.report import format_compare, format_markdown, format_table, load_report, save_report, write_plot
+from pigeon.bench.systems import DEVICES, MODELS, MODES, BACKEND_DEVICES, available_systems, default_systems
+
+EXAMPLE = """\
+example:
+  pigeon bench --models rgcn,rgat --datasets aifb --systems pigeon-torch,dgl,pyg \\
+      --dim 64 --repeat 5 --json out.json --markdown out.md --plot out.png
+  pigeon bench --from-json new.json --compare old.json   # ratios per case, nothing run
+
+Each case (system x model x dataset x mode) runs in its own process under a memory cap
+and a time limit; one that runs out of memory, crashes or hangs is recorded as OOM,
+error or timeout and the run goes on. Before timing, each system's output is checked
+against pigeon.reference (float64) where it computes the same maths. The exit status
+is 1 if any check found a mismatch, 0 otherwise."""
+
+
+def _name_list(kind: str, valid: Callable[[], Sequence[str]], explain: Callable[[str], str | None] = None):
+    """An argparse type: a comma-separated list of names from ``valid()``, duplicates dropped."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind}s (got {text!r})")
+        options = list(valid())
+        for name in names:
+            if name not in options:
+                reason = explain(name) if explain else None
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {name!r}{'; ' + reason if reason else ''}; valid: {', '.join(options)}")
+        return tuple(names)
+
+    parse.__name__ = f"{kind} list"
+    return parse
+
+
+def _dataset_names() -> Sequence[str]:
+    from pigeon.data.datasets import dataset_names
+
+    return dataset_names()
+
+
+def _why_no_system(name: str) -> str | None:
+    if name.startswith("pigeon-"):
+        from pigeon.runtime.compiled import BACKENDS
+
+        return f"the {name[7:]!r} backend is not in pigeon.runtime.compiled.BACKENDS {BACKENDS}"
+    return None
+
+
+models = _name_list("model", lambda: MODELS)
+modes = _name_list("mode", lambda: MODES)
+datasets = _name_list("dataset", _dataset_names)
+systems = _name_list("system", lambda: list(available_systems()), _why_no_system)
+
+
+def positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} (got {text!r})") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a value above 0 (got {text!r})")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _fail(message: str) -> int:
+    print(f"pigeon bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return Config(
+        models=args.models, datasets=args.datasets, modes=args.modes,
+        systems=args.systems or tuple(default_systems(args.device)),
+        dim=args.dim, heads=args.heads, scale=args.scale, seed=args.seed, repeat=args.repeat,
+        warmup=args.warmup, memory_gb=args.memory_gb, timeout_s=args.timeout_s, device=args.device,
+        threads=args.threads,
+    )
+
+
+def _command_line(config: Config, args: argparse.Namespace) -> list[str]:
+    """Every option spelled out, so that the recorded command reruns the same cases."""
+    argv = ["bench"]
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        argv += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+    for flag in ("json", "markdown", "plot", "compare"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    return argv
+
+
+def _check_setup(config: Config) -> str | None:
+    """What stops this run before it starts, or None."""
+    if config.dim % config.heads:
+        return f"--dim must be divisible by --heads (got dim {config.dim}, heads {config.heads})"
+    named = available_systems()
+    wrong = [s for s in config.systems if named[s].device not in (None, config.device)]
+    if wrong:
+        return (f"{', '.join(wrong)} run(s) on {named[wrong[0]].device} only (got --device {config.device}); "
+                f"devices of Pigeon's backends: {BACKEND_DEVICES}")
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "--device cuda, but torch sees no CUDA device"
+    return None
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run (or, with --from-json, load) the benchmark and print and write its reports."""
+    old = None
+    try:
+        if args.compare:
+            old = load_report(args.compare)
+        if args.plot:
+            import matplotlib  # noqa: F401
+    except ImportError:
+        return _fail("--plot needs matplotlib (pip install matplotlib, or the package's [test] extra)")
+    except ValueError as exc:
+        return _fail(str(exc))
+
+    if args.from_json:
+        try:
+            report = load_report(args.from_json)
+        except ValueError as exc:
+            return _fail(str(exc))
+    else:
+        config = _config(args)
+        problem = _check_setup(config)
+        if problem:
+            return _fail(problem)
+        report = new_report(config, _command_line(config, args))
+        report["load_average"] = {"start": round(os.getloadavg()[0], 2), "end": None}
+
+        def keep(result: dict) -> None:
+            report["results"].append(result)
+            if args.json:
+                save_report(report, args.json)
+
+        run_cases(config.cases(), progress=not args.no_progress, on_result=keep)
+        report["load_average"]["end"] = round(os.getloadavg()[0], 2)
+        if args.json:
+            save_report(report, args.json)
+
+    print(format_table(report))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(format_markdown(report))
+    if args.plot:
+        write_plot(report, args.plot)
+    if old is not None:
+        print()
+        print(format_compare(report, old, args.compare))
+    mismatched = any((r.get("check") or {}).get("status") == "mismatch" for r in report["results"])
+    return 1 if mismatched else 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``pigeon bench``'s options (pigeon/cli.py calls this in its parser block)."""
+    names = list(available_systems())
+    parser.add_argument("--models", type=models, default=MODELS,
+                        help=f"comma-separated, from {', '.join(MODELS)} (default: all)")
+    parser.add_argument("--datasets", type=datasets, default=("aifb",),
+                        help="comma-separated names pigeon.data.load knows, e.g. aifb,mutag,bgs,am "
+                             "(synthetic profiles) or umls (default: aifb)")
+    parser.add_argument("--modes", type=modes, default=MODES,
+                        help="infer (forward, no grad) and/or train (forward and backward) (default: both)")
+    parser.add_argument("--systems", type=systems, default=None,
+                        help=f"comma-separated, from {', '.join(names)}; pigeon-<backend> exists for each "
+                             "backend in pigeon.runtime.compiled.BACKENDS (default: Pigeon's backends "
+                             "for --device, dgl, pyg)")
+    parser.add_argument("--dim", type=positive(int), default=64, help="hidden size, in and out (default: 64)")
+    parser.add_argument("--heads", type=positive(int), default=1,
+                        help="attention heads for RGAT and HGT, each dim/heads wide (default: 1)")
+    parser.add_argument("--scale", type=positive(float), default=1.0,
+                        help="size of synthetic profiles relative to the published graph (default: 1.0)")
+    parser.add_argument("--seed", type=int, default=0, help="graph, features and weights (default: 0)")
+    parser.add_argument("--repeat", type=positive(int), default=5,
+                        help="timed runs per case; the table shows their median and min-max (default: 5)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs after the first call and the check (default: 1)")
+    parser.add_argument("--memory-gb", type=positive(float), default=12.0,
+                        help="memory cap per case in GiB: address space on the CPU, a share of the "
+                             "GPU's memory with --device cuda; a case over it is recorded as OOM (default: 12)")
+    parser.add_argument("--timeout-s", type=positive(float), default=600.0,
+                        help="time limit per case in seconds, start-up included; recorded as timeout "
+                             "(default: 600)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
+    parser.add_argument("--threads", type=positive(int), default=None,
+                        help="torch and OpenMP threads per case (default: torch's choice, one per core)")
+    parser.add_argument("--json", metavar="FILE", default=None,
+                        help="write every result, the machine and the command here (default: none); "
+                             "rewritten after each case")
+    parser.add_argument("--markdown", metavar="FILE", default=None, help="write the table as Markdown (default: none)")
+    parser.add_argument("--plot", metavar="FILE.png", default=None,
+                        help="write a bar chart of Pigeon's speedups over the best baseline (default: none)")
+    parser.add_argument("--compare", metavar="OLD.json", default=None,
+                        help="also print the ratio new/old of the median time of each case found in OLD.json")
+    parser.add_argument("--from-json", metavar="FILE", default=None,
+                        help="run nothing: show the results saved in FILE (with --markdown, --plot, --compare)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

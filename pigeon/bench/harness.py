@@ -1,0 +1,299 @@
+"""Cases, the subprocess each one runs in, and the machine the run is on.
+
+:func:`run_cases` runs each :class:`Case` as ``python -m pigeon.bench.worker`` in a
+new session, one after another (cases running side by side would time each other),
+and waits at most ``case.timeout_s``. The worker writes its result to a file; when
+none is written, the exit status says what happened: killed by SIGKILL (the kernel's
+out-of-memory killer), a C++ ``std::bad_alloc``, or a crash.
+
+This module imports nothing heavy (no torch), so ``pigeon bench --help`` and name
+errors come back at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterable
+
+SCHEMA = "pigeon-bench/1"
+
+# What an allocation failure says, in Python, PyTorch's allocators, C++ and OpenMP.
+# Under an address-space cap a thread stack that cannot be mapped is the same failure.
+_OUT_OF_MEMORY = re.compile(
+    r"MemoryError|out of memory|can't allocate memory|cannot allocate memory|not enough memory"
+    r"|std::bad_alloc|Thread creation failed|failed to map segment",
+    re.IGNORECASE,
+)
+
+
+_CAUSE = re.compile(r"error|exception|assert|failed|abort|terminate|fault", re.IGNORECASE)
+
+
+def is_out_of_memory(text: str) -> bool:
+    """Whether an error message or a crash's output is an allocation failure."""
+    return bool(_OUT_OF_MEMORY.search(text))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: ``system`` running ``model`` on ``dataset`` in ``mode``.
+
+    Args:
+        system, model, dataset, mode: names as ``pigeon bench`` takes them.
+        dim (int): hidden size, in and out. Default: 64.
+        heads (int): attention heads (RGAT, HGT). Default: 1.
+        scale (float): synthetic profile scale. Default: 1.0.
+        seed (int): graph, features and weights. Default: 0.
+        repeat (int): timed runs; the result is their median. Default: 5.
+        warmup (int): untimed runs after the first call and the check. Default: 1.
+        memory_gb (float): address-space cap of the worker (CPU) or share of the GPU's
+            memory (CUDA), in GiB. Default: 12.
+        timeout_s (float): wall-clock limit of the worker, start-up included. Default: 600.
+        device (str): ``cpu`` or ``cuda``. Default: ``cpu``.
+        threads (int, optional): torch and OpenMP threads. Default: torch's own choice.
+    """
+
+    system: str
+    model: str
+    dataset: str
+    mode: str
+    dim: int = 64
+    heads: int = 1
+    scale: float = 1.0
+    seed: int = 0
+    repeat: int = 5
+    warmup: int = 1
+    memory_gb: float = 12.0
+    timeout_s: float = 600.0
+    device: str = "cpu"
+    threads: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.system} {self.model} {self.dataset} {self.mode}"
+
+
+# Fields that make two results comparable (``--compare`` matches cases on them).
+KEY_FIELDS = ("system", "model", "dataset", "mode", "dim", "heads", "scale", "device")
+
+
+def case_key(result: dict) -> tuple:
+    return tuple(result[field] for field in KEY_FIELDS)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: every combination of the listed names, with shared settings."""
+
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    modes: tuple[str, ...]
+    systems: tuple[str, ...]
+    dim: int = 64
+    heads: int = 1
+    scale: float = 1.0
+    seed: int = 0
+    repeat: int = 5
+    warmup: int = 1
+    memory_gb: float = 12.0
+    timeout_s: float = 600.0
+    device: str = "cpu"
+    threads: int | None = None
+
+    def cases(self) -> list[Case]:
+        """Grouped as the table prints them: dataset, model, mode, then system."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Case)
+                  if f.name not in ("system", "model", "dataset", "mode")}
+        return [Case(system, model, dataset, mode, **shared)
+                for dataset in self.datasets for model in self.models
+                for mode in self.modes for system in self.systems]
+
+
+# ---- running --------------------------------------------------------------------------
+def run_cases(cases: Iterable[Case], *, progress: bool = True,
+              on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run every case in its own worker, one at a time, and return one result each.
+
+    A result is the case's fields plus ``status`` (``ok``, ``OOM``, ``timeout`` or
+    ``error``), ``error`` (one line, or None) and what the worker measured (see
+    :mod:`pigeon.bench.worker`). ``progress`` shows a tqdm bar on stderr, one step
+    per case.
+    """
+    cases = list(cases)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), unit="case", file=sys.stderr, dynamic_ncols=True)
+    results = []
+    try:
+        for case in cases:
+            if bar is not None:
+                bar.set_postfix_str(case.label)
+            result = run_case(case)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def run_case(case: Case) -> dict:
+    """Run one case in a fresh worker process and return its result."""
+    env = dict(os.environ)
+    if case.threads is not None:
+        # DGL's kernels use OpenMP directly: the variable must be set before it loads.
+        env["OMP_NUM_THREADS"] = str(case.threads)
+    with tempfile.TemporaryDirectory(prefix="pigeon-bench-") as tmp:
+        out_path = Path(tmp) / "result.json"
+        command = [sys.executable, "-m", "pigeon.bench.worker",
+                   "--case", json.dumps(dataclasses.asdict(case)), "--out", str(out_path)]
+        start = time.perf_counter()
+        # A session of its own, so a timeout can end the worker and anything it started.
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", env=env, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=case.timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            timed_out = True
+        except BaseException:
+            # Ctrl-C reaches only our process group: end the worker's too.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        wall = time.perf_counter() - start
+        measured = json.loads(out_path.read_text()) if out_path.exists() else None
+
+    result = dataclasses.asdict(case)
+    # The worker rewrites its file as each stage ends: a worker that died leaves the
+    # fields it had measured and the stage it died in.
+    result.update(measured or {"stage": "start-up"})
+    if timed_out:
+        result.update(status="timeout", error=f"no result within {case.timeout_s:g} s (stage: {result['stage']})")
+    elif result["stage"] != "done":
+        status, error = classify_exit(proc.returncode, output)
+        result.update(status=status, error=f"{error} (stage: {result['stage']})")
+    result["wall_s"] = round(wall, 3)
+    return result
+
+
+def classify_exit(returncode: int, output: str) -> tuple[str, str]:
+    """``(status, one-line error)`` for a worker that ended without writing a result."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    # A native abort ends with diagnostics (e.g. LIBXSMM's uptime); the cause is the
+    # last line that reads like one.
+    causes = [line for line in lines if _CAUSE.search(line)]
+    last = (causes or lines or ["no output"])[-1][:300]
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        if -returncode == signal.SIGKILL:
+            return "OOM", "killed by SIGKILL (the kernel's out-of-memory killer)"
+        if is_out_of_memory(output):
+            return "OOM", f"killed by {name}: {last}"
+        return "error", f"killed by {name}: {last}"
+    if is_out_of_memory(output):
+        return "OOM", last
+    return "error", f"exit status {returncode}: {last}"
+
+
+# ---- the machine ----------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    """The commit of the Pigeon checkout, with ``-dirty`` for uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def describe_machine(device: str) -> dict:
+    """CPU, cores, memory, GPU and library versions, for the results file."""
+    import torch
+
+    import pigeon
+
+    gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None
+    return {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            "pigeon": pigeon.__version__,
+            "pigeon_commit": _git_commit(),
+            "torch": torch.__version__,
+            "dgl": _version("dgl"),
+            "torch_geometric": _version("torch_geometric"),
+            # PyG's RGCNConv and HGTConv take faster paths when these are installed.
+            "pyg_lib": _version("pyg_lib"),
+            "torch_scatter": _version("torch_scatter"),
+            "torch_sparse": _version("torch_sparse"),
+        },
+    }
+
+
+def new_report(config: Config, argv: list[str]) -> dict:
+    """The results document before any case has run."""
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["pigeon", *argv]),
+        "machine": describe_machine(config.device),
+        "config": dataclasses.asdict(config),
+        "results": [],
+    }

@@ -1,0 +1,216 @@
+"""``pigeon bench``: the systems against the reference, the worker's failure handling,
+the reports, and the command line run as a user runs it (in a subprocess).
+
+Sizes are tiny (aifb at 2 %, the 4-node-type mag profile at 0.2 %, hidden 8) so the
+file stays fast on 2 cores; speed itself is measured by ``pigeon bench``, not here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pigeon.runtime.compiled
+from pigeon.bench import Case, run_cases
+from pigeon.bench.harness import SCHEMA, classify_exit
+from pigeon.bench.report import best_baselines, format_table, load_report, save_report, speedup
+from pigeon.bench.systems import MODELS, MODES, available_systems, default_systems
+from pigeon.bench.worker import check_against_reference, prepare
+from pigeon.cli import build_parser, main
+from pigeon.data import load
+
+TINY = ("--datasets", "aifb", "--scale", "0.02", "--dim", "8", "--heads", "2",
+        "--repeat", "2", "--warmup", "0", "--no-progress")
+
+
+def _pigeon(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pigeon", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One real run through the command line: 2 models x 2 systems, training."""
+    out = tmp_path_factory.mktemp("bench")
+    result = _pigeon("bench", "--models", "rgcn,rgat", "--modes", "train", "--systems", "pigeon-torch,dgl",
+                     *TINY, "--json", out / "run.json", "--markdown", out / "run.md", "--plot", out / "run.png")
+    return result, out
+
+
+# ---- every system computes what the reference computes ---------------------------------
+@pytest.mark.parametrize("system_name", list(available_systems()))
+def test_every_system_runs_each_model_and_matches_the_reference_where_the_maths_is_the_same(system_name):
+    system = available_systems()[system_name]
+    for model in MODELS:
+        for mode in MODES:
+            case = Case(system_name, model, "mag", mode, dim=8, heads=2, scale=0.002, seed=3)
+            system, workload, runner, synthetic = prepare(case)
+            assert synthetic
+            check = check_against_reference(system, runner, workload, mode == "train",
+                                            torch.Generator().manual_seed(4))
+            expected = "oracle" if system.library == "reference" else "ok" if model in system.same_maths else "n/a"
+            assert check["status"] == expected, (model, mode, check)
+            if expected == "ok":
+                assert check["max_rel_err"] <= 1e-4, (model, mode, check)
+            # Every system runs, checked or not: forward and backward, one row per node.
+            x = workload.x.detach().clone().requires_grad_()
+            out, rows = runner.to_global(runner.forward(runner.to_native(x)))
+            assert out.shape == (workload.graph.num_nodes, 8) and torch.isfinite(out).all()
+            selected = out if rows is None else out[rows]
+            selected.square().sum().backward()
+            assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("system_name,model,tamper", [
+    ("pigeon-torch", "rgcn", lambda module: module.bias.add_(0.5)),
+    ("pyg", "hgt", lambda module: module.skip["n0"].add_(1.0)),
+])
+def test_the_check_reports_a_layer_that_computes_something_else(system_name, model, tamper):
+    system, workload, runner, _ = prepare(Case(system_name, model, "mag", "train", dim=8, heads=2, scale=0.002))
+    with torch.no_grad():
+        tamper(runner.module)
+    check = check_against_reference(system, runner, workload, True, torch.Generator().manual_seed(0))
+    assert check["status"] == "mismatch" and check["max_rel_err"] > check["tolerance"], check
+
+
+def test_systems_follow_the_compiled_backends(monkeypatch):
+    monkeypatch.setattr(pigeon.runtime.compiled, "BACKENDS", ("torch", "cpu", "triton", "auto"))
+    systems = available_systems()
+    assert list(systems) == ["pigeon-torch", "pigeon-cpu", "pigeon-triton", "dgl", "pyg", "reference"]
+    assert systems["pigeon-triton"].device == "cuda" and systems["pigeon-torch"].device is None
+    assert default_systems("cpu") == ["pigeon-torch", "pigeon-cpu", "dgl", "pyg"]
+    assert default_systems("cuda") == ["pigeon-torch", "pigeon-triton", "dgl", "pyg"]
+    assert [s for s in systems.values() if s.is_baseline] == [systems["dgl"], systems["pyg"]]
+
+
+# ---- failures are results -------------------------------------------------------------
+def test_a_baseline_out_of_memory_and_a_hang_are_recorded_and_the_run_goes_on():
+    starved = Case("pyg", "rgcn", "aifb", "infer", dim=32, scale=0.3, repeat=1, memory_gb=0.3)
+    hung = Case("dgl", "rgcn", "aifb", "infer", dim=8, scale=0.02, repeat=1, timeout_s=0.5)
+    fine = Case("pigeon-torch", "rgcn", "aifb", "infer", dim=8, scale=0.02, repeat=2)
+    seen = []
+    results = run_cases([starved, hung, fine], progress=False, on_result=seen.append)
+    assert seen == results
+    oom, timeout, ok = results
+    assert oom["status"] == "OOM" and ("allocate" in oom["error"] or "MemoryError" in oom["error"]), oom
+    assert oom["stage"] == "done" and oom["import_vm_mib"] > 300  # the cap was below what imports mapped
+    assert timeout["status"] == "timeout" and "0.5 s" in timeout["error"], timeout
+    assert ok["status"] == "ok" and ok["check"]["status"] == "ok", ok
+    assert len(ok["times_s"]) == 2 and ok["min_s"] <= ok["median_s"] <= ok["max_s"]
+
+
+@pytest.mark.parametrize("returncode,output,status,words", [
+    (-9, "", "OOM", "SIGKILL"),
+    (-6, "terminate called after throwing an instance of 'std::bad_alloc'\n", "OOM", "SIGABRT"),
+    (-11, "", "error", "killed by SIGSEGV"),
+    (-6, "python: libxsmm_main.c:2404: Assertion `registry' failed.\nUptime: 0.002 s\n", "error", "Assertion"),
+    (1, "Traceback (most recent call last):\nValueError: boom\n", "error", "exit status 1: ValueError: boom"),
+    (1, "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB\n", "OOM", "8 GB"),
+])
+def test_a_worker_that_died_is_classified_from_its_exit(returncode, output, status, words):
+    got_status, error = classify_exit(returncode, output)
+    assert got_status == status and words in error, error
+
+
+# ---- the command line -----------------------------------------------------------------
+def test_bench_command_writes_results_markdown_and_chart(cli_run):
+    result, out = cli_run
+    assert result.returncode == 0, result.stderr
+    report = load_report(out / "run.json")
+    assert report["schema"] == SCHEMA
+    assert report["command"].startswith("pigeon bench --models rgcn,rgat --datasets aifb --modes train "
+                                         "--systems pigeon-torch,dgl --dim 8 --heads 2 --scale 0.02")
+    machine = report["machine"]
+    assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["memory_gib"] > 0
+    assert machine["versions"]["torch"] == torch.__version__ and machine["versions"]["dgl"]
+    assert report["config"]["dim"] == 8 and report["config"]["repeat"] == 2
+
+    nodes = load("aifb", scale=0.02).graph.num_nodes
+    checks = {}
+    for r in report["results"]:
+        assert r["status"] == "ok" and r["error"] is None and r["stage"] == "done", r
+        assert len(r["times_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["first_call_s"] > 0 and r["peak_mib"] > 100 and r["peak_source"] == "VmHWM"
+        assert r["graph"]["nodes"] == nodes and r["graph"]["synthetic"] and r["other_cores_busy"] >= 0
+        checks[r["system"], r["model"]] = r["check"]["status"]
+    assert checks == {("pigeon-torch", "rgcn"): "ok", ("dgl", "rgcn"): "ok",
+                      ("pigeon-torch", "rgat"): "ok", ("dgl", "rgat"): "n/a"}
+
+    table = result.stdout
+    assert "x vs dgl" in table and "best baseline" in table and "n/a" in table
+    assert f"{nodes:,} nodes" in table
+    markdown = (out / "run.md").read_text()
+    assert report["command"] in markdown and "| model | mode | system |" in markdown
+    assert markdown.count("| rgcn | train |") == 2
+    assert (out / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # tqdm draws on stderr only when asked; --no-progress keeps it quiet.
+    assert "case/s" not in result.stderr
+
+
+def test_compare_prints_the_ratio_of_each_case(cli_run, tmp_path, capsys):
+    _, out = cli_run
+    old = load_report(out / "run.json")
+    new = copy.deepcopy(old)
+    for r in new["results"]:
+        r["median_s"] *= 2
+    new["results"].pop()
+    save_report(new, tmp_path / "new.json")
+    assert main(["bench", "--from-json", str(tmp_path / "new.json"), "--compare", str(out / "run.json")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("2.00x (slower)") == len(new["results"]) == 3
+    assert "compared with" in printed and "pigeon-torch rgcn aifb train" in printed
+
+
+def test_unknown_names_fail_at_once_with_the_valid_ones(capsys):
+    result = _pigeon("bench", "--models", "rgcn,gcn")
+    assert result.returncode == 2
+    assert "unknown model 'gcn'; valid: rgcn, rgat, hgt" in result.stderr
+    for option, bad, listed in [("--datasets", "cora", "aifb"), ("--modes", "eval", "infer, train"),
+                                ("--systems", "pigeon-nonexistent", "pigeon.runtime.compiled.BACKENDS"),
+                                ("--systems", "jax", "reference")]:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["bench", option, bad])
+        assert exit_info.value.code == 2
+        message = capsys.readouterr().err
+        assert f"unknown {option[2:-1]} {bad!r}" in message and listed in message, message
+
+
+def test_settings_that_cannot_run_fail_before_any_case(tmp_path, capsys):
+    assert main(["bench", "--dim", "10", "--heads", "3", "--json", str(tmp_path / "x.json")]) == 2
+    assert "--dim must be divisible by --heads (got dim 10, heads 3)" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+    (tmp_path / "other.json").write_text(json.dumps({"results": []}))
+    assert main(["bench", "--compare", str(tmp_path / "other.json")]) == 2
+    assert f"to have schema {SCHEMA!r} (got None)" in capsys.readouterr().err
+
+
+# ---- the report -------------------------------------------------------------------------
+def _result(system: str, status: str = "ok", median: float | None = None, mode: str = "infer") -> dict:
+    result = {"system": system, "model": "rgcn", "dataset": "aifb", "mode": mode, "dim": 8, "heads": 1,
+              "scale": 1.0, "device": "cpu", "status": status, "error": None if status == "ok" else "x",
+              "check": {"status": "ok"}}
+    if median is not None:
+        result.update(median_s=median, min_s=median, max_s=median, peak_mib=500.0, first_call_s=median)
+    return result
+
+
+def test_speedup_is_over_the_fastest_baseline_that_finished():
+    results = [_result("pigeon-torch", median=0.010), _result("dgl", "OOM"), _result("pyg", median=0.030),
+               _result("pigeon-torch", median=0.040, mode="train"), _result("dgl", median=0.020, mode="train"),
+               _result("pyg", median=0.025, mode="train"), _result("reference", median=0.050, mode="train")]
+    best = best_baselines(results)
+    assert speedup(results[0], best) == pytest.approx((3.0, "pyg"))
+    assert speedup(results[3], best) == pytest.approx((0.5, "dgl"))
+    assert speedup(results[2], best) is None and speedup(results[6], best) is None
+    report = {"results": results, "config": {"dim": 8, "heads": 1, "scale": 1.0, "device": "cpu", "repeat": 1,
+                                             "warmup": 1, "threads": None},
+              "machine": {"cpu": "cpu", "usable_cores": 2, "memory_gib": 1, "gpu": None,
+                          "versions": {"torch": "t", "dgl": "d", "torch_geometric": "p", "pigeon": "0"}}}
+    table = format_table(report)
+    assert "3.00x vs pyg" in table and "0.50x vs dgl" in table and "OOM" in table
+    assert "dgl rgcn aifb infer: OOM: x" in table
