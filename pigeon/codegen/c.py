@@ -345,24 +345,24 @@ def _elementwise(pl: _Planner, node: Node, lines: list[str]) -> None:
     lines += _loops(shape, f"v{node.id}[{_index(shape, shape)}] = {expr};")
 
 
+def _sum_over_last(node: Node, size: int, term: str) -> list[str]:
+    """``v[...] = sum over i{k} < size of term``, ``term`` indexed with the loop variables."""
+    k = len(node.type.shape)
+    out = _index(node.type.shape, node.type.shape)
+    return [f"real v{node.id}[{node.type.numel}];"] + _loops(
+        node.type.shape, f"{{ real t = 0; for (int i{k} = 0; i{k} < {size}; i{k}++) t += {term}; v{node.id}[{out}] = t; }}")
+
+
 def _dot(pl: _Planner, node: Node, lines: list[str]) -> None:
     a, b = (pl.body.nodes[i] for i in node.inputs)
-    size = a.type.shape[-1]
-    full = node.type.shape + (size,)
-    k = len(node.type.shape)
-    lines.append(f"real v{node.id}[{node.type.numel}];")
-    lines += _loops(node.type.shape, f"{{ real t = 0; for (int i{k} = 0; i{k} < {size}; i{k}++) "
-                    f"t += {pl.ref(a.id)}[{_index(full, a.type.shape)}] * {pl.ref(b.id)}[{_index(full, b.type.shape)}]; "
-                    f"v{node.id}[{_index(node.type.shape, node.type.shape)}] = t; }}")
+    full = node.type.shape + (a.type.shape[-1],)
+    term = f"{pl.ref(a.id)}[{_index(full, a.type.shape)}] * {pl.ref(b.id)}[{_index(full, b.type.shape)}]"
+    lines += _sum_over_last(node, a.type.shape[-1], term)
 
 
 def _sum_last(pl: _Planner, node: Node, lines: list[str]) -> None:
     x = pl.body.nodes[node.inputs[0]]
-    size, k = x.type.shape[-1], len(node.type.shape)
-    lines.append(f"real v{node.id}[{node.type.numel}];")
-    lines += _loops(node.type.shape, f"{{ real t = 0; for (int i{k} = 0; i{k} < {size}; i{k}++) "
-                    f"t += {pl.ref(x.id)}[{_index(x.type.shape, x.type.shape)}]; "
-                    f"v{node.id}[{_index(node.type.shape, node.type.shape)}] = t; }}")
+    lines += _sum_over_last(node, x.type.shape[-1], f"{pl.ref(x.id)}[{_index(x.type.shape, x.type.shape)}]")
 
 
 def _sum_dims(pl: _Planner, node: Node, lines: list[str]) -> None:
