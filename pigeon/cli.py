@@ -3,86 +3,46 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
 
-def _time(fn, repeat: int) -> tuple[float, float, float]:
-    """Median, min and max seconds of ``fn()`` over ``repeat`` runs after one warm-up."""
-    fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples), min(samples), max(samples)
-
-
-def _demo_cases(dim: int):
-    """(model name, dataset, layer, graph, inputs) for the demo table."""
-    from pigeon import reference
-    from pigeon.data import load
-
-    aifb = load("aifb", seed=0).graph
-    umls = load("umls")
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(aifb.num_nodes, dim, generator=gen)
-    yield "RGCN", "aifb (synthetic)", reference.RGCN(dim, dim, aifb.num_etypes), aifb, (x,)
-    yield "RGAT", "aifb (synthetic)", reference.RGAT(dim, dim, aifb.num_etypes), aifb, (x,)
-    yield "HGT", "aifb (synthetic)", reference.HGT(dim, dim, aifb.num_ntypes, aifb.num_etypes), aifb, (x,)
-
-    kg = umls.graph
-    batch, kdim = 4, 32
-    boundary = torch.randn(batch, kg.num_nodes, kdim, generator=gen)
-    relation = torch.randn(batch, kg.num_etypes, kdim, generator=gen)
-    layer = reference.NBFNetLayer(kdim, kg.num_etypes, message="distmult", aggregate="pna")
-    yield "NBFNet layer", "umls (real)", layer, kg, (boundary, boundary, relation)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    torch.manual_seed(0)
-    rows = []
-    for model, dataset, layer, graph, inputs in _demo_cases(args.dim):
-        def forward():
-            with torch.no_grad():
-                return layer(graph, *inputs)
+    """``pigeon bench`` with the demo's settings, writing a report folder."""
+    from pathlib import Path
 
-        def train_step():
-            layer.zero_grad()
-            layer(graph, *inputs).square().mean().backward()
+    import torch
 
-        infer = _time(forward, args.repeat)
-        train = _time(train_step, args.repeat)
-        out = forward()
-        rows.append((model, dataset, graph.num_nodes, graph.num_edges, graph.num_etypes, infer, train,
-                     bool(torch.isfinite(out).all())))
+    from pigeon.bench.command import run_bench
+    from pigeon.bench.systems import default_systems
 
-    print(f"Pigeon {__import__('pigeon').__version__} demo: reference layers (plain PyTorch), "
-          f"hidden {args.dim}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = f"{'model':<13} {'dataset':<17} {'nodes':>8} {'edges':>9} {'rels':>5} " \
-             f"{'infer s (min-max)':>22} {'train s (min-max)':>22} finite"
-    print(header)
-    print("-" * len(header))
-    for model, dataset, n, e, r, infer, train, finite in rows:
-        print(f"{model:<13} {dataset:<17} {n:>8} {e:>9} {r:>5} "
-              f"{infer[0]:>8.4f} ({infer[1]:.4f}-{infer[2]:.4f}) "
-              f"{train[0]:>8.4f} ({train[1]:.4f}-{train[2]:.4f}) {'yes' if finite else 'NO'}")
-    return 0 if all(row[-1] for row in rows) else 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    systems = args.systems or ",".join(s for s in default_systems(device) if s != "pigeon-torch")
+    argv = ["bench", "--models", args.models, "--datasets", "aifb", "--modes", "infer,train",
+            "--device", device, "--systems", systems, "--dim", str(args.dim), "--scale", str(args.scale), "--repeat", str(args.repeat),
+            "--timeout-s", str(args.timeout_s), "--memory-gb", str(args.memory_gb),
+            "--json", str(out / "report.json"), "--markdown", str(out / "report.md"),
+            "--plot", str(out / "speedups.png")]
+    bench_args = build_parser().parse_args(argv)
+    print(f"pigeon demo: {args.models} on the aifb profile (synthetic, scale {args.scale}), hidden {args.dim}, "
+          f"on {device}: {systems}, each case in its own process. Report: {out}/", flush=True)
+    return run_bench(bench_args)
 
 
 LAYERS = ("rgcn", "rgat", "hgt", "nbfnet")
 
 
-def _example_layer(name: str, graph, dim: int, heads: int):
-    """A compiled ``pigeon.nn`` layer and the tensors its compiled function takes."""
+def _example_layer(name: str, graph, dim: int, heads: int, backend: str = "torch"):
+    """A ``pigeon.nn`` layer compiled for ``backend`` and the tensors its compiled
+    function takes."""
     from pigeon import nn as pnn
 
     gen = torch.Generator().manual_seed(0)
     if name == "nbfnet":
-        module = pnn.NBFNetLayer(dim, graph.num_etypes, aggregate="pna")
+        module = pnn.NBFNetLayer(dim, graph.num_etypes, aggregate="pna", backend=backend)
         batch = 2
         tensors = {
             "x": torch.randn(graph.num_nodes, batch, dim, generator=gen),
@@ -92,9 +52,9 @@ def _example_layer(name: str, graph, dim: int, heads: int):
         params = {n.replace(".", "_"): p for n, p in module.named_parameters()}
         return module, {**tensors, **params}
     module = {
-        "rgcn": lambda: pnn.RGCN(dim, dim, graph.num_etypes),
-        "rgat": lambda: pnn.RGAT(dim, dim // heads, graph.num_etypes, heads=heads),
-        "hgt": lambda: pnn.HGT(dim, dim, graph.num_ntypes, graph.num_etypes, heads=heads),
+        "rgcn": lambda: pnn.RGCN(dim, dim, graph.num_etypes, backend=backend),
+        "rgat": lambda: pnn.RGAT(dim, dim // heads, graph.num_etypes, heads=heads, backend=backend),
+        "hgt": lambda: pnn.HGT(dim, dim, graph.num_ntypes, graph.num_etypes, heads=heads, backend=backend),
     }[name]()
     return module, {"x": torch.randn(graph.num_nodes, dim, generator=gen), **dict(module.named_parameters())}
 
@@ -132,6 +92,57 @@ def cmd_show_ir(args: argparse.Namespace) -> int:
     return 0
 
 
+# Backends whose executors generate source code, and how a line comment starts in it.
+SOURCE_BACKENDS = {"triton": "#", "cpu": "//"}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend asked for cannot be built in this process."""
+
+
+def kernel_source(layer: str, backend: str, graph, dim: int, heads: int,
+                  dtype: torch.dtype = torch.float32, backward: bool = False) -> str:
+    """The generated source of ``layer``'s forward (or, with ``backward``, backward)
+    kernels on ``backend`` for ``graph``: what ``pigeon show-kernels`` prints.
+
+    Only plans: nothing is compiled or launched, so Triton source renders on a
+    machine without a GPU. Raises :class:`BackendUnavailable` when ``backend`` is
+    not registered or its imports fail in this process.
+    """
+    from pigeon.runtime.compiled import EXECUTORS
+
+    if backend not in SOURCE_BACKENDS:
+        raise ValueError(f"Expected `backend` to be one of {list(SOURCE_BACKENDS)} (got {backend!r})")
+    if backend not in EXECUTORS:
+        raise BackendUnavailable(f"the {backend!r} backend is not registered in "
+                                 f"pigeon.runtime.compiled.EXECUTORS (it has {list(EXECUTORS)})")
+    module, tensors = _example_layer(layer, graph, dim, heads, backend=backend)
+    try:
+        plan = module.compiled.plan(graph, tensors)
+    except ImportError as exc:
+        raise BackendUnavailable(f"the {backend!r} backend cannot be built in this process: {exc}") from exc
+    executor = plan.run_backward if backward else plan.run_forward
+    return executor.source(dtype)
+
+
+def cmd_show_kernels(args: argparse.Namespace) -> int:
+    from pigeon.data import load
+
+    graph = load(args.dataset, scale=args.scale, seed=0).graph
+    try:
+        source = kernel_source(args.layer, args.backend, graph, args.dim, args.heads,
+                               DTYPES[args.dtype], args.backward)
+    except BackendUnavailable as exc:
+        raise SystemExit(f"pigeon show-kernels: {exc}") from None
+    comment = SOURCE_BACKENDS[args.backend]
+    print(f"{comment} {args.layer} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "
+          f"{graph.num_edges} edges, {graph.num_etypes} edge types; hidden {args.dim}, heads {args.heads}; "
+          f"{args.backend} backend, {'backward' if args.backward else 'forward'} kernels, {args.dtype}")
+    print(source.rstrip("\n"))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pigeon.bench.command import run_bench
 
@@ -146,13 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="run the reference layers on a real and a synthetic graph and print a table",
-        description="Load the UMLS knowledge graph (real, shipped with PyKEEN) and the aifb profile "
-                    "(synthetic), run the reference RGCN, RGAT, HGT and NBFNet layers, and print "
-                    "inference and training times. Example: pigeon demo --dim 32",
+        help="benchmark RGCN, RGAT and HGT on the aifb profile against DGL and PyG",
+        description="The main job in one command: compile RGCN, RGAT and HGT with every Pigeon backend "
+                    "this machine has, check each against the reference layers, time inference and "
+                    "training on the aifb profile (synthetic, no download) against DGL and PyG, print "
+                    "the table (median and spread, speedup over the best baseline, peak memory, "
+                    "check) and write a report folder (report.json, report.md, speedups.png). Each "
+                    "case runs in its own process; a baseline that runs out of memory or time is "
+                    "recorded as such. `pigeon bench` runs any other set of cases.",
+        epilog="example:\n  pigeon demo\n  pigeon demo --out /tmp/demo --repeat 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--dim", type=int, default=64, help="hidden size (default: 64)")
+    demo.add_argument("--out", default="pigeon-demo", help="report folder (default: ./pigeon-demo)")
+    demo.add_argument("--models", default="rgcn,rgat,hgt", help="comma-separated (default: rgcn,rgat,hgt)")
+    demo.add_argument("--systems", default=None,
+                      help="comma-separated, as for pigeon bench (default: the generated backends for this "
+                           "device, dgl, pyg; add pigeon-torch for the unfused lowering)")
+    demo.add_argument("--dim", type=int, default=64, help="hidden size, in and out (default: 64)")
+    demo.add_argument("--scale", type=float, default=1.0, help="size of the aifb profile (default: 1.0)")
     demo.add_argument("--repeat", type=int, default=3, help="timed runs per case after warm-up (default: 3)")
+    demo.add_argument("--timeout-s", type=float, default=30.0,
+                      help="time limit per case, recorded as a timeout when hit (default: 30)")
+    demo.add_argument("--memory-gb", type=float, default=8.0,
+                      help="address-space cap per case, recorded as OOM when hit (default: 8)")
     demo.set_defaults(func=cmd_demo)
 
     show = sub.add_parser(
@@ -172,6 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--dim", type=int, default=16, help="hidden size (default: 16)")
     show.add_argument("--heads", type=int, default=1, help="attention heads (default: 1)")
     show.set_defaults(func=cmd_show_ir)
+
+    kernels = sub.add_parser(
+        "show-kernels",
+        help="print the generated kernel source of a layer (Triton or C)",
+        description="Compile a built-in layer for a profile graph and print the source code its "
+                    "backend generates: the Triton module (--backend triton) or the C file with "
+                    "OpenMP (--backend cpu) of the forward kernels, or of the backward kernels with "
+                    "--backward. Nothing is compiled or run, so the Triton source prints on a "
+                    "machine without a GPU. GEMMs the CPU backend hands to torch are not in its "
+                    "C file.",
+        epilog="example:\n  pigeon show-kernels rgat --backend triton\n"
+               "  pigeon show-kernels hgt --backend cpu --backward --dtype float64",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kernels.add_argument("layer", choices=LAYERS, help="which layer")
+    kernels.add_argument("--backend", choices=tuple(SOURCE_BACKENDS), default="triton",
+                         help="whose source to print (default: triton)")
+    kernels.add_argument("--backward", action="store_true", help="print the backward kernels instead")
+    kernels.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                         help="element type the kernels are generated for (default: float32)")
+    kernels.add_argument("--dataset", default="aifb", help="graph profile or dataset (default: aifb)")
+    kernels.add_argument("--scale", type=float, default=0.02, help="profile scale (default: 0.02)")
+    kernels.add_argument("--dim", type=int, default=16, help="hidden size (default: 16)")
+    kernels.add_argument("--heads", type=int, default=1, help="attention heads (default: 1)")
+    kernels.set_defaults(func=cmd_show_kernels)
 
     from pigeon.bench.command import EXAMPLE as BENCH_EXAMPLE, add_arguments as add_bench_arguments
 

@@ -5,6 +5,14 @@ import os
 # Verify the IR after every pass of every compile in the suite (a broken pass fails at the pass).
 os.environ.setdefault("PIGEON_VERIFY", "1")
 
+# Without a GPU, Triton kernels run through Triton's interpreter on CPU tensors. It must be
+# on before anything imports triton (torch_geometric does, in test_reference.py): kernels
+# jitted before it was set fail in the interpreter.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from hypothesis import HealthCheck, settings
 
 # Hypothesis: a fixed, modest budget so the suite stays fast on 2 cores; CI derandomizes

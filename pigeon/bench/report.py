@@ -67,14 +67,16 @@ def speedup(result: dict, best: dict[tuple, dict]) -> tuple[float, str] | None:
 
 
 # ---- cells ------------------------------------------------------------------------
-def _ms(seconds: float) -> str:
+def format_ms(seconds: float) -> str:
+    """Seconds as milliseconds with three significant digits (whole ms from 100 on)."""
     ms = seconds * 1e3
     return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
 
 
-def _time_cell(r: dict) -> str:
+def time_cell(r: dict) -> str:
+    """A result's median and min-max in ms, or its status."""
     if r["status"] == "ok":
-        return f"{_ms(r['median_s'])} ({_ms(r['min_s'])}-{_ms(r['max_s'])})"
+        return f"{format_ms(r['median_s'])} ({format_ms(r['min_s'])}-{format_ms(r['max_s'])})"
     if r["status"] == "error":
         return "error"
     return r["status"]
@@ -104,7 +106,7 @@ def _memory_cell(r: dict) -> str:
 
 
 def _first_cell(r: dict) -> str:
-    return _ms(r["first_call_s"]) if r.get("first_call_s") is not None else ""
+    return format_ms(r["first_call_s"]) if r.get("first_call_s") is not None else ""
 
 
 def _load_cell(r: dict) -> str:
@@ -119,7 +121,7 @@ RIGHT_ALIGNED = (3, 5, 6, 7)
 
 def _rows(results: list[dict]) -> list[tuple[dict, list[str]]]:
     best = best_baselines(results)
-    return [(r, [r["model"], r["mode"], r["system"], _time_cell(r), _speedup_cell(r, best),
+    return [(r, [r["model"], r["mode"], r["system"], time_cell(r), _speedup_cell(r, best),
                  _memory_cell(r), _first_cell(r), _load_cell(r), _check_cell(r)]) for r in results]
 
 
@@ -237,8 +239,8 @@ def format_compare(new: dict, old: dict, old_name: str) -> str:
             unmatched += 1
             continue
         label = f"{r['system']} {r['model']} {r['dataset']} {r['mode']}"
-        old_cell = _ms(before["median_s"]) if before["status"] == "ok" else before["status"]
-        new_cell = _ms(r["median_s"]) if r["status"] == "ok" else r["status"]
+        old_cell = format_ms(before["median_s"]) if before["status"] == "ok" else before["status"]
+        new_cell = format_ms(r["median_s"]) if r["status"] == "ok" else r["status"]
         if r["status"] == "ok" and before["status"] == "ok":
             ratio = r["median_s"] / before["median_s"]
             verdict = "faster" if ratio < 1 else "slower" if ratio > 1 else "same"

@@ -195,7 +195,42 @@ class _Clock:
         return time.perf_counter() - begin
 
 
-def check_against_reference(system, runner, workload, train: bool, generator) -> dict:
+def relative_errors(value, truth) -> dict:
+    """``rel_err``: ``||value - truth|| / ||truth||``; ``max_rel_err``: the largest
+    difference over the largest magnitude of ``truth``; in float64. A missing value
+    where the truth has one is infinitely wrong."""
+    if value is None or truth is None:
+        missing = float("inf") if (value is None) != (truth is None) else 0.0
+        return {"rel_err": missing, "max_rel_err": missing}
+    diff = value.double() - truth
+    norm, scale = truth.norm().item(), truth.abs().max().item() if truth.numel() else 0.0
+    rel = diff.norm().item() / norm if norm > 0 else diff.norm().item()
+    peak = diff.abs().max().item() / scale if scale > 0 else (diff.abs().max().item() if diff.numel() else 0.0)
+    return {"rel_err": rel, "max_rel_err": peak}
+
+
+def make_step(runner, native, train: bool, generator):
+    """The timed call: the system's forward under ``no_grad``, or its forward and backward
+    for one random output gradient (drawn from ``generator`` on the first call, then kept)."""
+    import torch
+
+    out_grads: list = []
+
+    def step():
+        if not train:
+            with torch.no_grad():
+                runner.forward(native)
+            return
+        outputs = _tensors(runner.forward(native))
+        if not out_grads:
+            out_grads.extend(torch.randn(o.shape, generator=generator).to(o.device) for o in outputs)
+        torch.autograd.backward(outputs, out_grads)
+
+    return step
+
+
+def check_against_reference(system, runner, workload, train: bool, generator, tolerance: float = CHECK_TOLERANCE,
+                            measure: str = "max_rel_err") -> dict:
     """Compare the system with the float64 reference on the same weights and inputs:
     the output, and with ``train`` the gradients of the input and (for layers with the
     reference's parameter names) of every parameter, for one random output gradient
@@ -226,18 +261,12 @@ def check_against_reference(system, runner, workload, train: bool, generator) ->
             for name, param in runner.module.named_parameters():
                 pairs[f"grad {name}"] = (param.grad, theirs[name].grad)
 
-    errors = {}
-    for name, (value, truth) in pairs.items():
-        if value is None or truth is None:
-            errors[name] = float("inf") if (value is None) != (truth is None) else 0.0
-            continue
-        scale = truth.abs().max().item() if truth.numel() else 0.0
-        diff = (value.double() - truth).abs().max().item() if truth.numel() else 0.0
-        errors[name] = diff / scale if scale > 0 else diff
-    worst = max(errors, key=errors.get)
-    ok = all(err <= CHECK_TOLERANCE for err in errors.values())
-    result = {"status": "ok" if ok else "mismatch", "max_rel_err": errors[worst], "worst": worst,
-              "tolerance": CHECK_TOLERANCE, "rows_compared": int(expected.shape[0])}
+    errors = {name: relative_errors(value, truth) for name, (value, truth) in pairs.items()}
+    worst = max(errors, key=lambda name: errors[name][measure])
+    ok = all(e[measure] <= tolerance for e in errors.values())   # NaN fails
+    result = {"status": "ok" if ok else "mismatch", "max_rel_err": max(e["max_rel_err"] for e in errors.values()),
+              "rel_err": max(e["rel_err"] for e in errors.values()), "measure": measure, "worst": worst,
+              "tolerance": tolerance, "errors": errors, "rows_compared": int(expected.shape[0])}
     runner.module.zero_grad(set_to_none=True)
     return result
 
@@ -307,17 +336,7 @@ def measure(case: Case, record=lambda result: None) -> dict:
         generator = torch.Generator().manual_seed(case.seed + 1)
         native = _leaves(runner.to_native(workload.x), requires_grad=train)
         inputs = _tensors(native)
-        out_grads: list = []
-
-        def step():
-            if not train:
-                with torch.no_grad():
-                    runner.forward(native)
-                return
-            outputs = _tensors(runner.forward(native))
-            if not out_grads:
-                out_grads.extend(torch.randn(o.shape, generator=generator).to(o.device) for o in outputs)
-            torch.autograd.backward(outputs, out_grads)
+        step = make_step(runner, native, train, generator)
 
         def reset_grads():
             runner.module.zero_grad(set_to_none=True)

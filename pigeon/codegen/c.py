@@ -5,10 +5,8 @@ over the groups of a CSR, the sweeps over each group's rows, and where reduction
 initialised, finished and stored. This module plans the sweeps and emits the per-row
 expression, one rule per op (``_RULES``), as lines of C the template places.
 
-A traversal reads a reduction of its own pass only after the sweep that computes it:
-``phase(value)`` is the first sweep in which a per-row value can be computed, and a
-reduction over a value of phase k is final after sweep k. A softmax needs its maximum
-and sum (one online sweep) before any normalised value exists, so it adds a sweep.
+Which sweep computes which value is planned in :mod:`pigeon.codegen.sweeps`, shared with
+the Triton generator.
 """
 
 from __future__ import annotations
@@ -16,43 +14,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
-import jinja2
-
-from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Program, Reduce, Space, Unary
+from pigeon.codegen.sweeps import GROUP_VALUES, SweepPlan
+from pigeon.codegen.templates import CodegenError as _CodegenError
+from pigeon.codegen.templates import render
+from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Reduce, Space, Unary
 from pigeon.ir.kernel_ir import TraversalKernel
 
-_TEMPLATES = Path(__file__).resolve().parent.parent / "kernels"
-_GROUP_VALUES = (Op.AGGREGATE, Op.DEGREE)  # one value per group, held in registers during a pass
 
 
-class CodegenError(ValueError):
+class CodegenError(_CodegenError):
     """A kernel the C templates cannot express, with the op and the layer line."""
 
-    def __init__(self, message: str, node: Node | None = None):
-        where = f" ({node.loc})" if node is not None and node.loc else ""
-        op = f"{node.op.value}: " if node is not None else ""
-        super().__init__(f"C codegen: {op}{message}{where}")
-
-
-@lru_cache(maxsize=None)
-def template_env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-
-
-def render(template: str, **context) -> str:
-    """Render a template file, naming the template and line on failure."""
-    try:
-        return template_env().get_template(template).render(**context)
-    except jinja2.TemplateError as err:
-        line = getattr(err, "lineno", "?")
-        raise CodegenError(f"template {template} line {line}: {err}") from None
+    backend = "C"
 
 
 @dataclass(frozen=True)
@@ -114,22 +88,17 @@ _BINARY = {
 }
 
 
-class _Planner:
+class _Planner(SweepPlan):
     """Plans sweeps and emits C for one traversal kernel."""
 
     def __init__(self, kernel: TraversalKernel, name: str):
+        super().__init__(kernel.body, kernel.domain, kernel.group)
         self.k = kernel
         self.name = name
-        self.body: Program = kernel.body
-        self.group = kernel.group
         self.args: list[tuple[str, object]] = []
         self.arg_decls: list[str] = []
         self.ptr: dict[str, str] = {}
         self.index_var: dict[str, str] = {}
-        self.phase: dict[int, int] = {}
-        self.reductions: list[Node] = [n for n in self.body.nodes if n.op is Op.AGGREGATE]
-        self.softmaxes: list[Node] = [n for n in self.body.nodes if n.op is Op.SEGMENT_SOFTMAX]
-        self.outputs: list[Node] = [n for n in self.body.nodes if n.op is Op.OUTPUT]
 
     # -- arguments ---------------------------------------------------------------------
     def add_arg(self, kind: str, key, decl: str) -> None:
@@ -151,37 +120,9 @@ class _Planner:
             self.index_var[index.name] = var
         return self.index_var[index.name]
 
-    # -- classification ----------------------------------------------------------------
-    def is_row(self, node: Node) -> bool:
-        return node.type.space == self.k.domain and node.op not in (Op.INPUT, Op.CONST)
-
-    def compute_phases(self) -> None:
-        for node in self.body.nodes:
-            if node.op is Op.AGGREGATE:  # final after the sweep that computes its operand
-                self.phase[node.id] = self.phase.get(node.inputs[0], 0)
-                continue
-            if node.op is Op.DEGREE:  # the group's row count: known before any sweep
-                self.phase[node.id] = -1
-                continue
-            if not self.is_row(node):
-                continue
-            phase = 0
-            for i in node.inputs:
-                src = self.body.nodes[i]
-                if self.is_row(src):
-                    phase = max(phase, self.phase[i] + (1 if node.op is Op.SEGMENT_SOFTMAX else 0))
-                elif src.op in _GROUP_VALUES:
-                    phase = max(phase, self.phase[i] + 1)
-            if node.op is Op.SEGMENT_SOFTMAX and not self.is_row(self.body.nodes[node.inputs[0]]):
-                phase = 1
-            self.phase[node.id] = phase
-
-    def stats_phase(self, softmax: Node) -> int:
-        return self.phase.get(softmax.inputs[0], 0)
-
     # -- per-row emission ----------------------------------------------------------------
     def ref(self, i: int) -> str:
-        return f"a{i}" if self.body.nodes[i].op in _GROUP_VALUES else f"v{i}"
+        return f"a{i}" if self.body.nodes[i].op in GROUP_VALUES else f"v{i}"
 
     def emit_row(self, node: Node, lines: list[str]) -> None:
         rule = _RULES.get(node.op)
@@ -189,27 +130,8 @@ class _Planner:
             raise CodegenError("not supported inside a traversal", node)
         rule(self, node, lines)
 
-    def closure(self, roots: list[int]) -> list[int]:
-        needed: set[int] = set()
-        stack = list(roots)
-        while stack:
-            i = stack.pop()
-            node = self.body.nodes[i]
-            if i in needed or not (self.is_row(node) or node.op in (Op.INPUT, Op.CONST)):
-                continue
-            needed.add(i)
-            if node.op is Op.SEGMENT_SOFTMAX:
-                stack.append(node.inputs[0])
-            else:
-                stack.extend(node.inputs)
-        return sorted(needed)
-
     def sweep_lines(self, k: int) -> tuple[list[str], list[str]]:
-        roots = [r.inputs[0] for r in self.reductions if self.phase[r.id] == k]
-        roots += [s.inputs[0] for s in self.softmaxes if self.stats_phase(s) == k]
-        row_outputs = [o for o in self.outputs if self.is_row(self.body.nodes[o.inputs[0]])
-                       and self.phase[o.inputs[0]] == k]
-        roots += [o.inputs[0] for o in row_outputs]
+        roots, row_outputs = self.sweep_roots(k)
         body: list[str] = []
         for i in self.closure(roots):
             node = self.body.nodes[i]
@@ -247,14 +169,11 @@ class _Planner:
             self.add_arg("perm", self.group, "const int64_t *perm = (const int64_t *)args[{i}];")
         elif self.reductions or self.softmaxes or any(n.op is Op.DEGREE for n in self.body.nodes):
             raise CodegenError("a traversal with reductions needs a group map")
-        self.compute_phases()
         top = [f"const real v{n.id}[1] = {{{_real(n.attr('value'))}}};" for n in self.body.nodes if n.op is Op.CONST]
         for n in self.body.nodes:
             if n.op is Op.INPUT and n.type.space == GLOBAL:
                 top.append(f"const real *v{n.id} = {self.buffer(n.attr('name'))};")
-        last = max([self.phase[r.id] for r in self.reductions] + [self.stats_phase(s) for s in self.softmaxes]
-                   + [self.phase[o.inputs[0]] for o in self.outputs if self.is_row(self.body.nodes[o.inputs[0]])]
-                   + [0])
+        last = self.last_sweep()
         sweeps = []
         for k in range(last + 1):
             body, finish = self.sweep_lines(k)
@@ -273,7 +192,7 @@ class _Planner:
         group_store = []
         for o in self.outputs:
             source = self.body.nodes[o.inputs[0]]
-            if source.op in _GROUP_VALUES:
+            if source.op in GROUP_VALUES:
                 out, n = self.buffer(o.attr("name"), writable=True), o.type.numel
                 group_store.append(f"for (int j = 0; j < {n}; j++) {out}[g * {n} + j] = a{source.id}[j];")
             elif not self.is_row(source):
@@ -320,7 +239,7 @@ def _gather(pl: _Planner, node: Node, lines: list[str]) -> None:
     index = node.attr("index")
     source = pl.body.nodes[node.inputs[0]]
     n = node.type.numel
-    if source.op in _GROUP_VALUES:
+    if source.op in GROUP_VALUES:
         lines.append(f"const real *v{node.id} = a{source.id};")  # this group's own reduction
         return
     if source.op is not Op.INPUT:

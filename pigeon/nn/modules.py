@@ -20,7 +20,8 @@ def _compile_options(backend: str, reorder, compact, layout, disable) -> dict:
 
 class RGCN(reference.RGCN):
     """Relational graph convolution, compiled. Arguments as :class:`pigeon.reference.RGCN`,
-    plus ``backend`` (``"torch"``), ``reorder``/``compact``/``layout`` to force compiler
+    plus ``backend`` (``"torch"`` default, ``"cpu"``, ``"triton"`` or ``"auto"``; see
+    :func:`pigeon.compile`), ``reorder``/``compact``/``layout`` to force compiler
     decisions (None: the cost model decides per graph) and ``disable`` to skip passes."""
 
     def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),

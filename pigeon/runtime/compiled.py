@@ -23,8 +23,20 @@ from pigeon.passes.lower import lower
 from pigeon.runtime.cpu_backend import CpuExecutor
 from pigeon.runtime.torch_backend import TorchExecutor
 
+
+
+def _triton_executor(program: KernelProgram):
+    """The Triton backend, imported on first use (Triton is an optional dependency)."""
+    try:
+        from pigeon.runtime.triton_backend import TritonExecutor
+    except ImportError as err:
+        raise ImportError(f"backend='triton' needs the triton package ({err}); "
+                          "install pigeon[triton], or use backend='torch' or 'cpu'") from err
+    return TritonExecutor(program)
+
+
 #: Executors by backend name; "auto" picks one per call from the tensors' device.
-EXECUTORS = {"torch": TorchExecutor, "cpu": CpuExecutor}
+EXECUTORS = {"torch": TorchExecutor, "cpu": CpuExecutor, "triton": _triton_executor}
 BACKENDS = (*EXECUTORS, "auto")
 
 
@@ -36,10 +48,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return backend
     if device.type == "cpu":
         return "cpu"
-    raise ValueError(
-        f"backend='auto' on {device}: the Triton backend is not built yet; pass backend='torch' "
-        "to run the unfused torch lowering on this device"
-    )
+    if device.type == "cuda":
+        return "triton"
+    raise ValueError(f"backend='auto' has no backend for {device}; pass backend='torch' to run the unfused "
+                     "torch lowering there")
 
 
 @dataclass
@@ -183,7 +195,9 @@ def compile(layer: Layer, *, backend: str = "torch", reorder: bool | None = None
     Args:
         layer: the layer function.
         backend (str): ``"torch"`` (the unfused torch lowering), ``"cpu"`` (generated C with
-            OpenMP) or ``"auto"`` (``"cpu"`` for CPU tensors). Default: ``"torch"``.
+            OpenMP), ``"triton"`` (generated Triton: CUDA tensors, or CPU tensors with
+            ``TRITON_INTERPRET=1``) or ``"auto"`` (``"cpu"`` for CPU tensors, ``"triton"``
+            for CUDA tensors). Default: ``"torch"``.
         reorder, compact (bool, optional): force linear reordering / compact
             materialization on or off; None lets the cost model decide per graph.
         layout (str, optional): ``"coo"`` forces edge-parallel traversals.

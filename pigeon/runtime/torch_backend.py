@@ -20,12 +20,8 @@ from pigeon.ir.kernel_ir import GemmKernel, KernelProgram
 from pigeon.runtime.interpret import resolve_index, run
 
 
-class GraphIndex:
-    """Per graph: GEMM row segments and the index arrays GEMMs read, built once.
-
-    ``segments`` gives a permutation into segment order (None when rows already are in
-    it) and the segment bounds, read to the host once per graph, never per call.
-    """
+class PerGraphCache:
+    """Values built once per graph and kept while the graph lives."""
 
     def __init__(self):
         self._cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -35,6 +31,14 @@ class GraphIndex:
         if key not in per_graph:
             per_graph[key] = build()
         return per_graph[key]
+
+
+class GraphIndex(PerGraphCache):
+    """Per graph: GEMM row segments and the index arrays GEMMs read, built once.
+
+    ``segments`` gives a permutation into segment order (None when rows already are in
+    it) and the segment bounds, read to the host once per graph, never per call.
+    """
 
     def index(self, graph: HeteroGraph, index: IndexMap) -> tuple[torch.Tensor, int]:
         def build():
@@ -82,10 +86,14 @@ class GraphIndex:
                 csr = graph.layout(f"csr_{group.name}")
                 return csr.rowptr.to(torch.int64).contiguous(), csr.eid.to(torch.int64).contiguous()
             keys, size = self.index(graph, group)
-            rowptr = torch.zeros(size + 1, dtype=torch.int64)
+            rowptr = torch.zeros(size + 1, dtype=torch.int64, device=keys.device)
             torch.cumsum(torch.bincount(keys, minlength=size), 0, out=rowptr[1:])
             return rowptr, torch.sort(keys, stable=True).indices.contiguous()
         return self._memo(graph, ("csr", group.name), build)
+
+    def counts(self, graph: HeteroGraph, group: IndexMap) -> torch.Tensor:
+        """The number of source rows of each target row of ``group``."""
+        return self._memo(graph, ("counts", group.name), lambda: self.group_csr(graph, group)[0].diff())
 
 
 _GRAPH_INDEX = GraphIndex()
