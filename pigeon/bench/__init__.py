@@ -15,7 +15,9 @@ Where things are:
   :mod:`pigeon.reference`, warm up, time, measure peak memory;
 * :mod:`pigeon.bench.harness`: the case list, the subprocesses, memory and time
   limits, the machine description;
-* :mod:`pigeon.bench.report`: the table, Markdown, the PNG chart, ``--compare``.
+* :mod:`pigeon.bench.report`: the table, Markdown, the PNG chart, ``--compare``;
+* :mod:`pigeon.bench.floor`: the machine's measured matmul rate and memory
+  bandwidth, the FLOPs and bytes of Pigeon's kernels per case, and the floor they give.
 
 This module imports nothing heavy, so the command line can validate names first.
 """

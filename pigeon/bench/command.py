@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from pigeon.bench.floor import add_floor
 from pigeon.bench.harness import Config, new_report, run_cases
 from pigeon.bench.report import format_compare, format_markdown, format_table, load_report, save_report, write_plot
 from pigeon.bench.systems import DEVICES, MODELS, MODES, BACKEND_DEVICES, available_systems, default_systems
@@ -152,6 +153,7 @@ def run_bench(args: argparse.Namespace) -> int:
         report["load_average"] = {"start": round(os.getloadavg()[0], 2), "end": None}
 
         def keep(result: dict) -> None:
+            add_floor(result, report["machine"]["measured"])
             report["results"].append(result)
             if args.json:
                 save_report(report, args.json)

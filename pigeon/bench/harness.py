@@ -288,12 +288,22 @@ def describe_machine(device: str) -> dict:
 
 
 def new_report(config: Config, argv: list[str]) -> dict:
-    """The results document before any case has run."""
+    """The results document before any case has run.
+
+    On the CPU, ``machine["measured"]`` holds the matrix-multiply rate and memory
+    bandwidth (:func:`pigeon.bench.floor.measure_machine`, a few seconds, with the
+    cases' thread count) that every case's floor is computed from; with ``--device
+    cuda`` it is None: those are the host's rates, not the GPU's.
+    """
+    from pigeon.bench.floor import measure_machine
+
+    machine = describe_machine(config.device)
+    machine["measured"] = measure_machine(config.threads) if config.device == "cpu" else None
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["pigeon", *argv]),
-        "machine": describe_machine(config.device),
+        "machine": machine,
         "config": dataclasses.asdict(config),
         "results": [],
     }

@@ -3,7 +3,9 @@
 All of it reads the results document (the ``--json`` file), so a saved run can be
 shown again with ``pigeon bench --from-json FILE``. Speedups are over the best
 baseline: the fastest DGL or PyG result of the same case (same dataset, model and
-mode) that finished; above 1 means faster than it.
+mode) that finished; above 1 means faster than it. "x floor" is a result's median over
+its case's floor (:mod:`pigeon.bench.floor`); results saved before the floor existed
+show those cells empty.
 """
 
 from __future__ import annotations
@@ -109,20 +111,36 @@ def _first_cell(r: dict) -> str:
     return format_ms(r["first_call_s"]) if r.get("first_call_s") is not None else ""
 
 
+def _floor_cell(r: dict) -> str:
+    """The case's floor in ms and the term that binds it."""
+    if r.get("floor_s") is None:
+        return ""
+    return f"{format_ms(r['floor_s'])} {r['floor_bound']}"
+
+
+def _times_floor_cell(r: dict) -> str:
+    """Median over floor: how many times the least possible time this system took."""
+    if r["status"] != "ok" or not r.get("floor_s"):
+        return ""
+    ratio = r["median_s"] / r["floor_s"]
+    return f"{ratio:.1f}" if ratio < 100 else f"{ratio:.0f}"
+
+
 def _load_cell(r: dict) -> str:
     busy = r.get("other_cores_busy")
     return f"{busy:.1f}" if busy is not None else ""
 
 
-COLUMNS = ("model", "mode", "system", "median ms (min-max)", "speedup", "peak MiB", "first call ms",
-           "other load", "check")
-RIGHT_ALIGNED = (3, 5, 6, 7)
+COLUMNS = ("model", "mode", "system", "median ms (min-max)", "speedup", "floor ms", "x floor", "peak MiB",
+           "first call ms", "other load", "check")
+RIGHT_ALIGNED = (3, 5, 6, 7, 8, 9)
 
 
 def _rows(results: list[dict]) -> list[tuple[dict, list[str]]]:
     best = best_baselines(results)
-    return [(r, [r["model"], r["mode"], r["system"], time_cell(r), _speedup_cell(r, best),
-                 _memory_cell(r), _first_cell(r), _load_cell(r), _check_cell(r)]) for r in results]
+    return [(r, [r["model"], r["mode"], r["system"], time_cell(r), _speedup_cell(r, best), _floor_cell(r),
+                 _times_floor_cell(r), _memory_cell(r), _first_cell(r), _load_cell(r), _check_cell(r)])
+            for r in results]
 
 
 def _dataset_line(dataset: str, results: list[dict]) -> str:
@@ -146,16 +164,25 @@ def _by_dataset(results: list[dict]) -> dict[str, list[dict]]:
 
 
 def _errors(results: list[dict]) -> list[str]:
-    return [f"{r['system']} {r['model']} {r['dataset']} {r['mode']}: {r['status']}: {r['error']}"
-            for r in results if r["status"] != "ok" and r.get("error")]
+    lines = []
+    for r in results:
+        label = f"{r['system']} {r['model']} {r['dataset']} {r['mode']}"
+        if r["status"] != "ok" and r.get("error"):
+            lines.append(f"{label}: {r['status']}: {r['error']}")
+        if r.get("floor_error"):
+            lines.append(f"{label}: no floor: {r['floor_error']}")
+    return lines
 
 
 def _machine_line(report: dict) -> str:
     m, v = report["machine"], report["machine"]["versions"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    measured = m.get("measured")
+    rates = (f"; measured: float32 matmul {measured['matmul_gflops']:.1f} GFLOP/s, copy "
+             f"{measured['bandwidth_gbs']:.1f} GB/s ({measured['threads']} threads)") if measured else ""
     return (f"{m['cpu']}, {m['usable_cores']} cores, {m['memory_gib']} GiB{gpu}; torch {v['torch']}, "
             f"dgl {v['dgl']}, torch_geometric {v['torch_geometric']}, pigeon {v['pigeon']} "
-            f"({v.get('pigeon_commit') or 'no git'})")
+            f"({v.get('pigeon_commit') or 'no git'}){rates}")
 
 
 def _config_line(report: dict) -> str:
@@ -166,7 +193,10 @@ def _config_line(report: dict) -> str:
 
 
 LEGEND = ("speedup: the best baseline's median (fastest of dgl, pyg) over this system's; above 1 is "
-          "faster. peak MiB: high water mark of resident memory during the timed runs (the whole "
+          "faster. floor ms: the least time this machine could take for the kernels Pigeon runs "
+          "for the case, max(FLOPs / measured matmul rate, bytes / measured copy bandwidth), and "
+          "which term binds (compute or memory); the same for every system of a case. x floor: "
+          "median / floor, 1 being out of reach. peak MiB: high water mark of resident memory during the timed runs (the whole "
           "process: libraries, graph, weights and activations). first call: includes compilation "
           "(Pigeon) and format conversion (DGL). other load: cores that other processes kept busy "
           "during the timed runs; where it is well above 0, the times are not to be trusted. check: output, and in train mode gradients, "

@@ -18,6 +18,9 @@ The steps, in order:
    Beside the times goes how many cores other processes kept busy meanwhile: on a
    shared machine, OpenMP threads that wait for a descheduled peer at every barrier
    can make a layer of many small kernels ten times slower, and this says when.
+7. the work of the case: ``flops`` and ``bytes`` of the kernels Pigeon's plan runs
+   for this model and graph (:func:`pigeon.bench.floor.kernel_work`), whatever the
+   system, so that every system of a case is measured against the same floor.
 
 ``train`` is one forward and backward of the layer with the input requiring a
 gradient, as in a layer inside a network. The result is written as JSON to
@@ -296,6 +299,21 @@ def prepare(case: Case):
     return system, workload, system.build(workload), dataset.synthetic
 
 
+def case_work(case: Case, workload, runner):
+    """The :class:`pigeon.bench.floor.Work` of Pigeon's kernels for ``case``: from the
+    system's own compiled layer when it has one (its plan is cached by then), else
+    from a ``pigeon-torch`` layer built for the workload (level-2 kernels do not
+    depend on the backend that runs them)."""
+    from pigeon.bench.floor import kernel_work
+    from pigeon.bench.systems import available_systems
+
+    module = runner.module
+    if not hasattr(module, "compiled"):
+        module = available_systems()["pigeon-torch"].build(workload).module
+    plan = module.compiled.plan(workload.graph, {"x": workload.x, **dict(module.named_parameters())})
+    return kernel_work(plan, workload.graph, case.mode)
+
+
 def measure(case: Case, record=lambda result: None) -> dict:
     """Run ``case`` in this process and return what was measured (never raises).
 
@@ -377,6 +395,12 @@ def measure(case: Case, record=lambda result: None) -> dict:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result.update(status="ok", times_s=times, median_s=statistics.median(times), min_s=min(times),
                       max_s=max(times), peak_mib=peak, peak_source=peak_source)
+        reached("floor")
+        try:
+            work = case_work(case, workload, runner)
+            result.update(flops=work.flops, bytes=work.bytes)
+        except Exception as exc:  # the timing stands; the missing floor is recorded with its cause
+            result["floor_error"] = classify_exception(exc)[1]
     except Exception as exc:  # every failure is the case's result, recorded below
         result["status"], result["error"] = classify_exception(exc)
     if capped:

@@ -1,6 +1,6 @@
 """User-facing layers: compiled modules, and ``functional`` with the layer-language sources."""
 
 from pigeon.nn import functional
-from pigeon.nn.modules import HGT, RGAT, RGCN, NBFNetLayer
+from pigeon.nn.modules import HGT, RGAT, RGCN, NBFNet, NBFNetLayer
 
-__all__ = ["functional", "RGCN", "RGAT", "HGT", "NBFNetLayer"]
+__all__ = ["functional", "RGCN", "RGAT", "HGT", "NBFNetLayer", "NBFNet"]

@@ -82,3 +82,24 @@ class NBFNetLayer(reference.NBFNetLayer):
         out = self.compiled(graph, x=x.transpose(0, 1), boundary=boundary.transpose(0, 1),
                             relation=relation.transpose(0, 1), **params)
         return out.transpose(0, 1)
+
+
+class NBFNet(reference.NBFNet):
+    """The NBFNet model with compiled layers. Arguments, parameters and shapes as
+    :class:`pigeon.reference.NBFNet` (``forward(graph, heads, relations)`` takes the fact
+    graph and returns ``[batch, graph.num_nodes]`` scores), plus the compiler options of
+    :class:`RGCN`, which every layer receives."""
+
+    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        options = _compile_options(backend, reorder, compact, layout, disable)
+        for t, layer in enumerate(self.layers):
+            # Built on the meta device and handed the reference layer's tensors, so the
+            # compiled model draws its parameters exactly as the reference does (same seed,
+            # same state_dict) and leaves the random generator where the reference leaves it.
+            compiled = NBFNetLayer(layer.dim, layer.num_relations, message=layer.message,
+                                   aggregate=layer.aggregate, layer_norm=layer.layer_norm is not None,
+                                   short_cut=layer.short_cut, device="meta", **options)
+            compiled.load_state_dict(layer.state_dict(), assign=True)
+            self.layers[t] = compiled

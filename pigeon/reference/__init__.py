@@ -16,7 +16,8 @@ against DGL and PyG in ``tests/test_reference.py``.
 
 from pigeon.reference.hgt import HGT
 from pigeon.reference.nbfnet import NBF_AGGREGATES, NBF_MESSAGES, NBFNetLayer
+from pigeon.reference.nbfnet_model import NBFNet
 from pigeon.reference.rgat import RGAT
 from pigeon.reference.rgcn import RGCN, RGCN_NORMS
 
-__all__ = ["RGCN", "RGAT", "HGT", "NBFNetLayer", "RGCN_NORMS", "NBF_MESSAGES", "NBF_AGGREGATES"]
+__all__ = ["RGCN", "RGAT", "HGT", "NBFNetLayer", "NBFNet", "RGCN_NORMS", "NBF_MESSAGES", "NBF_AGGREGATES"]
