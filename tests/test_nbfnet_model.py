@@ -155,3 +155,15 @@ def test_bad_inputs_name_the_argument(model):
         net(graph.with_reverse_edges(), ok_heads, ok_relations)
     with pytest.raises(ValueError, match=r"`graph` to be a pigeon.HeteroGraph \(got Tensor\)"):
         net(torch.zeros(2, 2), ok_heads, ok_relations)
+
+
+def test_the_graph_with_inverse_edges_is_built_once_per_fact_graph():
+    graph = pigeon.HeteroGraph(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([0, 0]), 3, num_etypes=1)
+    model = reference.NBFNet(3, dim=4, num_layers=1)
+    augmented = model.with_inverse_edges(graph)
+    assert model.with_inverse_edges(graph) is augmented   # its layouts are reused, not rebuilt
+    # The model's R, not the graph's relation count, offsets the inverses.
+    assert augmented.num_etypes == 6 and augmented.etype.tolist() == [0, 0, 3, 3]
+    assert augmented.src.tolist() == [0, 1, 1, 2] and augmented.dst.tolist() == [1, 2, 0, 1]
+    with pytest.raises(ValueError, match="num_relations.*at least graph.num_etypes=1.*got 0"):
+        graph.with_reverse_edges(0)

@@ -331,7 +331,7 @@ class _Planner(SweepPlan):
         pstrides = _strides(tuple(pad(d) for d in shape))
         for d, size in enumerate(shape):
             lines.append(f"o{d}_{node.id} = (j{node.id} // {pstrides[d]}) % {pad(size)}")
-        inside = " & ".join(f"(o{d}_{node.id} < {size})" for d, size in enumerate(shape)) or "j{0} >= 0".format(node.id)
+        inside = " & ".join(f"(o{d}_{node.id} < {size})" for d, size in enumerate(shape)) or f"j{node.id} >= 0"
         parts = []
         for k, (val, coords, valid) in enumerate(sources):
             src_total = math.prod(pad(d) for d in val.shape)

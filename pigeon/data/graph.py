@@ -456,18 +456,23 @@ class HeteroGraph:
             max_in_degree=int(in_deg.max()) if in_deg.numel() else 0,
         )
 
-    def with_reverse_edges(self) -> "HeteroGraph":
+    def with_reverse_edges(self, num_relations: int | None = None) -> "HeteroGraph":
         """This graph plus one reverse edge per edge, in relations of their own.
 
-        With ``R = self.num_etypes``, edge ``(u, v, r)`` gains ``(v, u, r + R)``; the
-        reverse edges follow the originals in the edge list. Relation names become
-        ``rev_<name>``, and a ``(src_type, rel, dst_type)`` name becomes
-        ``(dst_type, rev_<rel>, src_type)``. This is the inverse-relation convention
-        of R-GCN and NBFNet.
+        With ``R = num_relations`` (default ``self.num_etypes``), edge ``(u, v, r)``
+        gains ``(v, u, r + R)``; the reverse edges follow the originals in the edge
+        list. A larger ``R`` keeps relation ids fixed for a model that knows relations
+        this graph has no edges of. Relation names become ``rev_<name>``, and a
+        ``(src_type, rel, dst_type)`` name becomes ``(dst_type, rev_<rel>, src_type)``
+        (names are dropped when ``R`` differs from ``self.num_etypes``). This is the
+        inverse-relation convention of R-GCN and NBFNet.
         """
-        num_rel = self.num_etypes
+        num_rel = self.num_etypes if num_relations is None else num_relations
+        if num_rel < self.num_etypes:
+            raise ValueError(f"Expected `num_relations` to be at least graph.num_etypes={self.num_etypes} "
+                             f"(got {num_rel})")
         names = None
-        if self.etype_names is not None:
+        if self.etype_names is not None and num_rel == self.num_etypes:
             reversed_names = []
             for name in self.etype_names:
                 if isinstance(name, tuple):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -97,6 +99,7 @@ class NBFNet(nn.Module):
         dtype=None,
     ):
         super().__init__()
+        self._augmented: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # fact graph -> with inverses
         self.num_relations = check_int("num_relations", num_relations)
         self.dim = check_int("dim", dim)
         self.num_layers = check_int("num_layers", num_layers)
@@ -128,7 +131,7 @@ class NBFNet(nn.Module):
         """The fact graph plus edge ``(v, u, r + R)`` for every edge ``(u, v, r)``.
 
         The offset is the model's ``R``, not ``graph.num_etypes``, so a graph whose last
-        relations have no edges keeps every relation id in place.
+        relations have no edges keeps every relation id in place. Built once per graph.
         """
         if not isinstance(graph, HeteroGraph):
             raise ValueError(f"Expected `graph` to be a pigeon.HeteroGraph (got {type(graph).__name__})")
@@ -138,13 +141,13 @@ class NBFNet(nn.Module):
                 f"edge types; the model adds the inverse edges itself (got graph.num_etypes="
                 f"{graph.num_etypes})"
             )
-        return HeteroGraph(
-            torch.cat([graph.src, graph.dst]),
-            torch.cat([graph.dst, graph.src]),
-            torch.cat([graph.etype, graph.etype + self.num_relations]),
-            num_nodes=graph.num_nodes,
-            num_etypes=2 * self.num_relations,
-        )
+        # Memoized per fact graph: the augmented graph's layouts (CSR, compact maps)
+        # and the compiled layers' per-graph index arrays are then built once.
+        augmented = self._augmented.get(graph)
+        if augmented is None:
+            augmented = graph.with_reverse_edges(self.num_relations)
+            self._augmented[graph] = augmented
+        return augmented
 
     def relation_vectors(self, t: int, query: torch.Tensor) -> torch.Tensor:
         """``[batch, 2R, dim]``: layer ``t``'s vector of every relation for every query."""
