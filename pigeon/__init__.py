@@ -6,4 +6,6 @@ from pigeon.runtime.compiled import compile
 
 __version__ = "0.1.0"
 
-__all__ = ["HeteroGraph", "compile", "layer", "__version__"]
+from pigeon.tune import tune  # noqa: E402  (after __version__, which the tuning cache keys on)
+
+__all__ = ["HeteroGraph", "compile", "layer", "tune", "__version__"]

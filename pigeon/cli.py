@@ -240,6 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from pigeon.tune.command import EXAMPLE as TUNE_EXAMPLE, add_arguments as add_tune_arguments, cmd_tune
+
+    tune = sub.add_parser(
+        "tune",
+        help="autotune a layer's kernel configs and compiler decisions on a graph; show or clear the cache",
+        description="Search the compiler decisions (reordering, compact materialization, CSR or COO "
+                    "traversals) and every generated kernel's launch config for one layer on one graph, "
+                    "check each candidate against the default, time it, print the ranked table and store "
+                    "the fastest in the tuning cache under PIGEON_CACHE_DIR, where compiled layers find it "
+                    "(PIGEON_AUTOTUNE=0 turns that off).",
+        epilog=TUNE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_tune_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
+
+    from pigeon.train import add_train_parsers
+
+    train = sub.add_parser(
+        "train",
+        help="train a model end to end (NBFNet link prediction, neural operators)",
+        description="Train and evaluate a model with Pigeon's compiled layers; each model has its "
+                    "own sub-command. `pigeon train MODEL --help` lists its options.",
+    )
+    add_train_parsers(train.add_subparsers(dest="model", required=True))
     return parser
 
 

@@ -338,3 +338,64 @@ def test_optimized_programs_keep_forward_and_gradients(graph, name, options):
     assert want_grads.keys() == got_grads.keys()
     for key in want_grads:
         torch.testing.assert_close(got_grads[key], want_grads[key], **F64, msg=lambda m: f"{key}: {m}")
+
+
+def test_a_plan_is_reused_exactly_for_graphs_that_agree_on_the_counts_its_passes_read():
+    """The plan cache keys on the row counts the passes read (PassContext.count): with
+    compaction left to the cost model, RGCN reads the edge and compact-row counts and
+    plans again for a graph that differs in them; with every decision forced it reads
+    none and one plan serves every graph. Each result matches the reference."""
+    from pigeon import reference
+    from pigeon.data.graph import HeteroGraph
+
+    gen = torch.Generator().manual_seed(12)
+
+    def graph(edges):
+        src, dst, etype = (torch.randint(0, n, (edges,), generator=gen) for n in (20, 20, 3))
+        return HeteroGraph(src, dst, etype, num_nodes=20, num_etypes=3)
+
+    graphs = [graph(60), graph(90)]
+    ref = reference.RGCN(5, 4, 3, dtype=torch.float64)
+    x = torch.randn(20, 5, dtype=torch.float64, generator=gen)
+    for forced, plans in ((None, 2), (True, 1)):
+        compiled = pigeon.nn.RGCN(5, 4, 3, dtype=torch.float64, backend="torch", reorder=forced, compact=forced)
+        compiled.load_state_dict(ref.state_dict())
+        for g in graphs:
+            torch.testing.assert_close(compiled(g, x), ref(g, x), **F64)
+        entries = [read for group in compiled.compiled._plans.values() for read, _ in group]
+        assert len(entries) == plans, entries
+        if forced is None:
+            assert all(dict(read).keys() >= {"edge", "compact_src"} for read in entries)
+        else:
+            assert entries == [()]
+
+
+@pytest.mark.parametrize("message", ["distmult", "transe", "rotate"])
+def test_nbfnet_kernels_write_nothing_per_edge_forward_or_backward(message):
+    """Messages stay in registers both ways: the backward traversals recompute the
+    gathered rows and messages they share instead of passing [edges, batch, dim]
+    buffers between them (lower.py's recomputation), and the result is unchanged."""
+    from pigeon import nn as pnn
+    from pigeon.ir.graph_ir import EDGE
+    from pigeon.ir.kernel_ir import BufferRole
+
+    graph = pigeon.data.load("fb15k", scale=0.002, seed=3).graph
+    layer = pnn.NBFNetLayer(4, graph.num_etypes, message=message, aggregate="pna", backend="torch").double()
+    gen = torch.Generator().manual_seed(4)
+    x, boundary = (torch.randn(2, graph.num_nodes, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+                   for _ in range(2))
+    relation = torch.randn(2, graph.num_etypes, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    tensors = {"x": x.transpose(0, 1), "boundary": boundary.transpose(0, 1), "relation": relation.transpose(0, 1),
+               **{n.replace(".", "_"): p for n, p in layer.named_parameters()}}
+    plan = layer.compiled.plan(graph, tensors)
+    for program in (plan.forward_kernels, plan.backward_kernels):
+        per_edge = [b.name for b in program.buffers if b.role is BufferRole.TEMP and b.type.space == EDGE]
+        assert per_edge == [], per_edge
+    ref = pigeon.reference.NBFNetLayer(4, graph.num_etypes, message=message, aggregate="pna").double()
+    ref.load_state_dict(layer.state_dict())
+    got, want = layer(graph, x, boundary, relation), ref(graph, x, boundary, relation)
+    torch.testing.assert_close(got, want, **F64)
+    upstream = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+    for a, b in zip(torch.autograd.grad(got, [x, boundary, relation], upstream),
+                    torch.autograd.grad(want, [x, boundary, relation], upstream)):
+        torch.testing.assert_close(a, b, **F64)

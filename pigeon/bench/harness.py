@@ -218,7 +218,8 @@ def classify_exit(returncode: int, output: str) -> tuple[str, str]:
 
 
 # ---- the machine ----------------------------------------------------------------------
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what platform knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -266,7 +267,7 @@ def describe_machine(device: str) -> dict:
 
     gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": _memory_gib(),

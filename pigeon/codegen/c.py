@@ -29,6 +29,41 @@ class CodegenError(_CodegenError):
     backend = "C"
 
 
+SCHEDULES = ("static", "dynamic", "guided")
+
+
+@dataclass(frozen=True)
+class CConfig:
+    """How one traversal's OpenMP loop hands out its groups (or rows) to threads.
+
+    Args:
+        schedule (str): the OpenMP schedule, one of :data:`SCHEDULES`. Default ``"dynamic"``.
+        chunk (int): groups (rows when ungrouped) per chunk; 0 leaves it to OpenMP
+            (``schedule(static)`` then gives each thread one contiguous block). Default 16.
+
+    It is rendered into the source, so the library's content hash covers it.
+    """
+
+    schedule: str = "dynamic"
+    chunk: int = 16
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Expected `schedule` to be one of {list(SCHEDULES)} (got {self.schedule!r})")
+        if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 0:
+            raise ValueError(f"Expected `chunk` to be a non-negative int (got {self.chunk!r})")
+
+    def clause(self) -> str:
+        """The ``schedule(...)`` clause of the ``omp parallel for`` pragma."""
+        return f"schedule({self.schedule}, {self.chunk})" if self.chunk else f"schedule({self.schedule})"
+
+
+def default_config(kernel: TraversalKernel) -> CConfig:
+    """The untuned config: small dynamic chunks over groups (their sizes vary with the
+    degree), one static block per thread over the rows of an ungrouped traversal."""
+    return CConfig() if kernel.group is not None else CConfig("static", 0)
+
+
 @dataclass(frozen=True)
 class CKernel:
     """A rendered traversal: its C source and the arguments it takes, in order.
@@ -91,10 +126,11 @@ _BINARY = {
 class _Planner(SweepPlan):
     """Plans sweeps and emits C for one traversal kernel."""
 
-    def __init__(self, kernel: TraversalKernel, name: str):
+    def __init__(self, kernel: TraversalKernel, name: str, config: CConfig):
         super().__init__(kernel.body, kernel.domain, kernel.group)
         self.k = kernel
         self.name = name
+        self.config = config
         self.args: list[tuple[str, object]] = []
         self.arg_decls: list[str] = []
         self.ptr: dict[str, str] = {}
@@ -199,7 +235,8 @@ class _Planner(SweepPlan):
                 raise CodegenError(f"output {o.attr('name')} is neither per-row nor a reduction", o)
         title = self.k.describe().splitlines()[0]
         source = render("traversal.c.jinja", title=title, name=self.name, arg_decls=self.arg_decls + top,
-                        grouped=grouped, sweeps=sweeps, group_init=group_init, group_store=group_store)
+                        grouped=grouped, sweeps=sweeps, group_init=group_init, group_store=group_store,
+                        schedule=self.config.clause())
         return CKernel(self.name, source, tuple(self.args), self.k.domain, self.group)
 
 
@@ -354,9 +391,10 @@ _RULES = {
 }
 
 
-def render_traversal(kernel: TraversalKernel, name: str) -> CKernel:
-    """Plan and render one traversal kernel as a C function called ``name``."""
-    return _Planner(kernel, name).render()
+def render_traversal(kernel: TraversalKernel, name: str, config: CConfig | None = None) -> CKernel:
+    """Plan and render one traversal kernel as a C function called ``name``; ``config``
+    (default :func:`default_config`) sets its OpenMP schedule."""
+    return _Planner(kernel, name, config or default_config(kernel)).render()
 
 
 def render_library(kernels: list[CKernel], real: str, version: str) -> str:

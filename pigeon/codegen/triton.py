@@ -43,6 +43,33 @@ def pad(n: int) -> int:
 
 
 @dataclass(frozen=True)
+class TritonConfig:
+    """Launch parameters of one traversal or dense kernel.
+
+    Args:
+        block (int): ``BLOCK``, a power of two: rows per step of a group's walk in
+            ``csr`` mode, rows per program in ``rows`` mode.
+        num_warps (int): warps per program, a power of two. Default 4 (Triton's).
+        num_stages (int): software-pipelining stages. Default 3 (Triton's).
+
+    It is written into the kernel's source (a comment), so the module's content hash
+    covers it.
+    """
+
+    block: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self):
+        for name in ("block", "num_warps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
+                raise ValueError(f"Expected `{name}` to be a positive power of two (got {value!r})")
+        if not isinstance(self.num_stages, int) or isinstance(self.num_stages, bool) or self.num_stages < 1:
+            raise ValueError(f"Expected `num_stages` to be a positive int (got {self.num_stages!r})")
+
+
+@dataclass(frozen=True)
 class TritonTraversal:
     """A rendered traversal or dense kernel and what its launcher passes.
 
@@ -59,7 +86,11 @@ class TritonTraversal:
     domain: Space
     group: IndexMap | None
     outputs: tuple[tuple[str, str, Space, tuple[int, ...]], ...]
-    block: int
+    config: TritonConfig
+
+    @property
+    def block(self) -> int:
+        return self.config.block
 
 
 @dataclass(frozen=True)
@@ -151,9 +182,9 @@ class _Planner(SweepPlan):
     """
 
     def __init__(self, title: str, body, domain: Space, group: IndexMap | None, mode: str, name: str,
-                 block: int, external: dict[int, str] | None = None, skip: frozenset[str] = frozenset()):
+                 config: TritonConfig, external: dict[int, str] | None = None, skip: frozenset[str] = frozenset()):
         super().__init__(body, domain, group)
-        self.title, self.mode, self.name, self.block = title, mode, name, block
+        self.title, self.mode, self.name, self.config = title, mode, name, config
         self.external = external or {}
         self.skip = skip
         self.args: list[tuple[str, object]] = []
@@ -493,10 +524,12 @@ class _Planner(SweepPlan):
 
     def render(self) -> TritonTraversal:
         parts = self.render_csr() if self.mode == "csr" else self.render_rows()
+        c = self.config
+        launch = f"BLOCK={c.block}, num_warps={c.num_warps}, num_stages={c.num_stages}"
         source = render("traversal.py.jinja", title=self.title, name=self.name, params=self.params,
-                        top=self.top, mode=self.mode, **parts)
+                        top=self.top, mode=self.mode, launch=launch, **parts)
         return TritonTraversal(self.name, source, tuple(self.args), self.mode, self.domain, self.group,
-                               tuple(self.out_kinds), self.block)
+                               tuple(self.out_kinds), c)
 
 
 # ---- lowering rules: one per op ------------------------------------------------------------
@@ -663,26 +696,43 @@ def _edge_parallel(kernel: TraversalKernel) -> bool:
             and all(r.attr("reduce") in (Reduce.SUM, Reduce.MEAN) and len(r.inputs) == 1 for r in plan.reductions))
 
 
-def render_traversal(kernel: TraversalKernel, name: str) -> list[TritonTraversal]:
-    """One traversal kernel as Triton: node-parallel over its group's CSR, or
-    edge-parallel with atomics when the lowering chose ``coo`` and the body allows it."""
-    title = kernel.describe().splitlines()[0]
-    if kernel.group is None:
-        return [_Planner(title, kernel.body, kernel.domain, None, "rows", name, ROWS_BLOCK).render()]
+def traversal_mode(kernel: TraversalKernel | DenseKernel) -> str:
+    """``"csr"`` (one program per group) or ``"rows"`` (one program per block of rows)."""
+    if isinstance(kernel, DenseKernel) or kernel.group is None:
+        return "rows"
     if kernel.layout == "coo" and _edge_parallel(kernel):
-        return [_Planner(title, kernel.body, kernel.domain, None, "rows", name, ROWS_BLOCK).render()]
-    return [_Planner(title, kernel.body, kernel.domain, kernel.group, "csr", name, CSR_BLOCK).render()]
+        return "rows"
+    return "csr"
 
 
-def render_dense(kernel: DenseKernel, name: str) -> list[TritonTraversal]:
+def default_config(kernel: TraversalKernel | DenseKernel) -> TritonConfig:
+    """The untuned launch: blocks of 32 rows per step of a CSR walk (most groups are
+    small), 64 rows per program in ``rows`` mode; Triton's default warps and stages."""
+    return TritonConfig(CSR_BLOCK if traversal_mode(kernel) == "csr" else ROWS_BLOCK)
+
+
+def render_traversal(kernel: TraversalKernel, name: str, config: TritonConfig | None = None) -> list[TritonTraversal]:
+    """One traversal kernel as Triton: node-parallel over its group's CSR, or
+    edge-parallel with atomics when the lowering chose ``coo`` and the body allows it.
+    ``config`` (default :func:`default_config`) sets its launch."""
+    title = kernel.describe().splitlines()[0]
+    config = config or default_config(kernel)
+    if traversal_mode(kernel) == "rows":
+        return [_Planner(title, kernel.body, kernel.domain, None, "rows", name, config).render()]
+    return [_Planner(title, kernel.body, kernel.domain, kernel.group, "csr", name, config).render()]
+
+
+def render_dense(kernel: DenseKernel, name: str, config: TritonConfig | None = None) -> list[TritonTraversal]:
     """A dense kernel as Triton: row-parallel over its space. A kernel over GLOBAL that
     sums rows of another space is two launches: the sums (row-parallel, atomics), then
-    the per-global work that reads them."""
+    the per-global work that reads them; ``config`` (default :func:`default_config`)
+    sets both launches."""
     title = kernel.describe().splitlines()[0]
+    config = config or default_config(kernel)
     body = kernel.body
     row_sums = [n for n in body.nodes if n.op in ROW_REDUCTIONS]
     if not row_sums:
-        return [_Planner(title, body, kernel.space, None, "rows", name, ROWS_BLOCK).render()]
+        return [_Planner(title, body, kernel.space, None, "rows", name, config).render()]
     spaces = {body.nodes[n.inputs[0]].type.space for n in row_sums}
     if len(spaces) != 1:
         raise CodegenError(f"row sums over several spaces in one dense kernel ({sorted(map(str, spaces))})", row_sums[0])
@@ -690,13 +740,13 @@ def render_dense(kernel: DenseKernel, name: str) -> list[TritonTraversal]:
     direct = {n.id: o.attr("name") for n in row_sums for o in body.nodes if o.op is Op.OUTPUT and o.inputs[0] == n.id}
     scratch = {n.id: f"{name}_sum{n.id}" for n in row_sums if n.id not in direct}
     later = [o.attr("name") for o in body.nodes if o.op is Op.OUTPUT and o.inputs[0] not in direct]
-    first = _Planner(title, body, rows, None, "rows", f"{name}_rows", ROWS_BLOCK, skip=frozenset(later))
+    first = _Planner(title, body, rows, None, "rows", f"{name}_rows", config, skip=frozenset(later))
     # Sums no output holds go to scratch buffers that the second launch reads.
     first.outputs += [Node(-1 - i, Op.OUTPUT, (i,), body.nodes[i].type, (("name", buffer),))
                       for i, buffer in scratch.items()]
     kernels = [first.render()]
     if later:
-        second = _Planner(title, body, kernel.space, None, "rows", name, ROWS_BLOCK, external={**direct, **scratch},
+        second = _Planner(title, body, kernel.space, None, "rows", name, config, external={**direct, **scratch},
                           skip=frozenset(direct.values()))
         kernels.append(second.render())
     return kernels

@@ -60,11 +60,47 @@ class GemmStructure:
 
 
 @dataclass(frozen=True)
+class GemmConfig:
+    """Tile sizes and launch options of one GEMM kernel.
+
+    Args:
+        BLOCK_M (int): rows per tile (a weight gradient: rows per step of its loop).
+        BLOCK_N (int): output columns per tile.
+        BLOCK_K (int): depth per step (a weight gradient: output rows per tile).
+        num_warps (int): warps per program. Default 4.
+        num_stages (int): software-pipelining stages of the K loop. Default 3.
+
+    Every block is a power of two of at least 16 (``tl.dot``'s minimum).
+    """
+
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self):
+        for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 16 or value & (value - 1):
+                raise ValueError(f"Expected `{name}` to be a power of two of at least 16 (got {value!r})")
+        if not isinstance(self.num_warps, int) or self.num_warps < 1 or self.num_warps & (self.num_warps - 1):
+            raise ValueError(f"Expected `num_warps` to be a positive power of two (got {self.num_warps!r})")
+        if not isinstance(self.num_stages, int) or self.num_stages < 1:
+            raise ValueError(f"Expected `num_stages` to be a positive int (got {self.num_stages!r})")
+
+    def as_dict(self) -> dict[str, int]:
+        return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K,
+                "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+
+@dataclass(frozen=True)
 class TritonGemm:
     name: str          # prefix of every @triton.jit function in ``source``
     source: str        # Triton source text (no imports; the module prelude has torch, triton, tl)
     kernel: GemmKernel
     structure: GemmStructure
+    config: GemmConfig | None = None   # None: :func:`default_config` of the launch's shape and dtype
 
 
 def gemm_structure(kernel: GemmKernel, program: KernelProgram) -> GemmStructure:
@@ -91,15 +127,18 @@ def gemm_structure(kernel: GemmKernel, program: KernelProgram) -> GemmStructure:
     )
 
 
-def render_gemm(kernel: GemmKernel, name: str, program: KernelProgram) -> TritonGemm:
-    """Render ``kernel`` as one ``@triton.jit`` function, ``{name}_kernel``."""
+def render_gemm(kernel: GemmKernel, name: str, program: KernelProgram,
+                config: GemmConfig | None = None) -> TritonGemm:
+    """Render ``kernel`` as one ``@triton.jit`` function, ``{name}_kernel``, launched
+    with ``config`` (default: :func:`default_config` of the launch's shape and dtype)."""
     s = gemm_structure(kernel, program)
+    launch = "default" if config is None else ", ".join(f"{k}={v}" for k, v in config.as_dict().items())
     source = render(
         "gemm.py.jinja", header=kernel.describe(), name=name, typed=s.typed, a_indexed=s.a_indexed,
         store=s.store, weight_grad=s.weight_grad, b_indexed=s.b_indexed, batch=s.batch,
-        batch_sum=s.batch_sum, transpose_w=kernel.transpose_w and not kernel.weight_grad,
+        batch_sum=s.batch_sum, transpose_w=kernel.transpose_w and not kernel.weight_grad, launch=launch,
     )
-    return TritonGemm(name, source.rstrip() + "\n", kernel, s)
+    return TritonGemm(name, source.rstrip() + "\n", kernel, s, config)
 
 
 # ---- configs -------------------------------------------------------------------------
@@ -195,11 +234,16 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def launch_gemm(module, gemm: TritonGemm, graph: HeteroGraph, env: dict[str, torch.Tensor], dtype: torch.dtype,
-                config: dict[str, int] | None = None) -> torch.Tensor:
+                config: GemmConfig | dict[str, int] | None = None) -> torch.Tensor:
     """Run ``gemm`` (from :func:`render_gemm`, loaded in ``module``) on ``env``'s buffers;
-    return its output, as :meth:`TorchExecutor.gemm` does. ``config`` overrides
-    :func:`default_config` (tile sizes, ``num_warps``, ``num_stages``)."""
+    return its output, as :meth:`TorchExecutor.gemm` does. ``config`` (a
+    :class:`GemmConfig` or its ``as_dict()``) overrides the one ``gemm`` was rendered
+    with, else :func:`default_config` (tile sizes, ``num_warps``, ``num_stages``)."""
     _check_dtype(dtype)
+    if isinstance(config, dict):
+        config = GemmConfig(**config)
+    config = config or gemm.config
+    config = None if config is None else config.as_dict()
     kernel, s = gemm.kernel, gemm.structure
     fn = getattr(module, f"{gemm.name}_kernel")
     a = _operand(env, kernel.a, "A operand", kernel, s.a_type, dtype, graph.device)

@@ -25,22 +25,52 @@ class RowCounts:
 
     @classmethod
     def from_graph(cls, graph) -> "RowCounts":
-        return cls(
-            node=graph.num_nodes, edge=graph.num_edges, etype=graph.num_etypes, ntype=graph.num_ntypes,
-            compact_src=graph.compact_src.num_rows, compact_dst=graph.compact_dst.num_rows,
-            ntype_etype=graph.ntype_etype.num_rows,
-        )
+        return cls(**{name: cls.count_of(graph, name) for name in _COUNTS})
+
+    @staticmethod
+    def count_of(graph, space_name: str) -> int:
+        """One count of ``graph`` without computing the others (the compact maps cost a
+        sort each); 1 for spaces without rows, as :meth:`of`."""
+        getter = _COUNTS.get(space_name)
+        return 1 if getter is None else getter(graph)
+
+
+_COUNTS = {
+    "node": lambda g: g.num_nodes,
+    "edge": lambda g: g.num_edges,
+    "etype": lambda g: g.num_etypes,
+    "ntype": lambda g: g.num_ntypes,
+    "compact_src": lambda g: g.compact_src.num_rows,
+    "compact_dst": lambda g: g.compact_dst.num_rows,
+    "ntype_etype": lambda g: g.ntype_etype.num_rows,
+}
 
 
 @dataclass
 class PassContext:
-    """Per-compilation facts and a log of the decisions passes took (with their costs)."""
+    """Per-compilation facts and a log of the decisions passes took (with their costs).
+
+    Passes read row counts through :meth:`count`, which records each one read: a
+    compiled program depends on the graph only through the counts in ``read``, so a
+    plan is reused for any graph that agrees on them (and for every graph when the
+    options force every decision and nothing was read).
+    """
 
     rows: RowCounts | None = None
     decisions: list[str] = field(default_factory=list)
+    read: dict[str, int] = field(default_factory=dict)
 
     def note(self, message: str) -> None:
         self.decisions.append(message)
+
+    def count(self, space_name: str) -> int:
+        """The rows of space ``space_name`` (1 for spaces without rows, e.g. ``global``),
+        recorded in ``read``. Requires ``rows``."""
+        if self.rows is None:
+            raise ValueError("PassContext.count needs the row counts: `rows` is None")
+        value = self.rows.of(space_name)
+        self.read[space_name] = value
+        return value
 
 
 class Pass:

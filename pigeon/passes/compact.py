@@ -40,8 +40,8 @@ class CompactMaterialization(Pass):
             return self.enabled
         if ctx.rows is None:
             return False
-        pairs = ctx.rows.compact_src if end is SRC else ctx.rows.compact_dst
-        return ctx.rows.edge >= self.min_ratio * max(pairs, 1)
+        pairs = ctx.count("compact_src" if end is SRC else "compact_dst")
+        return ctx.count("edge") >= self.min_ratio * max(pairs, 1)
 
     def apply(self, program: Program, ctx: PassContext) -> Program:
         def rule(node, b, inputs):

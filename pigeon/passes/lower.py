@@ -12,9 +12,17 @@ Greedy and in program order:
 3. What remains (node-wise and per-type work) joins an open *dense* kernel of its space
    the same way.
 
-Constants are copied into every body that reads them. The layout a traversal walks is
-chosen per kernel: CSR of its group (node-parallel, no atomics) where the graph has
-one, else edge-parallel COO; ``layout="coo"`` forces edge-parallel.
+Constants are copied into every body that reads them, and so are cheap per-row values
+(gathers and elementwise ops on them, at most ``_RECOMPUTE_LIMIT`` ops): a traversal
+that reads one computed in another traversal recomputes it from the rows it gathers
+rather than reading a buffer of one value per edge. (The backward of NBFNet's layer
+would otherwise write the gathered source rows, relation vectors and messages,
+``[edges, batch, dim]`` each, to read them back in its other traversals.) Such a value
+still gets a buffer when a GEMM or the program's output reads it.
+
+The layout a traversal walks is chosen per kernel: CSR of its group (node-parallel, no
+atomics) where the graph has one, else edge-parallel COO; ``layout="coo"`` forces
+edge-parallel.
 """
 
 from __future__ import annotations
@@ -30,6 +38,12 @@ from pigeon.ir.rewrite import copy_node
 
 _GEMMS = (Op.LINEAR, Op.TYPED_LINEAR, Op.TYPED_OUTER)
 _TRAVERSAL_SPACES = (EDGE, COMPACT_SRC, COMPACT_DST)
+# Per-row ops a traversal may recompute instead of reading another traversal's buffer.
+_RECOMPUTE_OPS = (
+    Op.GATHER, Op.UNARY, Op.BINARY, Op.DOT, Op.SUM_LAST, Op.SUM_DIMS, Op.EXPAND_LAST, Op.RESHAPE,
+    Op.CONCAT, Op.SLICE_LAST, Op.PAD_LAST,
+)
+_RECOMPUTE_LIMIT = 48   # distinct ops in one recomputed value, its operands' included
 _GROUP_LAYOUT = {DST.name: "csr_dst", SRC.name: "csr_src"}
 _SEGMENT_LAYOUT = {
     "etype": "coo_etype", "compact_src_etype": "compact_src", "compact_dst_etype": "compact_dst",
@@ -129,6 +143,41 @@ class _Lowering:
             layout=segment_layout,
         ))
 
+    # -- recomputation -------------------------------------------------------------------
+    def plan_recompute(self) -> None:
+        """The per-row values of traversal spaces that readers in other traversals
+        recompute (``self.recompute``) and, for each, the values its recomputation
+        reads from buffers (``self.leaves``)."""
+        read_as_buffer = {value for node in self.p.nodes if node.op is Op.OUTPUT for value in node.inputs}
+        for node in self.p.nodes:
+            if node.op is Op.GATHER:  # read at other rows than its own
+                read_as_buffer.add(node.inputs[0])
+            elif node.op in _GEMMS:
+                gather_id = self.gemm_gather.get(node.id)
+                read_as_buffer.add(self.node(gather_id).inputs[0] if gather_id is not None else node.inputs[0])
+                read_as_buffer.add(node.inputs[1])
+        # The ops a recomputation repeats: shared operands count once (RotatE reuses its
+        # message parts many times).
+        chain: dict[int, frozenset[int]] = {}
+        self.leaves: dict[int, frozenset[int]] = {}
+        for node in self.p.nodes:
+            if node.op not in _RECOMPUTE_OPS or node.type.space not in _TRAVERSAL_SPACES or node.id in self.absorbed:
+                continue
+            ops, leaves, cheap = {node.id}, set(), True
+            for j in node.inputs:
+                source = self.node(j)
+                if node.op is Op.GATHER or source.type.space not in _TRAVERSAL_SPACES:
+                    if source.op is not Op.CONST:
+                        leaves.add(j)
+                elif j in chain:
+                    ops |= chain[j]
+                    leaves |= self.leaves[j]
+                else:
+                    cheap = False
+            if cheap and len(ops) <= _RECOMPUTE_LIMIT:
+                chain[node.id], self.leaves[node.id] = frozenset(ops), frozenset(leaves)
+        self.recompute = {i for i in chain if i not in read_as_buffer}
+
     # -- regions -------------------------------------------------------------------------
     def place(self, node: Node) -> None:
         domain, group = self.domain(node)
@@ -138,11 +187,19 @@ class _Lowering:
             if r.kind == kind and r.space == domain and (group is None or r.group in (None, group)):
                 region = r
                 break
-        # Operands held by other open regions must be written before this region reads them.
+        # Operands held by other open regions must be written before this region reads them;
+        # for a recomputed operand, the values its recomputation reads.
         for i in node.inputs:
-            owner = self.region_of.get(i)
-            if owner is not None and owner is not region and owner in self.open:
-                self.close(owner)
+            needed = self.leaves[i] if i in self.recompute else (i,)
+            for j in needed:
+                owner = self.region_of.get(j)
+                if owner is not None and owner is not region and owner in self.open:
+                    self.close(owner)
+            if i in self.recompute:
+                # Read mid-pass, a leaf of this region's own would be a partial reduction.
+                for j in self.leaves[i]:
+                    if region is not None and self.region_of.get(j) is region:
+                        self.close(region)
         if region is not None and region not in self.open:
             region = None  # closed above because it read one of ours
         if region is not None and kind == "traversal" and self.reads_reduction_across(node, region):
@@ -184,10 +241,17 @@ class _Lowering:
             src = self.node(i)
             if src.op is Op.CONST:
                 local[i] = copy_node(b, src, ())
+            elif i in self.recompute:
+                local[i] = copy_node(b, src, tuple(operand(j) for j in src.inputs))
             else:
                 local[i] = b.add(Op.INPUT, type=src.type, name=self.materialize(i))
             return local[i]
 
+        # Values another region's recomputation reads need a buffer like any other read.
+        exported = set()
+        for i in region.nodes:
+            if i in self.recompute and any(u not in inside for u in self.users[i]):
+                exported |= self.leaves[i]
         reductions, softmax = [], False
         for i in region.nodes:
             node = self.node(i)
@@ -195,8 +259,10 @@ class _Lowering:
             if node.op is Op.AGGREGATE:
                 reductions.append(f"{node.attr('reduce').value}[{node.attr('index')}]")
             softmax = softmax or node.op is Op.SEGMENT_SOFTMAX
-            if any(u not in inside for u in self.users[i]):
+            if i not in self.recompute and (i in exported or any(u not in inside for u in self.users[i])):
                 outputs.append(i)
+        if not outputs:
+            return  # every value it computes is recomputed where it is read
         for i in outputs:
             b.add(Op.OUTPUT, (local[i],), name=self.temp(i))
         body = b.build()
@@ -215,6 +281,7 @@ class _Lowering:
     # -- driver --------------------------------------------------------------------------
     def run(self) -> KernelProgram:
         self.plan_fusion()
+        self.plan_recompute()
         outputs = []
         # Degrees read nothing: placing them first lets them join the traversal of their group
         # instead of opening a pass of their own later.

@@ -83,8 +83,8 @@ class LinearReordering(Pass):
             return self.enabled
         if ctx.rows is None:
             return False
-        rows = ctx.rows.of(dot.type.space.name)
-        types = ctx.rows.of(type_space)
+        rows = ctx.count(dot.type.space.name)
+        types = ctx.count(type_space)
         saved_product = only_user(old_lhs.id) and (old_lhs.op is not Op.RESHAPE or only_user(old_lhs.inputs[0]))
         before = rows * out_dim + (2 * rows * in_dim * out_dim if saved_product else 0)
         after = 2 * types * in_dim * out_dim + 2 * rows * in_dim * width

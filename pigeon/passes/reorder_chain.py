@@ -168,7 +168,7 @@ class ChainReordering(Pass):
             return self.enabled
         if ctx.rows is None:
             return False
-        rows, nodes, pairs = ctx.rows.of(y.type.space.name), ctx.rows.node, ctx.rows.ntype_etype
+        rows, nodes, pairs = ctx.count(y.type.space.name), ctx.count("node"), ctx.count("ntype_etype")
         in_dim, out_dim = k_shape
         e = w_shape[-1]
         width = y.type.numel  # h * e

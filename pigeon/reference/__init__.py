@@ -14,10 +14,13 @@ layer works in the dtype of its parameters (tests use float64) and is cross-chec
 against DGL and PyG in ``tests/test_reference.py``.
 """
 
+from pigeon.reference.deeponet import DeepONet
 from pigeon.reference.hgt import HGT
 from pigeon.reference.nbfnet import NBF_AGGREGATES, NBF_MESSAGES, NBFNetLayer
 from pigeon.reference.nbfnet_model import NBFNet
 from pigeon.reference.rgat import RGAT
 from pigeon.reference.rgcn import RGCN, RGCN_NORMS
+from pigeon.reference.spectral import FNO, SpectralConv
 
-__all__ = ["RGCN", "RGAT", "HGT", "NBFNetLayer", "NBFNet", "RGCN_NORMS", "NBF_MESSAGES", "NBF_AGGREGATES"]
+__all__ = ["RGCN", "RGAT", "HGT", "NBFNetLayer", "NBFNet", "RGCN_NORMS", "NBF_MESSAGES", "NBF_AGGREGATES",
+           "SpectralConv", "FNO", "DeepONet"]

@@ -8,8 +8,11 @@ backend. Plans are cached, so a second call on the same graph does none of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import os
+import warnings
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -25,14 +28,14 @@ from pigeon.runtime.torch_backend import TorchExecutor
 
 
 
-def _triton_executor(program: KernelProgram):
+def _triton_executor(program: KernelProgram, configs: Mapping[str, Any] | None = None):
     """The Triton backend, imported on first use (Triton is an optional dependency)."""
     try:
         from pigeon.runtime.triton_backend import TritonExecutor
     except ImportError as err:
         raise ImportError(f"backend='triton' needs the triton package ({err}); "
                           "install pigeon[triton], or use backend='torch' or 'cpu'") from err
-    return TritonExecutor(program)
+    return TritonExecutor(program, configs)
 
 
 #: Executors by backend name; "auto" picks one per call from the tensors' device.
@@ -54,6 +57,63 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                      "torch lowering there")
 
 
+def autotune_enabled() -> bool:
+    """Whether compiled layers apply tuned choices from the cache (``PIGEON_AUTOTUNE=0``
+    turns it off)."""
+    return os.environ.get("PIGEON_AUTOTUNE", "1") != "0"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How to build one plan: the compiler decisions and the kernels' launch configs
+    (what :func:`pigeon.tune` searches and the tuning cache stores).
+
+    Args:
+        reorder, compact (bool, optional): force linear reordering / compact
+            materialization; None lets the cost model decide. Default None.
+        layout (str, optional): ``"csr"`` or ``"coo"`` traversals; None: CSR where a
+            traversal has a group. Default None.
+        forward, backward (tuple of (str, config) pairs): per kernel name of the
+            forward / backward level-2 program (``"k3"``), a ``CConfig`` (cpu),
+            ``TritonConfig`` or ``GemmConfig`` (triton); kernels not named keep their
+            defaults. Default ().
+
+    Decisions forced in :func:`compile` win over the choice's.
+    """
+
+    reorder: bool | None = None
+    compact: bool | None = None
+    layout: str | None = None
+    forward: tuple[tuple[str, Any], ...] = ()
+    backward: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        if self.layout not in (None, "csr", "coo"):
+            raise ValueError(f"Expected `layout` to be None, 'csr' or 'coo' (got {self.layout!r})")
+        # Sorted, so equal choices are equal keys whatever order their configs came in.
+        object.__setattr__(self, "forward", tuple(sorted(self.forward, key=lambda p: p[0])))
+        object.__setattr__(self, "backward", tuple(sorted(self.backward, key=lambda p: p[0])))
+
+    def describe(self) -> str:
+        """A one-line label: the decisions that are set, then the configs that are."""
+        parts = [f"{name}={getattr(self, name)}" for name in ("reorder", "compact", "layout")
+                 if getattr(self, name) is not None]
+        for half, short in (("forward", "fwd"), ("backward", "bwd")):
+            for kernel, config in getattr(self, half):
+                fields = ",".join(str(v) for v in vars(config).values())
+                parts.append(f"{short}.{kernel}[{fields}]")
+        return " ".join(parts) or "default"
+
+
+def _executor(backend: str, program: KernelProgram, configs: tuple[tuple[str, Any], ...]):
+    if not configs:
+        return EXECUTORS[backend](program)
+    if backend == "torch":
+        raise ValueError(f"Expected no kernel configs for backend='torch', which generates no kernels "
+                         f"(got configs for {[name for name, _ in configs]})")
+    return EXECUTORS[backend](program, dict(configs))
+
+
 @dataclass
 class Plan:
     """Everything compiled for one signature: both programs at both levels."""
@@ -66,6 +126,7 @@ class Plan:
     run_forward: Callable
     run_backward: Callable
     saved: tuple[tuple[str, str], ...]   # (forward buffer, backward input) kept for backward
+    choice: Choice = field(default_factory=Choice)   # what it was built with (a tuned one from the cache)
 
 
 class _Apply(torch.autograd.Function):
@@ -101,7 +162,11 @@ class Compiled:
         if backend not in BACKENDS:
             raise ValueError(f"Expected `backend` to be one of {list(BACKENDS)} (got {backend!r})")
         self.layer, self.backend, self.options, self.layout, self.config = layer, backend, options, layout, config
-        self._plans: dict[tuple, Plan] = {}
+        # Shapes and backend -> [(row counts the passes read, plan)]: a plan is reused for
+        # any graph that agrees on the counts its decisions depended on.
+        self._plans: dict[tuple, list[tuple[tuple, Plan]]] = {}
+        # Per signature, dtype and mode, per graph object: the tuning cache's answer.
+        self._tuned: dict[tuple, weakref.WeakKeyDictionary] = {}
 
     # -- planning ------------------------------------------------------------------------
     def _shapes(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor]):
@@ -140,36 +205,93 @@ class Compiled:
         inputs, params = self._shapes(graph, tensors)
         return self.layer.trace(inputs, params, **self.config), RowCounts.from_graph(graph)
 
-    def plan(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor]) -> Plan:
-        """The cached plan for these shapes and this graph's row counts (built on a miss)."""
+    def plan(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor], choice: Choice | None = None) -> Plan:
+        """The cached plan for these shapes and this graph's row counts (built on a miss).
+
+        ``choice`` builds it with those decisions and kernel configs; None asks the
+        tuning cache (:mod:`pigeon.tune.cache`) for a tuned choice for this program,
+        graph, dtype and mode (training when gradients are on and a tensor requires
+        them) and uses the cost model's defaults on a miss, or always when
+        ``PIGEON_AUTOTUNE=0``. Nothing is tuned here: :func:`pigeon.tune` fills the cache.
+        """
         inputs, params = self._shapes(graph, tensors)
-        rows = RowCounts.from_graph(graph)
         backend = resolve_backend(self.backend, graph.device)
-        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), rows, backend)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._build(self.layer.trace(inputs, params, **self.config), rows, backend)
-            self._plans[key] = plan
+        tuned = choice is None and autotune_enabled()
+        if choice is None:
+            choice = self._cached_choice(inputs, params, graph, tensors, backend) if tuned else Choice()
+        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, choice)
+        candidates = self._plans.setdefault(key, [])
+        for read, plan in candidates:
+            if all(RowCounts.count_of(graph, name) == value for name, value in read):
+                return plan
+        ctx = PassContext(RowCounts.from_graph(graph))
+        traced = self.layer.trace(inputs, params, **self.config)
+        try:
+            plan = self._build(traced, ctx, backend, choice)
+        except ValueError as err:
+            # A cached choice tuned on a graph of the same buckets whose cost-model decisions
+            # differed names kernels this program does not have: keep its decisions only.
+            if not tuned or not (choice.forward or choice.backward):
+                raise
+            warnings.warn(f"pigeon: the tuned kernel configs for {self.layer.name} do not fit the program "
+                          f"built for this graph ({err}); running with default configs. Run pigeon.tune on "
+                          "this graph to tune it.", RuntimeWarning, stacklevel=3)
+            ctx = PassContext(RowCounts.from_graph(graph))
+            plan = self._build(traced, ctx, backend, replace(choice, forward=(), backward=()))
+        candidates.append((tuple(sorted(ctx.read.items())), plan))
         return plan
 
-    def _build(self, traced: Program, rows: RowCounts, backend: str) -> Plan:
-        ctx = PassContext(rows)
-        forward = optimize(traced, ctx, self.options)
-        forward_kernels = lower(forward, self.layout)
+    def _cached_choice(self, inputs: dict, params: dict, graph: HeteroGraph, tensors: dict[str, torch.Tensor],
+                       backend: str) -> Choice:
+        from pigeon.tune.cache import TuneCache, tune_key
+
+        floats = [v for v in tensors.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        dtype = floats[0].dtype if floats else torch.get_default_dtype()
+        mode = "train" if torch.is_grad_enabled() and any(v.requires_grad for v in floats) else "infer"
+        memo = self._tuned.setdefault((tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend,
+                                       dtype, mode), weakref.WeakKeyDictionary())
+        if graph not in memo:
+            cache = TuneCache()
+            # An empty cache needs no key: the graph statistics in it cost a sort per new graph.
+            entry = None
+            if cache.has_entries():
+                traced = self.layer.trace(inputs, params, **self.config)
+                default = self.plan(graph, tensors, Choice())
+                entry = cache.lookup(tune_key(self, traced, default, graph, backend, dtype, mode))
+            memo[graph] = Choice() if entry is None else entry.choice
+        return memo[graph]
+
+    def forget_tuned(self) -> None:
+        """Drop the tuning cache's remembered answers, so the next :meth:`plan` reads the
+        cache again (:func:`pigeon.tune` calls it after storing a choice)."""
+        self._tuned.clear()
+
+    def _build(self, traced: Program, ctx: PassContext, backend: str, choice: Choice = Choice()) -> Plan:
+        # Decisions forced at compile() win over a tuned choice.
+        options = replace(self.options,
+                          reorder=choice.reorder if self.options.reorder is None else self.options.reorder,
+                          compact=choice.compact if self.options.compact is None else self.options.compact)
+        layout = self.layout if self.layout is not None else choice.layout
+        forward = optimize(traced, ctx, options)
+        forward_kernels = lower(forward, layout)
         # Values the forward kernels write to memory anyway are kept for the backward pass
         # instead of recomputed; values that live only inside a fused kernel are recomputed.
         written = frozenset(int(b.name[1:]) for b in forward_kernels.buffers if b.role in (BufferRole.TEMP, BufferRole.OUTPUT))
-        backward = optimize(backward_program(forward, written), ctx, self.options)
-        backward_kernels = lower(backward, self.layout)
+        backward = optimize(backward_program(forward, written), ctx, options)
+        backward_kernels = lower(backward, layout)
         readers = backward.users()
         used = {n.attr("name") for n in backward.inputs() if readers[n.id]}
         saved = tuple((f"%{i}", saved_name(i)) for i in sorted(written) if saved_name(i) in used)
-        executor = EXECUTORS[backend]
         return Plan(forward, backward, forward_kernels, backward_kernels, ctx.decisions,
-                    executor(forward_kernels), executor(backward_kernels), saved)
+                    _executor(backend, forward_kernels, choice.forward),
+                    _executor(backend, backward_kernels, choice.backward), saved, choice)
 
     # -- calling -------------------------------------------------------------------------
     def __call__(self, graph: HeteroGraph, **tensors: torch.Tensor):
+        return self.call(graph, tensors)
+
+    def call(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor], choice: Choice | None = None):
+        """``fn(graph, **tensors)``, with the plan built for ``choice`` (see :meth:`plan`)."""
         if not isinstance(graph, HeteroGraph):
             raise TypeError(f"Expected `graph` to be a pigeon.HeteroGraph (got {type(graph).__name__})")
         floats = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
@@ -179,7 +301,7 @@ class Compiled:
         devices = {v.device for v in floats.values()} | {graph.device}
         if len(devices) != 1:
             raise ValueError(f"Expected the graph and every tensor on one device (got {sorted(map(str, devices))})")
-        plan = self.plan(graph, tensors)
+        plan = self.plan(graph, tensors, choice)
         names = tuple(tensors)
         dtype = dtypes.pop()
         outputs = _Apply.apply(plan, graph, names, dtype, *(tensors[n] for n in names))

@@ -25,7 +25,7 @@ from typing import Mapping
 import torch
 
 import pigeon
-from pigeon.codegen.c import CKernel, render_library, render_traversal
+from pigeon.codegen.c import CConfig, CKernel, render_library, render_traversal
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import Op
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel
@@ -87,13 +87,26 @@ def build_library(source: str) -> tuple[ctypes.CDLL, Path]:
 
 
 class CpuExecutor:
-    """Runs one level-2 program with C traversals, torch GEMMs and torch dense kernels."""
+    """Runs one level-2 program with C traversals, torch GEMMs and torch dense kernels.
 
-    def __init__(self, program: KernelProgram):
+    Args:
+        program (KernelProgram): the level-2 program.
+        configs (mapping of str to CConfig, optional): per traversal kernel, by name
+            (``"k3"`` is ``program.kernels[3]``), its OpenMP schedule; kernels not named
+            keep :func:`pigeon.codegen.c.default_config`. Default: none.
+    """
+
+    def __init__(self, program: KernelProgram, configs: Mapping[str, CConfig] | None = None):
         self.program = program
         self.gemms = TorchExecutor(program)
+        configs = dict(configs or {})
+        names = {f"k{i}": i for i, k in enumerate(program.kernels) if isinstance(k, TraversalKernel)}
+        for name, config in configs.items():
+            if name not in names or not isinstance(config, CConfig):
+                raise ValueError(f"Expected `configs` to map traversal kernel names of this program "
+                                 f"({sorted(names)}) to CConfig (got {name!r}: {config!r})")
         self.rendered: dict[int, CKernel] = {
-            i: render_traversal(k, f"k{i}") for i, k in enumerate(program.kernels) if isinstance(k, TraversalKernel)
+            i: render_traversal(program.kernels[i], name, configs.get(name)) for name, i in names.items()
         }
         self._libraries: dict[torch.dtype, ctypes.CDLL] = {}
 

@@ -116,6 +116,8 @@ class TorchExecutor:
         rows = self.index.sorted_rows(graph, k.a_gather, k.segment, k.layout)
         a_sorted = a if rows is None else a.index_select(0, rows)
         segments = [(t, bounds[t], bounds[t + 1]) for t in range(len(bounds) - 1) if bounds[t + 1] > bounds[t]]
+        if self._uniform(k, a, w, bounds, segments):
+            return self._uniform_gemm(k, a_sorted, w, perm, len(segments))
         if k.weight_grad:
             b_sorted = w if perm is None else w.index_select(0, perm)
             spec = "r...i,r...o->...io" if k.batched else "r...i,r...o->io"
@@ -134,6 +136,25 @@ class TorchExecutor:
         if k.scatter is not None:
             index, size = self.index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
             return out_sorted.new_zeros(size, *out_sorted.shape[1:]).index_add_(0, index, out_sorted)
+        if perm is None:
+            return out_sorted
+        return torch.empty_like(out_sorted).index_copy_(0, perm, out_sorted)
+
+    @staticmethod
+    def _uniform(k: GemmKernel, a: torch.Tensor, w: torch.Tensor, bounds: list[int], segments: list) -> bool:
+        """Vector rows, and every type owns the same number of them (FNO's (mode, batch)
+        rows): one batched matmul replaces the loop over types, whose per-call overhead
+        dominates small segments."""
+        plain = a.dim() == 2 and w.dim() == (2 if k.weight_grad else 3)
+        return (plain and not k.batched and k.scatter is None and len(segments) == len(bounds) - 1 > 1
+                and len({hi - lo for _, lo, hi in segments}) == 1)
+
+    def _uniform_gemm(self, k: GemmKernel, a_sorted: torch.Tensor, w: torch.Tensor, perm, types: int):
+        a3 = a_sorted.reshape(types, -1, a_sorted.shape[-1])
+        if k.weight_grad:
+            b_sorted = w if perm is None else w.index_select(0, perm)
+            return torch.bmm(a3.transpose(1, 2), b_sorted.reshape(types, -1, w.shape[-1]))
+        out_sorted = torch.bmm(a3, w.transpose(-1, -2) if k.transpose_w else w).reshape(a_sorted.shape[0], -1)
         if perm is None:
             return out_sorted
         return torch.empty_like(out_sorted).index_copy_(0, perm, out_sorted)

@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 
 import pigeon
-from pigeon.codegen.triton import TritonTraversal, render_dense, render_traversal
+from pigeon.codegen.triton import TritonConfig, TritonTraversal, render_dense, render_traversal
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import GLOBAL
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel
@@ -69,24 +69,37 @@ def load_module(sources: list[str]) -> ModuleType:
 class TritonExecutor:
     """Runs one level-2 program with generated Triton kernels; holds nothing per call.
 
+    ``configs`` (optional) maps kernel names (``"k3"`` is ``program.kernels[3]``) to a
+    :class:`~pigeon.codegen.triton_gemm.GemmConfig` for a GEMM or a
+    :class:`~pigeon.codegen.triton.TritonConfig` for a traversal or dense kernel (both
+    launches of a two-launch dense kernel); kernels not named keep their defaults.
+
     Every kernel is rendered when the executor is built (no GPU needed); the module is
     imported on the first call. Graph-side arrays (index maps, CSR of each group, tile
     tables) come from the per-graph cache and live on the graph's device.
     """
 
-    def __init__(self, program: KernelProgram):
-        from pigeon.codegen.triton_gemm import render_gemm  # it imports this module
+    def __init__(self, program: KernelProgram, configs: Mapping[str, object] | None = None):
+        from pigeon.codegen.triton_gemm import GemmConfig, render_gemm  # it imports this module
 
         self.program = program
         self.index = _GRAPH_INDEX
         self.rendered: dict[int, list] = {}
+        configs = dict(configs or {})
+        wanted = {f"k{i}": GemmConfig if isinstance(k, GemmKernel) else TritonConfig
+                  for i, k in enumerate(program.kernels)}
+        for name, config in configs.items():
+            if name not in wanted or not isinstance(config, wanted[name]):
+                expected = wanted[name].__name__ if name in wanted else f"a kernel name of this program ({sorted(wanted)})"
+                raise ValueError(f"Expected `configs[{name!r}]` to be {expected} (got {config!r})")
         for i, kernel in enumerate(program.kernels):
-            if isinstance(kernel, GemmKernel):
-                self.rendered[i] = [render_gemm(kernel, f"k{i}", program)]
+            config = configs.get(f"k{i}")
+            if isinstance(kernel, GemmKernel):   # None: chosen from its shape and dtype at launch
+                self.rendered[i] = [render_gemm(kernel, f"k{i}", program, config)]
             elif isinstance(kernel, TraversalKernel):
-                self.rendered[i] = render_traversal(kernel, f"k{i}")
+                self.rendered[i] = render_traversal(kernel, f"k{i}", config)
             else:
-                self.rendered[i] = render_dense(kernel, f"k{i}")
+                self.rendered[i] = render_dense(kernel, f"k{i}", config)
         self._module: ModuleType | None = None
 
     def sources(self) -> list[str]:
@@ -135,7 +148,9 @@ class TritonExecutor:
                 env[name] = make((*rows, *shape), dtype=dtype, device=device)
                 args.append(env[name])
         if grid > 0:
-            getattr(module, t.name)[(grid,)](*args, num, REAL=_real(dtype), BLOCK=t.block)
+            c = t.config
+            getattr(module, t.name)[(grid,)](*args, num, REAL=_real(dtype), BLOCK=c.block,
+                                             num_warps=c.num_warps, num_stages=c.num_stages)
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
                  keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

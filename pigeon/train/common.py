@@ -1,0 +1,112 @@
+"""What every training command shares: seeding, progress bars, checkpoints, the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+__all__ = ["seed_everything", "progress", "write_json", "save_checkpoint", "load_checkpoint",
+           "add_common_arguments", "operator_report"]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, torch's global generators and return a fresh ``torch.Generator``
+    seeded with ``seed``, for the sampling a training loop does itself (batch order,
+    negatives). Two runs with one seed and one thread count then draw the same numbers."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"Expected `seed` to be a non-negative int (got {seed!r})")
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def progress(iterable: Iterable, *, desc: str, total: int | None = None, enabled: bool = True):
+    """``iterable`` wrapped in a tqdm progress bar on stderr when ``enabled`` and tqdm is
+    installed; the bare iterable otherwise."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a reader never
+    sees half a file, and a crash leaves the previous version."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    # mkstemp makes the file private (0600); the result should have the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def write_json(path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+    _atomic_write(Path(path), write)
+
+
+def save_checkpoint(path, **state: Any) -> None:
+    """``torch.save`` of ``state`` (state dicts, epoch, metrics, arguments) to ``path``, atomically."""
+    _atomic_write(Path(path), lambda temporary: torch.save(state, temporary))
+
+
+def load_checkpoint(path) -> dict[str, Any]:
+    """The dict :func:`save_checkpoint` wrote to ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected `checkpoint` to be a file written by a training run (got {str(path)!r}, "
+                                f"which does not exist)")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def add_common_arguments(parser) -> None:
+    """The options every ``pigeon train`` command takes: seed, threads, checkpoints,
+    resuming, the JSON report and progress bars."""
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and OpenMP threads (default: torch's default, the core count)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="file to save the model, optimizer and metrics to after every epoch (default: none)")
+    parser.add_argument("--resume", default=None, help="checkpoint file to continue training from (default: none)")
+    parser.add_argument("--json", default=None, dest="json_path", help="write the final metrics to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def operator_report(config, history: list, test: dict, train: dict, seconds: float, json_path=None,
+                    log=print) -> dict[str, Any]:
+    """The result of a neural-operator run (``pigeon train fno|deeponet``): logged, written
+    to ``json_path`` when given, and returned. ``config`` is the run's dataclass (with a
+    ``problem`` field); ``test`` and ``train`` hold ``rel_l2``, ``max_rel_l2`` and
+    ``functions``."""
+    from dataclasses import asdict
+
+    result = {"test": test, "train": train, "seconds": seconds, "epochs": len(history), "history": history,
+              "config": asdict(config), "threads": torch.get_num_threads()}
+    log(f"{config.problem}: test relative L2 {test['rel_l2']:.4f} (max {test['max_rel_l2']:.4f}, "
+        f"{test['functions']} functions), train {train['rel_l2']:.4f}; {len(history)} epochs in {seconds:.0f} s")
+    if json_path is not None:
+        write_json(json_path, result)
+    return result

@@ -1,0 +1,86 @@
+"""``pigeon tune``: tune a built-in layer on a dataset, or show / clear the tuning cache."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+MODELS = ("rgcn", "rgat", "hgt")
+
+EXAMPLE = """examples:
+  pigeon tune rgat --dataset aifb --backend cpu --mode train --budget-s 60
+  pigeon tune hgt --dataset mutag --scale 0.1 --mode infer
+  pigeon tune --show
+  pigeon tune --clear"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", choices=MODELS, help="which layer to tune (not needed with "
+                        "--show or --clear)")
+    parser.add_argument("--dataset", default="aifb", help="graph profile or dataset (default: aifb)")
+    parser.add_argument("--scale", type=float, default=1.0, help="profile scale (default: 1.0)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "triton", "torch"),
+                        help="backend to tune (default: auto, cpu on a CPU, triton on a GPU)")
+    parser.add_argument("--mode", default="train", choices=("train", "infer"),
+                        help="objective: forward+backward or forward only (default: train)")
+    parser.add_argument("--budget-s", type=float, default=60.0,
+                        help="seconds after which no new candidate starts (default: 60)")
+    parser.add_argument("--dim", type=int, default=64, help="hidden size, in and out (default: 64)")
+    parser.add_argument("--heads", type=int, default=2, help="attention heads of rgat/hgt (default: 2)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                        help="element type (default: float32)")
+    parser.add_argument("--show", action="store_true", help="list the tuning cache's entries and exit")
+    parser.add_argument("--clear", action="store_true", help="delete every tuning cache entry and exit")
+
+
+def _bucket_text(bucket: dict) -> str:
+    def approx(b: int, per_octave: int) -> str:
+        return "0" if b < 0 else f">={2 ** (b / per_octave):.3g}"
+
+    return (f"nodes {approx(bucket['nodes'], 2)}, edges {approx(bucket['edges'], 2)}, "
+            f"etypes {approx(bucket['etypes'], 1)}, compaction {approx(bucket['compaction_ratio'], 4)}")
+
+
+def show(cache) -> int:
+    entries = cache.entries()
+    if not entries:
+        print(f"tuning cache {cache.root}: empty")
+        return 0
+    print(f"tuning cache {cache.root}: {len(entries)} entries")
+    for e in entries:
+        what, where, s = e.key["what"], e.key["where"], e.summary
+        speed = s.get("speedup", math.nan)
+        print(f"- {e.path.name}: {what['layer']} {what['backend']} {what['mode']} {what['dtype']} on "
+              f"{_bucket_text(what['graph'])} [{where['device']}, pigeon {where['pigeon']}]\n"
+              f"    chosen: {e.choice.describe()} ({speed:.2f}x over the default, "
+              f"{s.get('candidates', '?')} candidates)")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from pigeon.tune.cache import TuneCache
+
+    cache = TuneCache()
+    if args.clear:
+        print(f"tuning cache {cache.root}: removed {cache.clear()} entries")
+        return 0
+    if args.show:
+        return show(cache)
+    if args.model is None:
+        raise SystemExit("pigeon tune: give a MODEL to tune (one of rgcn, rgat, hgt), or --show / --clear")
+    from pigeon.cli import _example_layer
+    from pigeon.data import load
+    from pigeon.tune import tune
+
+    graph = load(args.dataset, scale=args.scale, seed=0).graph
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    module, tensors = _example_layer(args.model, graph, args.dim, args.heads, backend=args.backend)
+    module = module.to(dtype)
+    print(f"pigeon tune: {args.model} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "
+          f"{graph.num_edges} edges, {graph.num_etypes} edge types; hidden {args.dim}, {args.dtype}, "
+          f"{args.mode}, budget {args.budget_s:g} s")
+    result = tune(module, graph, tensors["x"].to(dtype), mode=args.mode, budget_s=args.budget_s)
+    print(f"stored in {result.path}")
+    return 0
