@@ -24,6 +24,7 @@ from pigeon.train.nbfnet import (
     rank_metrics, train_nbfnet,
 )
 from test_datasets import _write_biokg, _write_tsv
+from test_nbfnet_model import _randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dim=6, num_layers=2, batch_size=8, num_negative=5, eval_batch_size=16, epochs=2, backend="cpu")
@@ -121,10 +122,7 @@ def test_compiled_nbfnet_reuses_its_plan_across_the_per_step_graphs():
     gen = torch.Generator().manual_seed(7)
     triples = _random_triples(gen, 70, 15, 3)
     graph = HeteroGraph(triples[:, 0], triples[:, 2], triples[:, 1], num_nodes=15, num_etypes=3)
-    ref = reference.NBFNet(3, 6, 2, dtype=torch.float64)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, dtype=p.dtype, generator=gen))
+    ref = _randomize_(reference.NBFNet(3, 6, 2, dtype=torch.float64), seed=8)
     model = pnn.NBFNet(3, 6, 2, backend="cpu", dtype=torch.float64)
     model.load_state_dict(ref.state_dict())
     remover = EdgeRemover(graph, 3)
