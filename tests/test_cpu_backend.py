@@ -116,3 +116,80 @@ def test_compiler_errors_name_the_file_and_the_message(tmp_path, monkeypatch):
         build_library("int broken( { return 0; }\n")
     message = str(info.value)
     assert str(tmp_path) in message and ".c failed" in message and "error" in message
+
+
+def _c_gemm_calls(monkeypatch):
+    """Record, per call of a typed GEMM the executor offers to C, (kind, taken by C)."""
+    from pigeon.runtime import cpu_backend
+
+    calls, original = [], cpu_backend.CpuExecutor._gemm
+
+    def spy(self, library, rendered, kernel, graph, env, dtype):
+        out = original(self, library, rendered, kernel, graph, env, dtype)
+        kind = "weight_grad" if kernel.weight_grad else "scatter" if kernel.scatter is not None else "forward"
+        calls.append((kind, out is not None))
+        return out
+
+    monkeypatch.setattr(cpu_backend.CpuExecutor, "_gemm", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dims", [(37, 70), (6, 5)], ids=["wide", "narrow"])
+def test_generated_gemms_match_the_reference(dims, monkeypatch):
+    # Widths that are not multiples of the tiles (32 columns, 4 rows, 4 k-rows) and a
+    # graph whose types own different numbers of rows, some none.
+    calls = _c_gemm_calls(monkeypatch)
+    graph = pigeon.data.load("aifb", scale=0.05, seed=5).graph
+    torch.manual_seed(1)
+    layer = pnn.RGCN(*dims, graph.num_etypes, backend="cpu", compact=True).double()
+    ref = reference.RGCN(*dims, graph.num_etypes).double()
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(graph.num_nodes, dims[0], dtype=torch.float64, requires_grad=True)
+    got, want = layer(graph, x), ref(graph, x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn(want.shape, dtype=torch.float64)
+    got_grads = torch.autograd.grad(got, [x, *layer.parameters()], upstream)
+    want_grads = torch.autograd.grad(want, [x, *ref.parameters()], upstream)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # The gather, the scatter of the input gradient and the weight gradient all ran in C.
+    assert {kind for kind, in_c in calls if in_c} == {"forward", "scatter", "weight_grad"}
+    source = layer.compiled.plan(graph, dict(x=x, **dict(layer.named_parameters()))).run_backward.source(torch.float64)
+    assert "omp_get_thread_num" in source  # per-thread weight-gradient slices, no atomics
+    assert "atomic" not in source
+
+
+def test_large_segments_stay_on_blas(monkeypatch):
+    from pigeon.runtime import cpu_backend
+
+    calls = _c_gemm_calls(monkeypatch)
+    monkeypatch.setattr(cpu_backend, "C_GEMM_MAX_AVG_ROWS", 0)
+    graph = pigeon.data.load("aifb", scale=0.05, seed=5).graph
+    torch.manual_seed(1)
+    layer = pnn.RGCN(8, 8, graph.num_etypes, backend="cpu", compact=True).double()
+    ref = reference.RGCN(8, 8, graph.num_etypes).double()
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(graph.num_nodes, 8, dtype=torch.float64)
+    torch.testing.assert_close(layer(graph, x), ref(graph, x), rtol=1e-10, atol=1e-10)
+    assert calls and not any(in_c for _, in_c in calls)
+
+
+def test_traversals_into_few_groups_split_their_rows_over_threads(monkeypatch):
+    # RGAT's attention-vector gradient sums every edge into its edge type: the kernel
+    # hands out blocks of one type's rows, not whole types, and adds per-thread slices.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # more slices than this machine's cores
+    graph = pigeon.data.load("aifb", scale=0.05, seed=4).graph
+    torch.manual_seed(2)
+    layer = pnn.RGAT(6, 5, graph.num_etypes, heads=1, backend="cpu").double()
+    ref = reference.RGAT(6, 5, graph.num_etypes, heads=1).double()
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(graph.num_nodes, 6, dtype=torch.float64, requires_grad=True)
+    got, want = layer(graph, x), ref(graph, x)
+    upstream = torch.randn(want.shape, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, [x, *layer.parameters()], upstream),
+                    torch.autograd.grad(want, [x, *ref.parameters()], upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    plan = layer.compiled.plan(graph, dict(x=x, **dict(layer.named_parameters())))
+    split = [k for k in plan.run_backward.rendered.values() if getattr(k, "split", False)]
+    assert split and all(k.group.target.name == "etype" for k in split)
+    assert "partial[(th * num_groups + g)" in plan.run_backward.source(torch.float64)

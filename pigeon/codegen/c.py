@@ -12,14 +12,15 @@ the Triton generator.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 
 from pigeon.codegen.sweeps import GROUP_VALUES, SweepPlan
 from pigeon.codegen.templates import CodegenError as _CodegenError
 from pigeon.codegen.templates import render
-from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Reduce, Space, Unary
-from pigeon.ir.kernel_ir import TraversalKernel
+from pigeon.ir.graph_ir import ETYPE, GLOBAL, NTYPE, NTYPE_ETYPE, Binary, IndexMap, Node, Op, Reduce, Space, Unary
+from pigeon.ir.kernel_ir import GemmKernel, TraversalKernel
 
 
 
@@ -40,6 +41,9 @@ class CConfig:
         schedule (str): the OpenMP schedule, one of :data:`SCHEDULES`. Default ``"dynamic"``.
         chunk (int): groups (rows when ungrouped) per chunk; 0 leaves it to OpenMP
             (``schedule(static)`` then gives each thread one contiguous block). Default 16.
+            A loop over fewer than ``64 * chunk`` groups or rows takes them one at a
+            time instead: a traversal grouped by edge type has a hundred groups of very
+            different sizes, and chunks of 16 would leave one thread all the work.
 
     It is rendered into the source, so the library's content hash covers it.
     """
@@ -53,9 +57,12 @@ class CConfig:
         if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 0:
             raise ValueError(f"Expected `chunk` to be a non-negative int (got {self.chunk!r})")
 
-    def clause(self) -> str:
-        """The ``schedule(...)`` clause of the ``omp parallel for`` pragma."""
-        return f"schedule({self.schedule}, {self.chunk})" if self.chunk else f"schedule({self.schedule})"
+    def clause(self, count: str) -> str:
+        """The ``schedule(...)`` clause of the ``omp parallel for`` pragma over ``count``
+        (a C expression) groups or rows."""
+        if not self.chunk:
+            return f"schedule({self.schedule})"
+        return f"schedule({self.schedule}, {count} < {64 * self.chunk} ? 1 : {self.chunk})"
 
 
 def default_config(kernel: TraversalKernel) -> CConfig:
@@ -68,8 +75,10 @@ def default_config(kernel: TraversalKernel) -> CConfig:
 class CKernel:
     """A rendered traversal: its C source and the arguments it takes, in order.
 
-    ``args`` entries are ``("rowptr" | "perm", group map)``, ``("index", map)`` or
-    ``("buffer", buffer name)``. ``sizes[0]`` is the number of groups (rows when ungrouped).
+    ``args`` entries are ``("rowptr" | "perm" | "blocks", group map)``, ``("index", map)``,
+    ``("buffer", buffer name)`` or ``("partial", width)`` (a zeroed float buffer of
+    threads x groups x width). ``sizes[0]`` is the number of groups (rows when
+    ungrouped); a split kernel also takes the number of blocks and of threads.
     """
 
     name: str
@@ -77,6 +86,7 @@ class CKernel:
     args: tuple[tuple[str, object], ...]
     domain: Space
     group: IndexMap | None
+    split: bool = False   # blocks of rows over threads (sizes: groups, blocks, threads)
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -168,7 +178,7 @@ class _Planner(SweepPlan):
 
     def sweep_lines(self, k: int) -> tuple[list[str], list[str]]:
         roots, row_outputs = self.sweep_roots(k)
-        body: list[str] = []
+        body: list[str] = self._prefetch(self.closure(roots))
         for i in self.closure(roots):
             node = self.body.nodes[i]
             if node.op is Op.INPUT:
@@ -196,6 +206,29 @@ class _Planner(SweepPlan):
             if self.phase[r.id] == k:
                 finish += _finish(r, len(r.inputs) > 1)
         return body, finish
+
+    def _prefetch(self, nodes: list[int]) -> list[str]:
+        """Prefetch the rows this sweep gathers through an index map, ``PREFETCH_AHEAD``
+        rows ahead of the one being processed: a group's source rows are scattered over
+        memory, and each gathered row would otherwise be a cache miss the loop waits for."""
+        if self.group is None or not os.environ.get("PIGEON_PREFETCH", "1") == "1":
+            return []
+        lines = []
+        for i in nodes:
+            node = self.body.nodes[i]
+            if node.op is not Op.GATHER or node.attr("index") == self.group:
+                continue
+            source = self.body.nodes[node.inputs[0]]
+            if source.op is not Op.INPUT:
+                continue
+            base = f"{self.buffer(source.attr('name'))} + {self.index(node.attr('index'))}[ahead] * {node.type.numel}"
+            lines.append(f"    for (int c = 0; c < (int)({node.type.numel} * sizeof(real)); c += 64) "
+                         f"__builtin_prefetch((const char *)({base}) + c);")
+        if not lines:
+            return []
+        # Past the group's end are the next groups' rows, which this thread likely takes next.
+        return [f"if (p + {PREFETCH_AHEAD} < rowptr[num_groups]) {{", f"    const int64_t ahead = perm[p + {PREFETCH_AHEAD}];",
+                *lines, "}"]
 
     # -- whole kernel --------------------------------------------------------------------
     def render(self) -> CKernel:
@@ -233,11 +266,40 @@ class _Planner(SweepPlan):
                 group_store.append(f"for (int j = 0; j < {n}; j++) {out}[g * {n} + j] = a{source.id}[j];")
             elif not self.is_row(source):
                 raise CodegenError(f"output {o.attr('name')} is neither per-row nor a reduction", o)
+        split = self._split() if grouped else None
         title = self.k.describe().splitlines()[0]
         source = render("traversal.c.jinja", title=title, name=self.name, arg_decls=self.arg_decls + top,
                         grouped=grouped, sweeps=sweeps, group_init=group_init, group_store=group_store,
-                        schedule=self.config.clause())
-        return CKernel(self.name, source, tuple(self.args), self.k.domain, self.group)
+                        schedule=self.config.clause("num_groups" if grouped else "num_rows"), split=split)
+        return CKernel(self.name, source, tuple(self.args), self.k.domain, self.group, split is not None)
+
+    def _split(self) -> dict | None:
+        """The split form's lines, for a one-sweep traversal of sums into a few groups
+        (edge types, node types); None for any other."""
+        if self.group.target not in SPLIT_SPACES or self.last_sweep() != 0 or self.softmaxes:
+            return None
+        if any(n.op is Op.DEGREE for n in self.body.nodes) or any(r.attr("reduce") is not Reduce.SUM
+                                                                 for r in self.reductions):
+            return None
+        offsets, width = {}, 0
+        for r in self.reductions:
+            offsets[r.id], width = width, width + r.type.numel
+        self.add_arg("blocks", self.group, "const int64_t *blocks = (const int64_t *)args[{i}];")
+        self.add_arg("partial", width, "real *partial = (real *)args[{i}];")
+        init = [f"real a{r.id}[{r.type.numel}] = {{0}};" for r in self.reductions]
+        add = [f"for (int j = 0; j < {r.type.numel}; j++) mine[g * {width} + {offsets[r.id]} + j] += a{r.id}[j];"
+               for r in self.reductions]
+        store = []
+        for o in self.outputs:
+            r = self.body.nodes[o.inputs[0]]
+            if r.op is not Op.AGGREGATE:
+                continue
+            n, out = r.type.numel, self.buffer(o.attr("name"), writable=True)
+            start = f"{self.buffer(self.body.nodes[r.inputs[1]].attr('name'))}[g * {n} + j]" if len(r.inputs) > 1 else "0"
+            store.append(f"for (int j = 0; j < {n}; j++) {{ real t = {start}; "
+                         f"for (int64_t th = 0; th < threads; th++) t += partial[(th * num_groups + g) * {width} + {offsets[r.id]} + j]; "
+                         f"{out}[g * {n} + j] = t; }}")
+        return {"width": width, "init": init, "add": add, "store": store}
 
 
 def _init(r: Node, init: str | None) -> list[str]:
@@ -301,12 +363,36 @@ def _elementwise(pl: _Planner, node: Node, lines: list[str]) -> None:
     lines += _loops(shape, f"v{node.id}[{_index(shape, shape)}] = {expr};")
 
 
+SPLIT_SPACES = (ETYPE, NTYPE, NTYPE_ETYPE, GLOBAL)   # group spaces of few, uneven groups
+PREFETCH_AHEAD = 8   # rows of a group between a row's prefetch and its use
+_LANES = 8   # partial sums of a long reduction: one AVX register of floats
+
+
+def _lane_sum(k: int, size: int, term: str, store: str) -> str:
+    """A block that sums ``term`` over ``i{k} < size`` and runs ``store`` (which reads
+    the sum as ``t``).
+
+    A long sum keeps ``_LANES`` partial sums, lane ``l`` adding the terms ``l``,
+    ``l + _LANES``, ...: the lanes are independent, so the compiler vectorises them
+    without reassociating floating-point adds (which it may not do without
+    ``-ffast-math``), where one running sum would be a chain of dependent adds.
+    """
+    if size < 2 * _LANES:
+        return f"{{ real t = 0; for (int i{k} = 0; i{k} < {size}; i{k}++) t += {term}; {store} }}"
+    full = size - size % _LANES
+    return (f"{{ real lane[{_LANES}] = {{0}}; "
+            f"for (int b_ = 0; b_ < {full}; b_ += {_LANES}) for (int l_ = 0; l_ < {_LANES}; l_++) "
+            f"{{ const int i{k} = b_ + l_; lane[l_] += {term}; }} "
+            f"real t = 0; for (int l_ = 0; l_ < {_LANES}; l_++) t += lane[l_]; "
+            f"for (int i{k} = {full}; i{k} < {size}; i{k}++) t += {term}; {store} }}")
+
+
 def _sum_over_last(node: Node, size: int, term: str) -> list[str]:
     """``v[...] = sum over i{k} < size of term``, ``term`` indexed with the loop variables."""
     k = len(node.type.shape)
     out = _index(node.type.shape, node.type.shape)
     return [f"real v{node.id}[{node.type.numel}];"] + _loops(
-        node.type.shape, f"{{ real t = 0; for (int i{k} = 0; i{k} < {size}; i{k}++) t += {term}; v{node.id}[{out}] = t; }}")
+        node.type.shape, _lane_sum(k, size, term, f"v{node.id}[{out}] = t;"))
 
 
 def _dot(pl: _Planner, node: Node, lines: list[str]) -> None:
@@ -327,8 +413,13 @@ def _sum_dims(pl: _Planner, node: Node, lines: list[str]) -> None:
     lines.append(f"real v{node.id}[{out.numel}];")
     lines.append(f"for (int j = 0; j < {out.numel}; j++) v{node.id}[j] = 0;")
     # Walk the operand; each element adds into the output element its kept dims select.
-    lines += _loops(x.type.shape, f"v{node.id}[{_index(x.type.shape, out.shape)}] += "
-                    f"{pl.ref(x.id)}[{_index(x.type.shape, x.type.shape)}];")
+    target = f"v{node.id}[{_index(x.type.shape, out.shape)}]"
+    term = f"{pl.ref(x.id)}[{_index(x.type.shape, x.type.shape)}]"
+    if out.shape[-1] == 1 and x.type.shape[-1] > 1:   # the last dim is summed: lanes
+        last = len(x.type.shape) - 1
+        lines += _loops(x.type.shape[:-1], _lane_sum(last, x.type.shape[-1], term, f"{target} += t;"))
+    else:
+        lines += _loops(x.type.shape, f"{target} += {term};")
 
 
 def _expand_last(pl: _Planner, node: Node, lines: list[str]) -> None:
@@ -395,6 +486,47 @@ def render_traversal(kernel: TraversalKernel, name: str, config: CConfig | None 
     """Plan and render one traversal kernel as a C function called ``name``; ``config``
     (default :func:`default_config`) sets its OpenMP schedule."""
     return _Planner(kernel, name, config or default_config(kernel)).render()
+
+
+# ---- segmented GEMMs ---------------------------------------------------------------------
+
+GEMM_ROW_TILE = 4     # rows per register tile of the forward micro-kernel
+GEMM_COL_TILE = 32    # output columns per tile: RB x NB accumulators fill the AVX2 registers
+GEMM_BLOCK_ROWS = 64  # rows per block a thread takes (one type's rows in segment order)
+
+
+@dataclass(frozen=True)
+class CGemm:
+    """A rendered segmented GEMM: its C source and the widths it was specialised for.
+
+    Called with ``args = (A, rows or NULL, W or B, blocks, out, place or NULL)`` and
+    ``sizes = (number of blocks, number of types)``; see ``kernels/gemm.c.jinja``.
+    """
+
+    name: str
+    source: str
+    k: int
+    n: int
+    weight_grad: bool
+
+
+def gemm_supported(kernel: GemmKernel, a_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
+    """Whether the C template takes this GEMM: typed, one vector per row, one matrix per
+    type (the batched, per-head form stays on torch)."""
+    if kernel.segment is None or kernel.batched or len(a_shape) != 1:
+        return False
+    return len(w_shape) == 1 if kernel.weight_grad else len(w_shape) == 2
+
+
+def render_gemm(kernel: GemmKernel, name: str, k: int, n: int) -> CGemm:
+    """Render one segmented GEMM as a C function ``name`` for A rows of width ``k`` and
+    outputs of width ``n`` (the weight, transposed by the caller if ``transpose_w``, is
+    ``[types, k, n]``)."""
+    tiles = [(start, min(GEMM_COL_TILE, n - start)) for start in range(0, n, GEMM_COL_TILE)]
+    k_tile = next(t for t in (4, 2, 1) if k % t == 0)
+    source = render("gemm.c.jinja", title=kernel.describe(), name=name, K=k, N=n, RB=GEMM_ROW_TILE,
+                    KB=k_tile, tiles=tiles, weight_grad=kernel.weight_grad)
+    return CGemm(name, source, k, n, kernel.weight_grad)
 
 
 def render_library(kernels: list[CKernel], real: str, version: str) -> str:

@@ -3,9 +3,17 @@
 Per program and dtype, every traversal kernel is rendered into one C file, compiled
 with the system C compiler into a shared library named by the hash of its source and
 flags under ``PIGEON_CACHE_DIR`` (default ``~/.cache/pigeon``), and loaded with
-ctypes; a later process finds the library on disk and skips the compiler. GEMMs run on
-torch's BLAS, one matmul per type segment (the issue's plan until a generated
-micro-kernel measures faster); dense kernels run as torch ops.
+ctypes; a later process finds the library on disk and skips the compiler.
+
+Typed GEMMs whose types own few rows each (the compact per-(node, type) rows of an RDF
+graph: a hundred types of a hundred rows) run as generated C too
+(``kernels/gemm.c.jinja``): the gather of A's rows and the placement of the result rows
+are fused into it, and its row blocks spread over threads whatever the type sizes,
+where torch would pay a gather, a matmul call per type and a scatter. Measured on the
+2-core development machine, 13,466 rows of 104 types, K = N = 64: 1.2 ms against 6.6 ms
+for torch's per-type loop. Large segments (more than :data:`C_GEMM_MAX_AVG_ROWS` rows per
+type on average), types of equal size (one batched matmul) and untyped GEMMs stay on
+torch's BLAS, which is faster there; so do dense kernels.
 
 Graph-side arrays the kernels read (int64 index maps, the CSR of each group) come from
 the torch backend's per-graph cache (:class:`~pigeon.runtime.torch_backend.GraphIndex`).
@@ -25,12 +33,16 @@ from typing import Mapping
 import torch
 
 import pigeon
-from pigeon.codegen.c import CConfig, CKernel, render_library, render_traversal
+from pigeon.codegen.c import (GEMM_BLOCK_ROWS, CConfig, CGemm, CKernel, gemm_supported, render_gemm,
+                              render_library, render_traversal)
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import Op
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel
 from pigeon.runtime.interpret import run, space_size
 from pigeon.runtime.torch_backend import TorchExecutor
+
+SPLIT_BLOCK_ROWS = 256      # rows per block of a traversal split over few groups
+C_GEMM_MAX_AVG_ROWS = 8192   # above this, per-type BLAS calls amortise their overhead
 
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-std=c11")
 _REAL = {torch.float32: "float", torch.float64: "double"}
@@ -105,9 +117,15 @@ class CpuExecutor:
             if name not in names or not isinstance(config, CConfig):
                 raise ValueError(f"Expected `configs` to map traversal kernel names of this program "
                                  f"({sorted(names)}) to CConfig (got {name!r}: {config!r})")
-        self.rendered: dict[int, CKernel] = {
+        self.rendered: dict[int, CKernel | CGemm] = {
             i: render_traversal(program.kernels[i], name, configs.get(name)) for name, i in names.items()
         }
+        for i, k in enumerate(program.kernels):
+            if isinstance(k, GemmKernel):
+                a_shape, w_shape = program.buffer(k.a).type.shape, program.buffer(k.w).type.shape
+                if gemm_supported(k, a_shape, w_shape):
+                    n = w_shape[0] if k.weight_grad else w_shape[-2 if k.transpose_w else -1]
+                    self.rendered[i] = render_gemm(k, f"g{i}", a_shape[0], n)
         self._libraries: dict[torch.dtype, ctypes.CDLL] = {}
 
     def source(self, dtype: torch.dtype = torch.float32) -> str:
@@ -140,6 +158,10 @@ class CpuExecutor:
                 tensor = perm
             elif kind == "index":
                 tensor = self.gemms.index.index(graph, key)[0]
+            elif kind == "blocks":
+                tensor = self.gemms.index.group_blocks(graph, key, SPLIT_BLOCK_ROWS)
+            elif kind == "partial":
+                tensor = torch.zeros(torch.get_num_threads() * size * key, dtype=dtype)
             elif key in outputs:
                 node = outputs[key]
                 rows = size if kernel.group is not None and node.type.space == kernel.group.target else graph_rows(graph, traversal)
@@ -152,8 +174,47 @@ class CpuExecutor:
             keep.append(tensor)
             pointers.append(tensor.data_ptr())
         args = (ctypes.c_void_p * len(pointers))(*pointers)
-        sizes = (ctypes.c_int64 * 1)(size)
+        if kernel.split:
+            blocks = self.gemms.index.group_blocks(graph, kernel.group, SPLIT_BLOCK_ROWS).shape[0]
+            sizes = (ctypes.c_int64 * 3)(size, blocks, torch.get_num_threads())
+        else:
+            sizes = (ctypes.c_int64 * 1)(size)
         getattr(library, kernel.name)(args, sizes)
+
+    def _gemm(self, library, rendered: CGemm, k: GemmKernel, graph: HeteroGraph, env: dict,
+              dtype: torch.dtype) -> torch.Tensor | None:
+        """One typed GEMM through its C kernel; None where torch's BLAS is the faster
+        choice for this graph (see the module's notes)."""
+        index = self.gemms.index
+        perm, bounds = index.segments(graph, k.segment, k.layout)
+        types = len(bounds) - 1
+        sizes = {hi - lo for lo, hi in zip(bounds, bounds[1:]) if hi > lo}
+        used = sum(1 for lo, hi in zip(bounds, bounds[1:]) if hi > lo)
+        if (types > 1 and used == types and len(sizes) == 1) or bounds[-1] > C_GEMM_MAX_AVG_ROWS * max(used, 1):
+            return None
+        a, w = env[k.a].contiguous(), env[k.w]
+        if a.dtype != dtype or w.dtype != dtype:
+            raise ValueError(f"GEMM {k.out}: expected {dtype} operands, got {a.dtype} and {w.dtype}")
+        rows = index.sorted_rows(graph, k.a_gather, k.segment, k.layout)
+        rows, perm = (None if v is None else v.contiguous() for v in (rows, perm))
+        blocks = index.blocks(graph, k.segment, k.layout, GEMM_BLOCK_ROWS)
+        if k.weight_grad:
+            out = torch.zeros(torch.get_num_threads(), types, rendered.k, rendered.n, dtype=dtype)
+            place, w = perm, w.contiguous()
+        else:
+            out = torch.empty(bounds[-1], rendered.n, dtype=dtype)
+            place = perm if k.scatter is None else None
+            w = (w.transpose(-1, -2) if k.transpose_w else w).contiguous()
+        pointers = [a.data_ptr(), 0 if rows is None else rows.data_ptr(), w.data_ptr(), blocks.data_ptr(),
+                    out.data_ptr(), 0 if place is None else place.data_ptr()]
+        getattr(library, rendered.name)((ctypes.c_void_p * 6)(*pointers),
+                                        (ctypes.c_int64 * 2)(blocks.shape[0], types))
+        if k.weight_grad:
+            return out.sum(0)
+        if k.scatter is not None:
+            target, size = index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
+            return out.new_zeros(size, rendered.n).index_add_(0, target, out)
+        return out
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
                  keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -166,7 +227,9 @@ class CpuExecutor:
         env = dict(tensors)
         for i, kernel in enumerate(self.program.kernels):
             if isinstance(kernel, GemmKernel):
-                env[kernel.out] = self.gemms.gemm(kernel, graph, env)
+                rendered = self.rendered.get(i)
+                out = None if rendered is None else self._gemm(library, rendered, kernel, graph, env, dtype)
+                env[kernel.out] = self.gemms.gemm(kernel, graph, env) if out is None else out
             elif isinstance(kernel, TraversalKernel):
                 self._launch(library, self.rendered[i], kernel, graph, env, dtype)
             else:

@@ -8,9 +8,9 @@ materialises per-row temporaries that the Triton and C templates keep in registe
 
 from __future__ import annotations
 
-from typing import Mapping
-
+import math
 import weakref
+from typing import Mapping
 
 import torch
 
@@ -70,6 +70,18 @@ class GraphIndex(PerGraphCache):
             return index if perm is None else index[perm]
         return self._memo(graph, ("rows", gather.name if gather else None, segment.name), build)
 
+    def blocks(self, graph: HeteroGraph, segment: IndexMap, layout: str | None, rows: int) -> torch.Tensor:
+        """``[blocks, 3]`` int64 rows (type, first position, end position): each type's
+        positions in segment order cut into runs of at most ``rows``, the units a
+        generated GEMM hands to its threads."""
+        return self._memo(graph, ("blocks", segment.name, rows),
+                          lambda: _blocks(self.segments(graph, segment, layout)[1], rows))
+
+    def group_blocks(self, graph: HeteroGraph, group: IndexMap, rows: int) -> torch.Tensor:
+        """As :meth:`blocks`, for the groups of ``group``'s CSR (:meth:`group_csr`)."""
+        return self._memo(graph, ("group_blocks", group.name, rows),
+                          lambda: _blocks(self.group_csr(graph, group)[0].tolist(), rows))
+
     def sorted_scatter(self, graph: HeteroGraph, scatter: IndexMap, segment: IndexMap, layout: str | None):
         """The scatter target of each position in segment order, and the target size."""
         def build():
@@ -96,6 +108,15 @@ class GraphIndex(PerGraphCache):
         return self._memo(graph, ("counts", group.name), lambda: self.group_csr(graph, group)[0].diff())
 
 
+def _blocks(bounds: list[int], rows: int) -> torch.Tensor:
+    """``[blocks, 3]`` (group, first, end) runs of at most ``rows`` within each group."""
+    parts = []
+    for t, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        starts = torch.arange(lo, hi, rows, dtype=torch.int64)
+        parts.append(torch.stack([torch.full_like(starts, t), starts, torch.clamp(starts + rows, max=hi)], 1))
+    return torch.cat(parts).contiguous() if parts else torch.zeros(0, 3, dtype=torch.int64)
+
+
 _GRAPH_INDEX = GraphIndex()
 
 
@@ -116,8 +137,10 @@ class TorchExecutor:
         rows = self.index.sorted_rows(graph, k.a_gather, k.segment, k.layout)
         a_sorted = a if rows is None else a.index_select(0, rows)
         segments = [(t, bounds[t], bounds[t + 1]) for t in range(len(bounds) - 1) if bounds[t + 1] > bounds[t]]
-        if self._uniform(k, a, w, bounds, segments):
-            return self._uniform_gemm(k, a_sorted, w, perm, len(segments))
+        if self._uniform(k, bounds, segments):
+            if k.scatter is None or k.weight_grad:
+                return self._uniform_gemm(k, a_sorted, w, perm, len(segments))
+            return self._scatter(graph, k, self._uniform_gemm(k, a_sorted, w, None, len(segments)))
         if k.weight_grad:
             b_sorted = w if perm is None else w.index_select(0, perm)
             spec = "r...i,r...o->...io" if k.batched else "r...i,r...o->io"
@@ -134,30 +157,45 @@ class TorchExecutor:
             else:
                 torch.matmul(a_sorted[lo:hi], w[t], out=out_sorted[lo:hi])
         if k.scatter is not None:
-            index, size = self.index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
-            return out_sorted.new_zeros(size, *out_sorted.shape[1:]).index_add_(0, index, out_sorted)
+            return self._scatter(graph, k, out_sorted)
         if perm is None:
             return out_sorted
         return torch.empty_like(out_sorted).index_copy_(0, perm, out_sorted)
 
     @staticmethod
-    def _uniform(k: GemmKernel, a: torch.Tensor, w: torch.Tensor, bounds: list[int], segments: list) -> bool:
-        """Vector rows, and every type owns the same number of them (FNO's (mode, batch)
-        rows): one batched matmul replaces the loop over types, whose per-call overhead
-        dominates small segments."""
-        plain = a.dim() == 2 and w.dim() == (2 if k.weight_grad else 3)
-        return (plain and not k.batched and k.scatter is None and len(segments) == len(bounds) - 1 > 1
-                and len({hi - lo for _, lo, hi in segments}) == 1)
+    def _uniform(k: GemmKernel, bounds: list[int], segments: list) -> bool:
+        """Every type owns the same number of rows (FNO's (mode, batch) rows, HGT's
+        per-(node type, edge type) weight products): one batched
+        product replaces the loop over types, whose per-call overhead dominates small
+        segments."""
+        return len(segments) == len(bounds) - 1 > 1 and len({hi - lo for _, lo, hi in segments}) == 1
 
     def _uniform_gemm(self, k: GemmKernel, a_sorted: torch.Tensor, w: torch.Tensor, perm, types: int):
-        a3 = a_sorted.reshape(types, -1, a_sorted.shape[-1])
+        """The uniform case as one einsum over (type, row of the type, middle dims):
+        ``a_sorted`` is ``[types * c, *middle, in]``; a batched weight has the middle
+        dims too (``[types, *middle, in, out]``), a plain one does not."""
+        middle = a_sorted.shape[1:-1]
+        a4 = a_sorted.reshape(types, -1, math.prod(middle), a_sorted.shape[-1])
         if k.weight_grad:
-            b_sorted = w if perm is None else w.index_select(0, perm)
-            return torch.bmm(a3.transpose(1, 2), b_sorted.reshape(types, -1, w.shape[-1]))
-        out_sorted = torch.bmm(a3, w.transpose(-1, -2) if k.transpose_w else w).reshape(a_sorted.shape[0], -1)
+            b4 = (w if perm is None else w.index_select(0, perm)).reshape(types, a4.shape[1], a4.shape[2], -1)
+            if k.batched:
+                return torch.einsum("tcmi,tcmo->tmio", a4, b4).reshape(types, *middle, a4.shape[-1], -1)
+            return torch.einsum("tcmi,tcmo->tio", a4, b4)
+        if k.transpose_w:
+            w = w.transpose(-1, -2)
+        if k.batched:
+            out4 = torch.einsum("tcmi,tmio->tcmo", a4, w.reshape(types, a4.shape[2], *w.shape[-2:]))
+        else:
+            out4 = torch.bmm(a4.reshape(types, -1, a4.shape[-1]), w).reshape(*a4.shape[:3], -1)
+        out_sorted = out4.reshape(a_sorted.shape[0], *middle, -1)
         if perm is None:
             return out_sorted
         return torch.empty_like(out_sorted).index_copy_(0, perm, out_sorted)
+
+    def _scatter(self, graph: HeteroGraph, k: GemmKernel, out_sorted: torch.Tensor) -> torch.Tensor:
+        """Rows in segment order summed into the rows of ``k.scatter``'s target."""
+        index, size = self.index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
+        return out_sorted.new_zeros(size, *out_sorted.shape[1:]).index_add_(0, index, out_sorted)
 
     def _untyped_gemm(self, k: GemmKernel, graph: HeteroGraph, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if k.a_gather is not None:
