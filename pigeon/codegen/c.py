@@ -76,6 +76,7 @@ class CKernel:
     """A rendered traversal: its C source and the arguments it takes, in order.
 
     ``args`` entries are ``("rowptr" | "perm" | "blocks", group map)``, ``("index", map)``,
+    ``("index_sorted", map)`` (the map's values in the order of the group's CSR),
     ``("buffer", buffer name)`` or ``("partial", width)`` (a zeroed float buffer of
     threads x groups x width). ``sizes[0]`` is the number of groups (rows when
     ungrouped); a split kernel also takes the number of blocks and of threads.
@@ -166,6 +167,19 @@ class _Planner(SweepPlan):
             self.index_var[index.name] = var
         return self.index_var[index.name]
 
+    def row_index(self, index: IndexMap, position: str = "p") -> str:
+        """``index`` of the row at ``position``. A grouped kernel reads a copy of the map
+        put in its CSR's order once per graph, so the walk reads it sequentially instead
+        of at the scattered ``perm[p]``."""
+        if self.group is None:
+            return f"{self.index(index)}[row]"
+        key = f"sorted:{index.name}"
+        if key not in self.index_var:
+            var = f"sidx_{index.name}"
+            self.add_arg("index_sorted", index, f"const int64_t *{var} = (const int64_t *)args[{{i}}];")
+            self.index_var[key] = var
+        return f"{self.index_var[key]}[{position}]"
+
     # -- per-row emission ----------------------------------------------------------------
     def ref(self, i: int) -> str:
         return f"a{i}" if self.body.nodes[i].op in GROUP_VALUES else f"v{i}"
@@ -221,14 +235,14 @@ class _Planner(SweepPlan):
             source = self.body.nodes[node.inputs[0]]
             if source.op is not Op.INPUT:
                 continue
-            base = f"{self.buffer(source.attr('name'))} + {self.index(node.attr('index'))}[ahead] * {node.type.numel}"
+            ahead = self.row_index(node.attr("index"), f"p + {PREFETCH_AHEAD}")
+            base = f"{self.buffer(source.attr('name'))} + {ahead} * {node.type.numel}"
             lines.append(f"    for (int c = 0; c < (int)({node.type.numel} * sizeof(real)); c += 64) "
                          f"__builtin_prefetch((const char *)({base}) + c);")
         if not lines:
             return []
         # Past the group's end are the next groups' rows, which this thread likely takes next.
-        return [f"if (p + {PREFETCH_AHEAD} < rowptr[num_groups]) {{", f"    const int64_t ahead = perm[p + {PREFETCH_AHEAD}];",
-                *lines, "}"]
+        return [f"if (p + {PREFETCH_AHEAD} < rowptr[num_groups]) {{", *lines, "}"]
 
     # -- whole kernel --------------------------------------------------------------------
     def render(self) -> CKernel:
@@ -343,7 +357,7 @@ def _gather(pl: _Planner, node: Node, lines: list[str]) -> None:
         return
     if source.op is not Op.INPUT:
         raise CodegenError("gathers read buffers or this pass's own reductions", node)
-    row = "g" if pl.group is not None and index == pl.group else f"{pl.index(index)}[row]"
+    row = "g" if pl.group is not None and index == pl.group else pl.row_index(index)
     lines.append(f"const real *v{node.id} = {pl.buffer(source.attr('name'))} + {row} * {n};")
 
 

@@ -158,6 +158,8 @@ class CpuExecutor:
                 tensor = perm
             elif kind == "index":
                 tensor = self.gemms.index.index(graph, key)[0]
+            elif kind == "index_sorted":
+                tensor = self.gemms.index.sorted_index(graph, kernel.group, key)
             elif kind == "blocks":
                 tensor = self.gemms.index.group_blocks(graph, key, SPLIT_BLOCK_ROWS)
             elif kind == "partial":

@@ -57,6 +57,8 @@ class GraphIndex(PerGraphCache):
                 perm, ptr = segments.perm.long(), segments.ptr
             else:
                 raise ValueError(f"GEMM segment map {index.name!r} has no segment layout (got layout={layout!r})")
+            if perm is not None and bool((perm == torch.arange(perm.numel(), device=perm.device)).all()):
+                perm = None   # rows already in segment order (one node type): no gather, no placement
             return perm, ptr.tolist()
         return self._memo(graph, ("segments", index.name), build)
 
@@ -102,6 +104,11 @@ class GraphIndex(PerGraphCache):
             torch.cumsum(torch.bincount(keys, minlength=size), 0, out=rowptr[1:])
             return rowptr, torch.sort(keys, stable=True).indices.contiguous()
         return self._memo(graph, ("csr", group.name), build)
+
+    def sorted_index(self, graph: HeteroGraph, group: IndexMap, index: IndexMap) -> torch.Tensor:
+        """``index``'s value for each position of ``group``'s CSR (its rows in CSR order)."""
+        return self._memo(graph, ("sorted_index", group.name, index.name),
+                          lambda: self.index(graph, index)[0][self.group_csr(graph, group)[1]].contiguous())
 
     def counts(self, graph: HeteroGraph, group: IndexMap) -> torch.Tensor:
         """The number of source rows of each target row of ``group``."""
