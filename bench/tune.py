@@ -1,4 +1,8 @@
-"""Tuned vs default on the CPU: ``python bench/tune.py [--datasets aifb,mutag] [--budget-s 60]``.
+"""Tuned vs default: ``python bench/tune.py [--datasets aifb,mutag] [--budget-s 60] [--device cuda]``.
+
+``--device cpu`` (default) tunes the cpu backend; ``--device cuda`` tunes the triton
+backend on the GPU (run from the checkout with ``PYTHONPATH=.``, as
+``bench/gpu_check.sh`` does), timing with CUDA synchronisation around each run.
 
 On a machine shared with other jobs, run it with ``OMP_WAIT_POLICY=PASSIVE``: with
 OpenMP's default active waiting, a thread descheduled by another job makes every
@@ -33,40 +37,49 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     from pigeon.tune.cache import device_name
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": device_name(torch.device("cpu")), "cores": os.cpu_count(), "torch": torch.__version__,
+    gpu = {"gpu": device_name(torch.device("cuda"))} if device == "cuda" else {}
+    return {"cpu": device_name(torch.device("cpu")), **gpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "loadavg_at_start": load,
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
 
 
-def paired_medians(run_a, run_b, repeat: int) -> tuple[float, float]:
-    """Medians of ``repeat`` alternating timings of ``run_a`` and ``run_b`` (one warm-up each)."""
+def paired_medians(run_a, run_b, repeat: int, sync=lambda: None) -> tuple[float, float]:
+    """Medians of ``repeat`` alternating timings of ``run_a`` and ``run_b`` (one warm-up
+    each); ``sync`` waits for the device before and after each run."""
     run_a(), run_b()
     a, b = [], []
     for _ in range(repeat):
         for run, times in ((run_a, a), (run_b, b)):
+            sync()
             start = time.perf_counter()
             run()
+            sync()
             times.append(time.perf_counter() - start)
     return statistics.median(a), statistics.median(b)
 
 
 def run_case(model: str, dataset: str, scale: float, mode: str, budget_s: float, dim: int, heads: int,
-             repeat: int) -> dict:
+             repeat: int, device: str = "cpu") -> dict:
     import pigeon
     from pigeon.cli import _example_layer
     from pigeon.runtime.compiled import Choice
     from pigeon.tune.measure import Workload
 
-    graph = pigeon.data.load(dataset, scale=scale, seed=0).graph
-    module, tensors = _example_layer(model, graph, dim, heads, backend="cpu")
-    result = pigeon.tune(module, graph, tensors["x"], mode=mode, budget_s=budget_s, backend="cpu",
+    backend = "triton" if device == "cuda" else "cpu"
+    graph = pigeon.data.load(dataset, scale=scale, seed=0).graph.to(device)
+    module, tensors = _example_layer(model, graph, dim, heads, backend=backend)
+    module.to(device)
+    tensors = {**tensors, **dict(module.named_parameters()), "x": tensors["x"].to(device)}
+    result = pigeon.tune(module, graph, tensors["x"], mode=mode, budget_s=budget_s, backend=backend,
                          progress=False, verbose=False)
     work = Workload(module.compiled, graph, tensors, mode)
-    default_s, tuned_s = paired_medians(lambda: work.step(Choice()), lambda: work.step(result.chosen), repeat)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    default_s, tuned_s = paired_medians(lambda: work.step(Choice()), lambda: work.step(result.chosen), repeat,
+                                        sync)
     default_plan = module.compiled.plan(graph, work.tensors, Choice())
     chosen_plan = module.compiled.plan(graph, work.tensors, result.chosen)
     failed = [m for m in result.measured if m.status != "ok"]
@@ -92,7 +105,8 @@ def _decisions(decisions: list[str]) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    lines = [f"# Tuned vs default, CPU backend ({report['date']})", "",
+    backend = "triton backend on " + m["gpu"] if m.get("gpu") else "cpu backend"
+    lines = [f"# Tuned vs default, {backend} ({report['date']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, OMP_WAIT_POLICY "
              f"{m['OMP_WAIT_POLICY']}; load average at start "
              f"{tuple(round(x, 1) for x in m['loadavg_at_start'] or ())}. {report['conditions']}", "",
@@ -128,14 +142,18 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--conditions", default="", help="free text for the report (e.g. other jobs running)")
-    parser.add_argument("--out", default=None, help="report stem (default bench/results/tune-cpu-<date>)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cpu: the cpu backend; cuda: the triton backend on the GPU (default: cpu)")
+    parser.add_argument("--out", default=None, help="report stem (default bench/results/tune-<cpu|cuda>-<date>)")
     parser.add_argument("--merge", action="store_true", help="add to the cases of an existing report")
     args = parser.parse_args(argv)
 
     os.environ["PIGEON_CACHE_DIR"] = tempfile.mkdtemp(prefix="pigeon-tune-bench-")
     date = datetime.date.today().isoformat()
-    stem = Path(args.out) if args.out else RESULTS / f"tune-cpu-{date}"
-    report = {"date": date, "machine": machine(), "budget_s": args.budget_s, "dim": args.dim,
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench/tune.py: --device cuda needs a CUDA device, and torch sees none")
+    stem = Path(args.out) if args.out else RESULTS / f"tune-{args.device}-{date}"
+    report = {"date": date, "machine": machine(args.device), "budget_s": args.budget_s, "dim": args.dim,
               "heads": args.heads, "repeat": args.repeat, "conditions": args.conditions, "cases": []}
     json_path = stem.with_suffix(".json")
     if args.merge and json_path.exists():
@@ -146,7 +164,7 @@ def main(argv=None) -> int:
             for mode in args.modes.split(","):
                 print(f"{model} {dataset} {mode} ...", flush=True)
                 case = run_case(model, dataset, float(scale or 1.0), mode, args.budget_s, args.dim, args.heads,
-                                args.repeat)
+                                args.repeat, args.device)
                 print(f"  default {case['default_ms']:.1f} ms, tuned {case['tuned_ms']:.1f} ms "
                       f"({case['speedup']:.2f}x), chose {case['chosen']}", flush=True)
                 report["cases"] = [c for c in report["cases"] if (c["model"], c["dataset"], c["mode"])

@@ -5,6 +5,7 @@ test_nn.py (parametrized over backends)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,8 +35,12 @@ def test_rgat_is_one_node_parallel_traversal_without_atomics():
     kernels = [line for line in source.splitlines() if line.startswith("void k")]
     assert len(kernels) == 1  # scores, softmax and aggregation fused in one function
     assert "atomic" not in source
-    assert "#pragma omp parallel for schedule(dynamic" in source
+    assert re.search(r"#pragma omp parallel for (num_threads\(sizes\[2\]\) )?schedule\(dynamic", source)
     assert source.count("/* sweep") == 2  # online max/sum, then normalise and aggregate
+    # The second sweep reads the scores the first stored, instead of recomputing them.
+    first, second = source.split("/* sweep 1 */")
+    assert "scratch_mine[(p - begin)" in first and "= scratch_mine + (p - begin)" in second
+    assert "att_src" in first.split("/* sweep 0 */")[1] and "att_src" not in second
 
 
 def test_pna_statistics_share_one_pass_over_the_edges():

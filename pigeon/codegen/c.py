@@ -77,8 +77,9 @@ class CKernel:
 
     ``args`` entries are ``("rowptr" | "perm" | "blocks", group map)``, ``("index", map)``,
     ``("index_sorted", map)`` (the map's values in the order of the group's CSR),
-    ``("buffer", buffer name)`` or ``("partial", width)`` (a zeroed float buffer of
-    threads x groups x width). ``sizes[0]`` is the number of groups (rows when
+    ``("buffer", buffer name)``, ``("partial", width)`` (a zeroed float buffer of
+    threads x groups x width) or ``("scratch", width)`` (a float buffer of threads x
+    largest group x width). ``sizes[0]`` is the number of groups (rows when
     ungrouped); a split kernel also takes the number of blocks and of threads.
     """
 
@@ -88,6 +89,7 @@ class CKernel:
     domain: Space
     group: IndexMap | None
     split: bool = False   # blocks of rows over threads (sizes: groups, blocks, threads)
+    scratch: bool = False   # a per-thread scratch of rows (sizes: groups, largest group, threads)
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -190,11 +192,33 @@ class _Planner(SweepPlan):
             raise CodegenError("not supported inside a traversal", node)
         rule(self, node, lines)
 
+    def kept(self) -> dict[int, tuple[int, int]]:
+        """The softmax inputs a later sweep reads again, by node: (offset, width) in a
+        row's slot of the kernel's scratch. The sweep that accumulates a softmax's
+        statistics stores its input there, and later sweeps read it back instead of
+        recomputing it (and gathering what it needs once more)."""
+        if self.group is None:
+            return {}
+        kept, width = {}, 0
+        for s in self.softmaxes:
+            x = self.body.nodes[s.inputs[0]]
+            if self.is_row(x) and x.id not in kept and self.last_sweep() > self.phase[x.id]:
+                kept[x.id] = (width, x.type.numel)
+                width += x.type.numel
+        return kept
+
     def sweep_lines(self, k: int) -> tuple[list[str], list[str]]:
         roots, row_outputs = self.sweep_roots(k)
-        body: list[str] = self._prefetch(self.closure(roots))
-        for i in self.closure(roots):
+        kept = self.kept()
+        width = sum(n for _, n in kept.values())
+        given = frozenset(i for i in kept if self.phase[i] < k)
+        nodes = self.closure(roots, given)
+        body: list[str] = self._prefetch(nodes)
+        for i in nodes:
             node = self.body.nodes[i]
+            if i in given:
+                body.append(f"const real *v{i} = scratch_mine + (p - begin) * {width} + {kept[i][0]};")
+                continue
             if node.op is Op.INPUT:
                 if node.type.space == self.k.domain:
                     body.append(f"const real *v{i} = {self.buffer(node.attr('name'))} + row * {node.type.numel};")
@@ -211,6 +235,9 @@ class _Planner(SweepPlan):
                          f"    if (t > m{s.id}[j]) {{ s{s.id}[j] = s{s.id}[j] * EXP(m{s.id}[j] - t) + (real)1; m{s.id}[j] = t; }}",
                          f"    else {{ s{s.id}[j] += EXP(t - m{s.id}[j]); }}",
                          "}"]
+        for i, (offset, n) in kept.items():
+            if self.phase[i] == k:
+                body.append(f"for (int j = 0; j < {n}; j++) scratch_mine[(p - begin) * {width} + {offset} + j] = v{i}[j];")
         for o in row_outputs:
             out = self.buffer(o.attr("name"), writable=True)
             n = o.type.numel
@@ -268,6 +295,11 @@ class _Planner(SweepPlan):
         for d in self.body.nodes:
             if d.op is Op.DEGREE:
                 group_init.append(f"real a{d.id}[1] = {{(real)count}};")
+        kept = self.kept()
+        if kept:
+            width = sum(n for _, n in kept.values())
+            self.add_arg("scratch", width, "real *scratch = (real *)args[{i}];")
+            group_init.append(f"real *scratch_mine = scratch + (int64_t)omp_get_thread_num() * sizes[1] * {width};")
         for s in self.softmaxes:
             n = s.type.numel
             group_init += [f"real m{s.id}[{n}], s{s.id}[{n}];",
@@ -284,8 +316,10 @@ class _Planner(SweepPlan):
         title = self.k.describe().splitlines()[0]
         source = render("traversal.c.jinja", title=title, name=self.name, arg_decls=self.arg_decls + top,
                         grouped=grouped, sweeps=sweeps, group_init=group_init, group_store=group_store,
-                        schedule=self.config.clause("num_groups" if grouped else "num_rows"), split=split)
-        return CKernel(self.name, source, tuple(self.args), self.k.domain, self.group, split is not None)
+                        schedule=self.config.clause("num_groups" if grouped else "num_rows"), split=split,
+                        threads="num_threads(sizes[2]) " if kept else "")
+        return CKernel(self.name, source, tuple(self.args), self.k.domain, self.group, split is not None,
+                       bool(kept))
 
     def _split(self) -> dict | None:
         """The split form's lines, for a one-sweep traversal of sums into a few groups

@@ -164,6 +164,9 @@ class CpuExecutor:
                 tensor = self.gemms.index.group_blocks(graph, key, SPLIT_BLOCK_ROWS)
             elif kind == "partial":
                 tensor = torch.zeros(torch.get_num_threads() * size * key, dtype=dtype)
+            elif kind == "scratch":
+                tensor = torch.empty(torch.get_num_threads() * self.gemms.index.largest(graph, kernel.group) * key,
+                                     dtype=dtype)
             elif key in outputs:
                 node = outputs[key]
                 rows = size if kernel.group is not None and node.type.space == kernel.group.target else graph_rows(graph, traversal)
@@ -179,6 +182,8 @@ class CpuExecutor:
         if kernel.split:
             blocks = self.gemms.index.group_blocks(graph, kernel.group, SPLIT_BLOCK_ROWS).shape[0]
             sizes = (ctypes.c_int64 * 3)(size, blocks, torch.get_num_threads())
+        elif kernel.scratch:
+            sizes = (ctypes.c_int64 * 3)(size, self.gemms.index.largest(graph, kernel.group), torch.get_num_threads())
         else:
             sizes = (ctypes.c_int64 * 1)(size)
         getattr(library, kernel.name)(args, sizes)

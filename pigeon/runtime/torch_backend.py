@@ -110,6 +110,11 @@ class GraphIndex(PerGraphCache):
         return self._memo(graph, ("sorted_index", group.name, index.name),
                           lambda: self.index(graph, index)[0][self.group_csr(graph, group)[1]].contiguous())
 
+    def largest(self, graph: HeteroGraph, group: IndexMap) -> int:
+        """The number of rows of ``group``'s largest group (0 without rows)."""
+        return self._memo(graph, ("largest", group.name),
+                          lambda: int(self.counts(graph, group).max()) if self.counts(graph, group).numel() else 0)
+
     def counts(self, graph: HeteroGraph, group: IndexMap) -> torch.Tensor:
         """The number of source rows of each target row of ``group``."""
         return self._memo(graph, ("counts", group.name), lambda: self.group_csr(graph, group)[0].diff())

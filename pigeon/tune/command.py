@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="profile scale (default: 1.0)")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "triton", "torch"),
                         help="backend to tune (default: auto, cpu on a CPU, triton on a GPU)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where the graph, weights and input live (default: cpu); with cuda, "
+                             "backend auto is triton")
     parser.add_argument("--mode", default="train", choices=("train", "infer"),
                         help="objective: forward+backward or forward only (default: train)")
     parser.add_argument("--budget-s", type=float, default=60.0,
@@ -74,10 +77,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from pigeon.data import load
     from pigeon.tune import tune
 
-    graph = load(args.dataset, scale=args.scale, seed=0).graph
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("pigeon tune: --device cuda needs a CUDA device, and torch sees none")
+    graph = load(args.dataset, scale=args.scale, seed=0).graph.to(args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     module, tensors = _example_layer(args.model, graph, args.dim, args.heads, backend=args.backend)
-    module = module.to(dtype)
+    module = module.to(args.device, dtype)
+    tensors["x"] = tensors["x"].to(args.device)
     print(f"pigeon tune: {args.model} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "
           f"{graph.num_edges} edges, {graph.num_etypes} edge types; hidden {args.dim}, {args.dtype}, "
           f"{args.mode}, budget {args.budget_s:g} s")
