@@ -12,7 +12,6 @@ the Triton generator.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 
@@ -252,7 +251,7 @@ class _Planner(SweepPlan):
         """Prefetch the rows this sweep gathers through an index map, ``PREFETCH_AHEAD``
         rows ahead of the one being processed: a group's source rows are scattered over
         memory, and each gathered row would otherwise be a cache miss the loop waits for."""
-        if self.group is None or not os.environ.get("PIGEON_PREFETCH", "1") == "1":
+        if self.group is None:
             return []
         lines = []
         for i in nodes:
@@ -548,7 +547,7 @@ class CGemm:
     """A rendered segmented GEMM: its C source and the widths it was specialised for.
 
     Called with ``args = (A, rows or NULL, W or B, blocks, out, place or NULL)`` and
-    ``sizes = (number of blocks, number of types)``; see ``kernels/gemm.c.jinja``.
+    ``sizes = (number of blocks, number of types, threads)``; see ``kernels/gemm.c.jinja``.
     """
 
     name: str

@@ -215,7 +215,7 @@ class CpuExecutor:
         pointers = [a.data_ptr(), 0 if rows is None else rows.data_ptr(), w.data_ptr(), blocks.data_ptr(),
                     out.data_ptr(), 0 if place is None else place.data_ptr()]
         getattr(library, rendered.name)((ctypes.c_void_p * 6)(*pointers),
-                                        (ctypes.c_int64 * 2)(blocks.shape[0], types))
+                                        (ctypes.c_int64 * 3)(blocks.shape[0], types, torch.get_num_threads()))
         if k.weight_grad:
             return out.sum(0)
         if k.scatter is not None:
