@@ -408,3 +408,12 @@ def test_cli_show_and_clear(isolated_cache):
     assert "compact=False fwd.k1[guided,4] (1.25x over the default, 7 candidates)" in shown
     assert "removed 1 entries" in pigeon_tune("--clear")
     assert "empty" in pigeon_tune("--show")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a CUDA device")
+def test_cli_device_cuda_without_a_gpu_says_so(isolated_cache):
+    env = {**os.environ, "PIGEON_CACHE_DIR": str(isolated_cache)}
+    done = subprocess.run([sys.executable, "-m", "pigeon", "tune", "rgcn", "--device", "cuda"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "--device cuda needs a CUDA device" in done.stderr
