@@ -195,14 +195,15 @@ class CpuExecutor:
         index = self.gemms.index
         perm, bounds = index.segments(graph, k.segment, k.layout)
         types = len(bounds) - 1
-        sizes = {hi - lo for lo, hi in zip(bounds, bounds[1:]) if hi > lo}
-        used = sum(1 for lo, hi in zip(bounds, bounds[1:]) if hi > lo)
-        if (types > 1 and used == types and len(sizes) == 1) or bounds[-1] > C_GEMM_MAX_AVG_ROWS * max(used, 1):
+        used, uniform = index.segment_profile(graph, k.segment, k.layout)
+        if uniform or bounds[-1] > C_GEMM_MAX_AVG_ROWS * max(used, 1):
             return None
         a, w = env[k.a].contiguous(), env[k.w]
         if a.dtype != dtype or w.dtype != dtype:
             raise ValueError(f"GEMM {k.out}: expected {dtype} operands, got {a.dtype} and {w.dtype}")
         rows = index.sorted_rows(graph, k.a_gather, k.segment, k.layout)
+        if index.in_order(graph, k.segment, k.layout):
+            perm, rows = None, rows if k.a_gather is not None else None
         rows, perm = (None if v is None else v.contiguous() for v in (rows, perm))
         blocks = index.blocks(graph, k.segment, k.layout, GEMM_BLOCK_ROWS)
         if k.weight_grad:

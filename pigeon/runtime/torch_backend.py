@@ -57,10 +57,26 @@ class GraphIndex(PerGraphCache):
                 perm, ptr = segments.perm.long(), segments.ptr
             else:
                 raise ValueError(f"GEMM segment map {index.name!r} has no segment layout (got layout={layout!r})")
-            if perm is not None and bool((perm == torch.arange(perm.numel(), device=perm.device)).all()):
-                perm = None   # rows already in segment order (one node type): no gather, no placement
             return perm, ptr.tolist()
         return self._memo(graph, ("segments", index.name), build)
+
+    def in_order(self, graph: HeteroGraph, index: IndexMap, layout: str | None) -> bool:
+        """Whether the rows already are in segment order (no permutation, or the identity,
+        as with one node type): the torch and C GEMMs then read and write them in place.
+        (Triton's kernels are rendered for the layout's permutation and take it as is.)"""
+        def build():
+            perm = self.segments(graph, index, layout)[0]
+            return perm is None or bool((perm == torch.arange(perm.numel(), device=perm.device)).all())
+        return self._memo(graph, ("in_order", index.name), build)
+
+    def segment_profile(self, graph: HeteroGraph, index: IndexMap, layout: str | None) -> tuple[int, bool]:
+        """(types that own rows, whether every type owns as many rows and there are
+        several): what picks a GEMM's execution path, decided once per graph."""
+        def build():
+            bounds = self.segments(graph, index, layout)[1]
+            sizes = [hi - lo for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+            return len(sizes), len(bounds) - 1 == len(sizes) > 1 and len(set(sizes)) == 1
+        return self._memo(graph, ("profile", index.name), build)
 
     def sorted_rows(self, graph: HeteroGraph, gather: IndexMap | None, segment: IndexMap, layout: str | None):
         """For each position in segment order, the row of the A operand to read (None: identity)."""
@@ -147,12 +163,18 @@ class TorchExecutor:
             return self._untyped_gemm(k, graph, a, w)
         perm, bounds = self.index.segments(graph, k.segment, k.layout)
         rows = self.index.sorted_rows(graph, k.a_gather, k.segment, k.layout)
+        if self.index.in_order(graph, k.segment, k.layout):
+            perm, rows = None, rows if k.a_gather is not None else None
         a_sorted = a if rows is None else a.index_select(0, rows)
-        segments = [(t, bounds[t], bounds[t + 1]) for t in range(len(bounds) - 1) if bounds[t + 1] > bounds[t]]
-        if self._uniform(k, bounds, segments):
+        used, uniform = self.index.segment_profile(graph, k.segment, k.layout)
+        if uniform:
+            # Every type owns as many rows (FNO's (mode, batch) rows, HGT's per-(node type,
+            # edge type) weight products): one batched product replaces the loop over
+            # types, whose per-call overhead dominates small segments.
             if k.scatter is None or k.weight_grad:
-                return self._uniform_gemm(k, a_sorted, w, perm, len(segments))
-            return self._scatter(graph, k, self._uniform_gemm(k, a_sorted, w, None, len(segments)))
+                return self._uniform_gemm(k, a_sorted, w, perm, used)
+            return self._scatter(graph, k, self._uniform_gemm(k, a_sorted, w, None, used))
+        segments = [(t, bounds[t], bounds[t + 1]) for t in range(len(bounds) - 1) if bounds[t + 1] > bounds[t]]
         if k.weight_grad:
             b_sorted = w if perm is None else w.index_select(0, perm)
             spec = "r...i,r...o->...io" if k.batched else "r...i,r...o->io"
@@ -173,14 +195,6 @@ class TorchExecutor:
         if perm is None:
             return out_sorted
         return torch.empty_like(out_sorted).index_copy_(0, perm, out_sorted)
-
-    @staticmethod
-    def _uniform(k: GemmKernel, bounds: list[int], segments: list) -> bool:
-        """Every type owns the same number of rows (FNO's (mode, batch) rows, HGT's
-        per-(node type, edge type) weight products): one batched
-        product replaces the loop over types, whose per-call overhead dominates small
-        segments."""
-        return len(segments) == len(bounds) - 1 > 1 and len({hi - lo for _, lo, hi in segments}) == 1
 
     def _uniform_gemm(self, k: GemmKernel, a_sorted: torch.Tensor, w: torch.Tensor, perm, types: int):
         """The uniform case as one einsum over (type, row of the type, middle dims):
