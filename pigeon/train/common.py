@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["seed_everything", "progress", "write_json", "save_checkpoint", "load_checkpoint",
+__all__ = ["seed_everything", "start_run", "progress", "write_json", "save_checkpoint", "load_checkpoint",
            "add_common_arguments", "operator_report"]
 
 
@@ -25,6 +25,14 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def start_run(config) -> torch.Generator:
+    """The start of every training run: torch's thread count from ``config.threads``
+    (None leaves it) and the seeds from ``config.seed`` (:func:`seed_everything`)."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    return seed_everything(config.seed)
 
 
 def progress(iterable: Iterable, *, desc: str, total: int | None = None, enabled: bool = True):

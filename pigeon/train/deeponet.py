@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from pigeon.train.common import (
-    add_common_arguments, load_checkpoint, operator_report, progress, save_checkpoint, seed_everything,
+    add_common_arguments, load_checkpoint, operator_report, progress, save_checkpoint, start_run,
 )
 
 __all__ = ["DeepONetConfig", "build_model", "evaluate", "relative_l2", "train_deeponet", "add_parsers"]
@@ -159,9 +159,7 @@ def train_deeponet(config: DeepONetConfig | None = None, *, data=None, checkpoin
     "epochs", "history", "config", "threads"}``.
     """
     config = DeepONetConfig(**{**asdict(config or DeepONetConfig()), **overrides}).checked()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    generator = seed_everything(config.seed)
+    generator = start_run(config)
     if data is None:
         from pigeon.data.operators import load_operator_problem
 

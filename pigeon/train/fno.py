@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from pigeon.train.common import (
-    add_common_arguments, load_checkpoint, operator_report, progress, save_checkpoint, seed_everything,
+    add_common_arguments, load_checkpoint, operator_report, progress, save_checkpoint, start_run,
 )
 
 __all__ = ["FNOConfig", "PROBLEM_DEFAULTS", "relative_l2", "PointwiseNormalizer", "build_model", "evaluate",
@@ -221,9 +221,7 @@ def train_fno(config: FNOConfig | None = None, *, data=None, checkpoint=None, re
     "epochs", "history", "config", "threads"}``.
     """
     config = FNOConfig(**{**asdict(config or FNOConfig()), **overrides}).resolved()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    generator = seed_everything(config.seed)
+    generator = start_run(config)
     data = data if data is not None else _load(config)
     x_train, y_train, x_test, y_test = (t.float() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
     dim = x_train.dim() - 1

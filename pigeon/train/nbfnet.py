@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from pigeon.data.graph import HeteroGraph
 from pigeon.train.common import (
-    add_common_arguments, load_checkpoint, progress, save_checkpoint, seed_everything, write_json,
+    add_common_arguments, load_checkpoint, progress, save_checkpoint, start_run, write_json,
 )
 
 __all__ = ["NBFNetConfig", "LinkData", "load_link_data", "TripleFilter", "EdgeRemover",
@@ -302,9 +302,7 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
     [...], "config": {...}}`` with MRR, hits@1/3/10 and mean rank per split.
     """
     config = NBFNetConfig(**{**asdict(config or NBFNetConfig()), **overrides}).check()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    generator = seed_everything(config.seed)
+    generator = start_run(config)
     data = data or load_link_data(config.dataset, config.root)
     model = build_model(config, data.num_relations)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
