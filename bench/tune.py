@@ -65,13 +65,13 @@ def paired_medians(run_a, run_b, repeat: int, sync=lambda: None) -> tuple[float,
 def run_case(model: str, dataset: str, scale: float, mode: str, budget_s: float, dim: int, heads: int,
              repeat: int, device: str = "cpu") -> dict:
     import pigeon
-    from pigeon.cli import _example_layer
-    from pigeon.runtime.compiled import Choice
+    from pigeon.nn.examples import example_layer
+    from pigeon.runtime.choice import Choice
     from pigeon.tune.measure import Workload
 
     backend = "triton" if device == "cuda" else "cpu"
     graph = pigeon.data.load(dataset, scale=scale, seed=0).graph.to(device)
-    module, tensors = _example_layer(model, graph, dim, heads, backend=backend)
+    module, tensors = example_layer(model, graph, dim, heads, backend=backend)
     module.to(device)
     tensors = {**tensors, **dict(module.named_parameters()), "x": tensors["x"].to(device)}
     result = pigeon.tune(module, graph, tensors["x"], mode=mode, budget_s=budget_s, backend=backend,

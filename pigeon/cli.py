@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+from pigeon.nn.examples import EXAMPLE_LAYERS, example_layer
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``pigeon bench`` with the demo's settings, writing a report folder."""
@@ -32,31 +34,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_bench(bench_args)
 
 
-LAYERS = ("rgcn", "rgat", "hgt", "nbfnet")
-
-
-def _example_layer(name: str, graph, dim: int, heads: int, backend: str = "torch"):
-    """A ``pigeon.nn`` layer compiled for ``backend`` and the tensors its compiled
-    function takes."""
-    from pigeon import nn as pnn
-
-    gen = torch.Generator().manual_seed(0)
-    if name == "nbfnet":
-        module = pnn.NBFNetLayer(dim, graph.num_etypes, aggregate="pna", backend=backend)
-        batch = 2
-        tensors = {
-            "x": torch.randn(graph.num_nodes, batch, dim, generator=gen),
-            "boundary": torch.randn(graph.num_nodes, batch, dim, generator=gen),
-            "relation": torch.randn(graph.num_etypes, batch, dim, generator=gen),
-        }
-        params = {n.replace(".", "_"): p for n, p in module.named_parameters()}
-        return module, {**tensors, **params}
-    module = {
-        "rgcn": lambda: pnn.RGCN(dim, dim, graph.num_etypes, backend=backend),
-        "rgat": lambda: pnn.RGAT(dim, dim // heads, graph.num_etypes, heads=heads, backend=backend),
-        "hgt": lambda: pnn.HGT(dim, dim, graph.num_ntypes, graph.num_etypes, heads=heads, backend=backend),
-    }[name]()
-    return module, {"x": torch.randn(graph.num_nodes, dim, generator=gen), **dict(module.named_parameters())}
+LAYERS = EXAMPLE_LAYERS
 
 
 def cmd_show_ir(args: argparse.Namespace) -> int:
@@ -67,7 +45,7 @@ def cmd_show_ir(args: argparse.Namespace) -> int:
     from pigeon.passes import PASS_NAMES, PassContext, optimize
 
     graph = load(args.dataset, scale=args.scale, seed=0).graph
-    module, tensors = _example_layer(args.layer, graph, args.dim, args.heads)
+    module, tensors = example_layer(args.layer, graph, args.dim, args.heads)
     compiled = module.compiled
     print(f"# {args.layer} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "
           f"{graph.num_edges} edges, {graph.num_etypes} edge types; hidden {args.dim}")
@@ -117,7 +95,7 @@ def kernel_source(layer: str, backend: str, graph, dim: int, heads: int,
     if backend not in EXECUTORS:
         raise BackendUnavailable(f"the {backend!r} backend is not registered in "
                                  f"pigeon.runtime.compiled.EXECUTORS (it has {list(EXECUTORS)})")
-    module, tensors = _example_layer(layer, graph, dim, heads, backend=backend)
+    module, tensors = example_layer(layer, graph, dim, heads, backend=backend)
     try:
         plan = module.compiled.plan(graph, tensors)
     except ImportError as exc:

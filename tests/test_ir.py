@@ -176,3 +176,43 @@ def test_interpreter_aggregations_leave_isolated_nodes_at_zero(how):
         Reduce.MAX: [0, 4.0, -2.0, 0], Reduce.MIN: [0, 1.5, -2.0, 0],
     }[how]
     assert out == expected
+
+
+# ---- level 2 ------------------------------------------------------------------------------
+
+def _rgat_kernels():
+    import dataclasses
+
+    from pigeon.passes import PassContext, RowCounts, optimize
+    from pigeon.passes.lower import lower
+
+    graph = pigeon.HeteroGraph(torch.tensor([0, 1, 2, 2]), torch.tensor([1, 2, 0, 0]), torch.tensor([0, 1, 1, 0]))
+    program = rgat_sketch.trace({"h": (4,)}, {"W": (4, 6), "a_src": (6,), "a_dst": (6,)})
+    return dataclasses, lower(optimize(program, PassContext(RowCounts.from_graph(graph))), "csr")
+
+
+def test_level2_verifier_accepts_what_lowering_emits_and_names_the_broken_kernel():
+    from pigeon.ir.graph_ir import IndexMap
+    from pigeon.ir.kernel_ir import (
+        GemmKernel, KernelIRError, SegmentLayout, TraversalKernel, TraversalLayout, verify_kernels,
+    )
+
+    dataclasses, program = _rgat_kernels()
+    verify_kernels(program)
+    kernels = list(program.kernels)
+    gemm = next(i for i, k in enumerate(kernels) if isinstance(k, GemmKernel) and k.segment is not None)
+    walk = next(i for i, k in enumerate(kernels) if isinstance(k, TraversalKernel))
+
+    def broken(i, kernel):
+        return dataclasses.replace(program, kernels=tuple(kernel if j == i else k for j, k in enumerate(kernels)))
+
+    with pytest.raises(KernelIRError, match="before any kernel writes it"):
+        verify_kernels(dataclasses.replace(program, kernels=tuple(reversed(kernels))))
+    with pytest.raises(KernelIRError, match=f"k{gemm} .*is ordered by layout coo_etype, not ntype_sorted"):
+        verify_kernels(broken(gemm, dataclasses.replace(kernels[gemm], layout=SegmentLayout.NTYPE_SORTED)))
+    with pytest.raises(KernelIRError, match=f"k{gemm} .*do not fit a weight"):
+        verify_kernels(broken(gemm, dataclasses.replace(kernels[gemm], transpose_w=True, w=kernels[gemm].w)))
+    with pytest.raises(KernelIRError, match=f"k{walk} .*walks a CSR or COO, not rows"):
+        verify_kernels(broken(walk, dataclasses.replace(kernels[walk], layout=TraversalLayout.ROWS)))
+    with pytest.raises(KernelIRError, match=f"k{walk} .*not the domain"):
+        verify_kernels(broken(walk, dataclasses.replace(kernels[walk], group=IndexMap("bogus", NODE, NODE))))

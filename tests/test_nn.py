@@ -14,7 +14,7 @@ from pigeon.nn import functional
 from strategies import hetero_graphs
 
 F64 = dict(rtol=1e-10, atol=1e-10)
-DECISIONS = [dict(), dict(reorder=True, compact=True), dict(reorder=False, compact=True, layout="coo"),
+DECISIONS = [dict(), dict(reorder=True, compact=True), dict(reorder=False, compact=True, layout="csr"),
              dict(reorder=True, compact=False)] + [dict(disable=(name,), reorder=True, compact=True)
                                                    for name in ("cse", "reorder", "dce", "compact", "simplify")]
 
@@ -106,3 +106,13 @@ def test_bad_inputs_name_the_argument():
         pigeon.compile(functional.rgat, backend="cuda-magic")
     with pytest.raises(TypeError, match="decorated with @pigeon.layer"):
         pigeon.compile(lambda g, x: x)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_edge_parallel_layout_is_refused_where_the_backend_has_none(backend):
+    # Only the Triton generator has edge-parallel traversals; elsewhere "coo" would be the
+    # CSR program under another name (and the tuner would time it twice).
+    graph = pigeon.HeteroGraph(torch.tensor([0, 1]), torch.tensor([1, 0]), num_etypes=2)
+    layer = pnn.RGAT(3, 4, 2, backend=backend, layout="coo")
+    with pytest.raises(ValueError, match=f"layout.*'{backend}' backend has.*only backend='triton'"):
+        layer(graph, torch.randn(2, 3))

@@ -24,7 +24,7 @@ from hypothesis import given, settings  # noqa: E402
 import pigeon  # noqa: E402
 from pigeon import nn as pnn  # noqa: E402
 from pigeon.codegen.triton import render_traversal  # noqa: E402
-from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, TraversalKernel  # noqa: E402
+from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, TraversalKernel, TraversalLayout  # noqa: E402
 from strategies import hetero_graphs  # noqa: E402
 from test_nn import LAYERS, _pair  # noqa: E402
 
@@ -112,7 +112,7 @@ def test_node_parallel_traversal_has_no_atomics_and_walks_the_csr():
 
 def test_edge_parallel_traversal_scatters_with_atomics():
     plan = _plan(_rgat, _graph(), layout="coo")
-    backward = [k for k in plan.backward_kernels.kernels if isinstance(k, TraversalKernel) and k.layout == "coo"]
+    backward = [k for k in plan.backward_kernels.kernels if isinstance(k, TraversalKernel) and k.layout is TraversalLayout.COO]
     rendered = [part for k in backward for part in render_traversal(k, "k")]
     assert any(part.mode == "rows" and "tl.atomic_add" in part.source for part in rendered)
 

@@ -24,11 +24,12 @@ from hypothesis import strategies as st
 
 import pigeon
 from pigeon import nn as pnn
-from pigeon.codegen.triton_gemm import _SEGMENT_TABLES, default_config, launch_gemm, render_gemm
+from pigeon.codegen.triton_gemm import default_config, render_gemm
+from pigeon.runtime.triton_gemm import _SEGMENT_TABLES, launch_gemm
 from pigeon.ir.graph_ir import (
     EDGE, ETYPE, ETYPE_OF_EDGE, GLOBAL, NODE, NTYPE, NTYPE_OF_NODE, SRC, DST, Op, TensorType,
 )
-from pigeon.ir.kernel_ir import Buffer, BufferRole, GemmKernel, KernelProgram
+from pigeon.ir.kernel_ir import Buffer, BufferRole, GemmKernel, KernelProgram, SegmentLayout
 from pigeon.runtime.interpret import run
 from pigeon.runtime.torch_backend import TorchExecutor
 from pigeon.runtime.triton_backend import interpreted, load_module
@@ -154,7 +155,7 @@ def test_layer_gemms_match_torch_float32(name, options):
 def _program(kernel: GemmKernel, types: dict[str, TensorType]) -> KernelProgram:
     buffers = tuple(Buffer(name, t, BufferRole.INPUT if name != kernel.out else BufferRole.OUTPUT)
                     for name, t in types.items())
-    return KernelProgram(buffers, (kernel,), (kernel.layout,) if kernel.layout else (), (("out", kernel.out),))
+    return KernelProgram(buffers, (kernel,), (kernel.layout.value,) if kernel.layout else (), (("out", kernel.out),))
 
 
 def _rows(graph, space) -> int | None:
@@ -185,11 +186,11 @@ HAND_BUILT = {
         {"a": T(EDGE, (3, 20)), "w": T(GLOBAL, (18, 20)), "out": T(EDGE, (3, 18))}),
     # typed by edge type, one W per type shared by the rows' leading dim
     "typed-shared-w": (
-        GemmKernel("out", "a", "w", a_gather=DST, segment=ETYPE_OF_EDGE, layout="coo_etype"),
+        GemmKernel("out", "a", "w", a_gather=DST, segment=ETYPE_OF_EDGE, layout=SegmentLayout.COO_ETYPE),
         {"a": T(NODE, (3, 20)), "w": T(ETYPE, (20, 18)), "out": T(EDGE, (3, 18))}),
     # weight gradient summed over the rows' leading dim (the weight is shared by it)
     "typed-weight-grad-batch-sum": (
-        GemmKernel("out", "a", "w", a_gather=SRC, segment=ETYPE_OF_EDGE, weight_grad=True, layout="coo_etype"),
+        GemmKernel("out", "a", "w", a_gather=SRC, segment=ETYPE_OF_EDGE, weight_grad=True, layout=SegmentLayout.COO_ETYPE),
         {"a": T(NODE, (3, 20)), "w": T(EDGE, (3, 18)), "out": T(ETYPE, (20, 18))}),
     "untyped-weight-grad-batch-sum": (
         GemmKernel("out", "a", "w", weight_grad=True),
@@ -203,7 +204,7 @@ HAND_BUILT = {
         {"a": T(GLOBAL, (20,)), "w": T(GLOBAL, (18,)), "out": T(GLOBAL, (20, 18))}),
     # node types: one segment empty
     "typed-ntype-transposed": (
-        GemmKernel("out", "a", "w", segment=NTYPE_OF_NODE, transpose_w=True, layout="ntype_sorted"),
+        GemmKernel("out", "a", "w", segment=NTYPE_OF_NODE, transpose_w=True, layout=SegmentLayout.NTYPE_SORTED),
         {"a": T(NODE, (20,)), "w": T(NTYPE, (18, 20)), "out": T(NODE, (18,))}),
 }
 
@@ -287,7 +288,7 @@ def test_gathered_variant_loads_the_row_index_and_direct_does_not():
 
 
 def test_fp32_dot_is_exact_unless_torch_allows_tf32():
-    from pigeon.codegen.triton_gemm import _dot_precision
+    from pigeon.runtime.triton_gemm import _dot_precision
     was = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -263,7 +263,7 @@ def describe_machine(device: str) -> dict:
     """CPU, cores, memory, GPU and library versions, for the results file."""
     import torch
 
-    import pigeon
+    from pigeon.version import __version__
 
     gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None
     return {
@@ -275,7 +275,7 @@ def describe_machine(device: str) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {
-            "pigeon": pigeon.__version__,
+            "pigeon": __version__,
             "pigeon_commit": _git_commit(),
             "torch": torch.__version__,
             "dgl": _version("dgl"),

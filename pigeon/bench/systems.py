@@ -130,7 +130,7 @@ def default_systems(device: str) -> list[str]:
 # ---- the reference layer every system copies --------------------------------------
 def make_reference(model: str, graph, dim: int, heads: int):
     """The :mod:`pigeon.reference` layer of ``model`` for ``graph`` (float32, fresh init)."""
-    from pigeon import reference
+    import pigeon.reference as reference
 
     args, kwargs = _layer_args(model, graph, dim, heads)
     return getattr(reference, _LAYER_CLASS[model])(*args, **kwargs)
@@ -162,7 +162,7 @@ def _all_rows(out):
 # ---- Pigeon and the reference ------------------------------------------------------
 def _pigeon_builder(backend: str) -> Callable[[Workload], Runner]:
     def build(w: Workload) -> Runner:
-        from pigeon import nn as pnn
+        import pigeon.nn as pnn
 
         args, kwargs = _layer_args(w.model, w.graph, w.dim, w.heads)
         module = getattr(pnn, _LAYER_CLASS[w.model])(*args, **kwargs, backend=backend)

@@ -19,7 +19,7 @@ from pigeon.codegen.sweeps import GROUP_VALUES, SweepPlan
 from pigeon.codegen.templates import CodegenError as _CodegenError
 from pigeon.codegen.templates import render
 from pigeon.ir.graph_ir import ETYPE, GLOBAL, NTYPE, NTYPE_ETYPE, Binary, IndexMap, Node, Op, Reduce, Space, Unary
-from pigeon.ir.kernel_ir import GemmKernel, TraversalKernel
+from pigeon.ir.kernel_ir import GemmKernel, TraversalKernel, TraversalLayout
 
 
 
@@ -531,7 +531,11 @@ _RULES = {
 
 def render_traversal(kernel: TraversalKernel, name: str, config: CConfig | None = None) -> CKernel:
     """Plan and render one traversal kernel as a C function called ``name``; ``config``
-    (default :func:`default_config`) sets its OpenMP schedule."""
+    (default :func:`default_config`) sets its OpenMP schedule. The C backend walks the
+    CSR of a traversal's group: an edge-parallel (COO) traversal is an error."""
+    if kernel.layout is TraversalLayout.COO:
+        raise CodegenError(f"`{kernel.describe().splitlines()[0]}` is edge-parallel (COO), and the C backend "
+                           "has only node-parallel traversals: lower with layout='csr'")
     return _Planner(kernel, name, config or default_config(kernel)).render()
 
 

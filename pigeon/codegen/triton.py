@@ -26,7 +26,7 @@ from pigeon.codegen.templates import CodegenError as _CodegenError
 from pigeon.codegen.templates import render
 from pigeon.codegen.sweeps import GROUP_VALUES, SweepPlan
 from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Reduce, Space, Unary
-from pigeon.ir.kernel_ir import DenseKernel, TraversalKernel
+from pigeon.ir.kernel_ir import DenseKernel, TraversalKernel, TraversalLayout
 
 ROW_REDUCTIONS = (Op.SUM_ROWS, Op.MEAN_ROWS)
 
@@ -700,7 +700,7 @@ def traversal_mode(kernel: TraversalKernel | DenseKernel) -> str:
     """``"csr"`` (one program per group) or ``"rows"`` (one program per block of rows)."""
     if isinstance(kernel, DenseKernel) or kernel.group is None:
         return "rows"
-    if kernel.layout == "coo" and _edge_parallel(kernel):
+    if kernel.layout is TraversalLayout.COO and _edge_parallel(kernel):
         return "rows"
     return "csr"
 

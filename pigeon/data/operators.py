@@ -55,6 +55,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from pigeon.paths import cache_dir as pigeon_cache_dir
+
 __all__ = [
     "OperatorProblem", "load_operator_problem", "operator_problem_names", "default_cache_dir",
     "grf_periodic_1d", "grf_neumann_2d", "grf_squared_exponential_1d",
@@ -447,8 +449,7 @@ def _check_positive_int(value, argument: str, minimum: int = 1) -> int:
 def default_cache_dir() -> Path:
     """``$PIGEON_CACHE_DIR/operators``, or ``~/.cache/pigeon/operators`` when the variable
     is unset (the root the compiled-kernel caches use)."""
-    root = os.environ.get("PIGEON_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "pigeon") / "operators"
+    return pigeon_cache_dir("operators")
 
 
 def _cache_path(folder: Path, key: dict) -> Path:

@@ -24,8 +24,68 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pigeon.ir.builder import format_program
-from pigeon.ir.graph_ir import IndexMap, Program, Space, TensorType
+from pigeon.ir.builder import IRError, format_program, verify
+from pigeon.ir.graph_ir import IndexMap, Op, Program, Reduce, Space, TensorType
+
+
+class SegmentLayout(enum.Enum):
+    """The graph layout that puts a typed GEMM's rows in segment order (rows of one type
+    contiguous). Values are :data:`pigeon.data.graph.LAYOUTS` names."""
+
+    COO_ETYPE = "coo_etype"                              # edges sorted by (etype, dst)
+    COMPACT_SRC = "compact_src"                          # unique (src, etype) rows, sorted by etype
+    COMPACT_DST = "compact_dst"                          # unique (dst, etype) rows, sorted by etype
+    NTYPE_SORTED = "ntype_sorted"                        # nodes grouped by node type
+    NTYPE_ETYPE = "ntype_etype"                          # (ntype, etype) pairs, sorted by etype
+    NTYPE_ETYPE_EDGES = "ntype_etype_edges"              # edges grouped by their pair
+    NTYPE_ETYPE_COMPACT_SRC = "ntype_etype_compact_src"  # compact_src rows grouped by their pair
+
+    @property
+    def permuted(self) -> bool:
+        """Whether the rows need a permutation into segment order (the compact and pair
+        spaces are stored in it already)."""
+        return self not in (SegmentLayout.COMPACT_SRC, SegmentLayout.COMPACT_DST, SegmentLayout.NTYPE_ETYPE)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The segment layout of a typed GEMM, by the map from a row to its type.
+SEGMENT_LAYOUTS = {
+    "etype": SegmentLayout.COO_ETYPE,
+    "compact_src_etype": SegmentLayout.COMPACT_SRC,
+    "compact_dst_etype": SegmentLayout.COMPACT_DST,
+    "ntype": SegmentLayout.NTYPE_SORTED,
+    "ntype_etype_etype": SegmentLayout.NTYPE_ETYPE,
+    "edge_to_ntype_etype": SegmentLayout.NTYPE_ETYPE_EDGES,
+    "compact_src_to_ntype_etype": SegmentLayout.NTYPE_ETYPE_COMPACT_SRC,
+}
+
+
+class TraversalLayout(enum.Enum):
+    """How a traversal walks its rows."""
+
+    CSR = "csr"     # node-parallel: one group at a time through a CSR of the group map, no atomics
+    COO = "coo"     # edge-parallel: blocks of rows, reductions scatter-added with atomics
+    ROWS = "rows"   # no group (no reductions): row-parallel
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Group maps whose CSR is a memoized graph layout; other groups' CSRs are built by a sort.
+GROUP_CSR_LAYOUTS = {"dst": "csr_dst", "src": "csr_src"}
+
+
+@dataclass(frozen=True)
+class ReductionSpec:
+    """One reduction of a traversal: how, and into the rows of which map's target."""
+
+    how: Reduce
+    group: IndexMap
+
+    def __str__(self) -> str:
+        return f"{self.how.value}[{self.group}]"
 
 
 class BufferRole(enum.Enum):
@@ -66,7 +126,7 @@ class GemmKernel:
     scatter: IndexMap | None = None
     weight_grad: bool = False
     batched: bool = False
-    layout: str | None = None
+    layout: SegmentLayout | None = None
 
     def describe(self) -> str:
         parts = [f"gemm {self.out} = "]
@@ -90,25 +150,33 @@ class GemmKernel:
 class TraversalKernel:
     """One pass over ``domain`` rows, grouped by ``group`` (None: no reduction).
 
-    ``layout`` says how the rows are walked: ``csr_dst``/``csr_src``/... node-parallel
-    over a CSR of the group (no atomics), or ``coo`` edge-parallel (atomics for the
-    reductions). ``reductions`` and ``softmax`` summarise what the body does.
+    ``layout`` says how the rows are walked (:class:`TraversalLayout`): node-parallel
+    over a CSR of the group (no atomics), edge-parallel (atomics for the reductions), or
+    row-parallel without a group. ``reductions`` and ``softmax`` summarise what the body
+    does.
     """
 
     domain: Space
     group: IndexMap | None
-    layout: str
+    layout: TraversalLayout
     body: Program
-    reductions: tuple[str, ...] = ()
+    reductions: tuple[ReductionSpec, ...] = ()
     softmax: bool = False
+
+    @property
+    def graph_layout(self) -> str | None:
+        """The memoized graph layout a CSR walk reads (None: its CSR is built by a sort)."""
+        if self.layout is not TraversalLayout.CSR:
+            return None
+        return GROUP_CSR_LAYOUTS.get(self.group.name)
 
     def describe(self) -> str:
         head = f"traversal over {self.domain}"
         if self.group is not None:
             head += f" grouped by {self.group}"
-        head += f"  layout={self.layout}"
+        head += f"  layout={self.graph_layout or self.layout}"
         if self.reductions:
-            head += f"  reduce=[{', '.join(self.reductions)}]"
+            head += f"  reduce=[{', '.join(map(str, self.reductions))}]"
         if self.softmax:
             head += "  softmax"
         return head + "\n" + _indent(format_program(self.body))
@@ -160,3 +228,133 @@ def format_kernel_program(program: KernelProgram) -> str:
         lines.append(f"k{i}: {first}")
         lines += rest
     return "\n".join(lines)
+
+
+# ---- verifier ------------------------------------------------------------------------
+
+class KernelIRError(ValueError):
+    """A level-2 program that breaks an invariant the backends rely on; names the kernel."""
+
+
+_TRAVERSAL_DOMAINS = ("edge", "compact_src", "compact_dst")
+
+
+def verify_kernels(program: KernelProgram) -> None:
+    """Check a level-2 program: buffers are unique and written once before they are read;
+    GEMM operands and results have the shapes their product gives; a traversal's body is
+    a valid level-1 program over its domain whose inputs and outputs are the program's
+    buffers with the same types, walked in a layout that fits its group; the program's
+    outputs are output buffers. Raises :class:`KernelIRError` naming the kernel."""
+    buffers: dict[str, Buffer] = {}
+    for b in program.buffers:
+        if b.name in buffers:
+            raise KernelIRError(f"buffer {b.name!r} is declared twice")
+        buffers[b.name] = b
+    ready = {name for name, b in buffers.items() if b.role in (BufferRole.INPUT, BufferRole.PARAM)}
+
+    def read(where: str, name: str, type_: TensorType | None = None) -> Buffer:
+        if name not in buffers:
+            raise KernelIRError(f"{where}: reads {name!r}, which is no buffer of the program")
+        if name not in ready:
+            raise KernelIRError(f"{where}: reads {name!r} before any kernel writes it")
+        if type_ is not None and buffers[name].type != type_:
+            raise KernelIRError(f"{where}: reads {name!r} as {type_}, but the buffer is {buffers[name].type}")
+        return buffers[name]
+
+    def write(where: str, name: str, type_: TensorType | None = None) -> Buffer:
+        if name not in buffers:
+            raise KernelIRError(f"{where}: writes {name!r}, which is no buffer of the program")
+        if name in ready:
+            raise KernelIRError(f"{where}: writes {name!r}, which is an input or already written")
+        if buffers[name].role not in (BufferRole.TEMP, BufferRole.OUTPUT):
+            raise KernelIRError(f"{where}: writes {name!r}, a {buffers[name].role.value} buffer")
+        if type_ is not None and buffers[name].type != type_:
+            raise KernelIRError(f"{where}: writes {name!r} as {type_}, but the buffer is {buffers[name].type}")
+        ready.add(name)
+        return buffers[name]
+
+    for i, kernel in enumerate(program.kernels):
+        where = f"k{i} ({kernel.describe().splitlines()[0]})"
+        if isinstance(kernel, GemmKernel):
+            _verify_gemm(where, kernel, read, write)
+            continue
+        body = kernel.body
+        try:
+            verify(body)
+        except IRError as err:
+            raise KernelIRError(f"{where}: its body is not a valid level-1 program: {err}") from None
+        if isinstance(kernel, TraversalKernel):
+            _verify_walk(where, kernel)
+        for node in body.nodes:
+            if node.op is Op.INPUT:
+                read(where, node.attr("name"), node.type)
+            elif node.op in (Op.AGGREGATE, Op.SEGMENT_SOFTMAX, Op.DEGREE) and isinstance(kernel, TraversalKernel):
+                if node.attr("index") != kernel.group:
+                    raise KernelIRError(f"{where}: %{node.id} reduces along {node.attr('index')}, "
+                                        f"not the kernel's group {kernel.group}")
+        for node in body.outputs():
+            write(where, node.attr("name"), node.type)
+    for name, buffer in program.outputs:
+        if buffer not in ready:
+            raise KernelIRError(f"output {name!r}: buffer {buffer!r} is never written")
+        if buffers[buffer].role not in (BufferRole.OUTPUT, BufferRole.INPUT, BufferRole.PARAM):
+            raise KernelIRError(f"output {name!r}: buffer {buffer!r} is a {buffers[buffer].role.value} buffer")
+
+
+def _verify_walk(where: str, kernel: TraversalKernel) -> None:
+    if kernel.domain.name not in _TRAVERSAL_DOMAINS:
+        raise KernelIRError(f"{where}: a traversal over {kernel.domain}, which is no graph row space")
+    if kernel.group is None:
+        if kernel.layout is not TraversalLayout.ROWS or kernel.reductions or kernel.softmax:
+            raise KernelIRError(f"{where}: without a group a traversal is row-parallel with no reductions "
+                                f"(got layout {kernel.layout}, {len(kernel.reductions)} reductions)")
+        return
+    if kernel.layout is TraversalLayout.ROWS:
+        raise KernelIRError(f"{where}: a traversal grouped by {kernel.group} walks a CSR or COO, not rows")
+    if kernel.group.source != kernel.domain:
+        raise KernelIRError(f"{where}: group map {kernel.group} reads {kernel.group.source} rows, "
+                            f"not the domain {kernel.domain}")
+    if any(r.group != kernel.group for r in kernel.reductions):
+        raise KernelIRError(f"{where}: reductions {list(map(str, kernel.reductions))} are not all along "
+                            f"the group {kernel.group}")
+
+
+def _verify_gemm(where: str, kernel: GemmKernel, read, write) -> None:
+    a = read(where, kernel.a)
+    w = read(where, kernel.w)
+    if kernel.a_gather is not None and a.type.space != kernel.a_gather.target:
+        raise KernelIRError(f"{where}: A is gathered along {kernel.a_gather}, which reads "
+                            f"{kernel.a_gather.target} rows, but {kernel.a} is {a.type}")
+    rows = kernel.a_gather.source if kernel.a_gather is not None else a.type.space
+    if kernel.segment is not None:
+        if kernel.segment.source != rows:
+            raise KernelIRError(f"{where}: segment map {kernel.segment} types {kernel.segment.source} rows, "
+                                f"but the product's rows are {rows}")
+        expected = SEGMENT_LAYOUTS.get(kernel.segment.name)
+        if kernel.layout is not expected:
+            raise KernelIRError(f"{where}: segment map {kernel.segment} is ordered by layout {expected}, "
+                                f"not {kernel.layout}")
+        if not kernel.weight_grad and w.type.space != kernel.segment.target:
+            raise KernelIRError(f"{where}: a typed weight lives in {kernel.segment.target}, got {w.type}")
+    elif kernel.layout is not None:
+        raise KernelIRError(f"{where}: an untyped GEMM has no segment layout (got {kernel.layout})")
+    if kernel.scatter is not None and kernel.scatter.source != rows:
+        raise KernelIRError(f"{where}: scatter map {kernel.scatter} reads {kernel.scatter.source} rows, "
+                            f"but the product's rows are {rows}")
+    if not a.type.shape or not w.type.shape:
+        raise KernelIRError(f"{where}: operands need a feature dim (got {a.type} and {w.type})")
+    if kernel.weight_grad:
+        batch = a.type.shape[:-1] if kernel.batched else ()
+        shape = batch + (a.type.shape[-1], w.type.shape[-1])
+        space = kernel.segment.target if kernel.segment is not None else None
+    else:
+        w_in, w_out = (w.type.shape[-1], w.type.shape[-2]) if kernel.transpose_w else w.type.shape[-2:]
+        if a.type.shape[-1] != w_in:
+            raise KernelIRError(f"{where}: A rows of width {a.type.shape[-1]} do not fit a weight "
+                                f"{list(w.type.shape)}{'^T' if kernel.transpose_w else ''}")
+        shape = a.type.shape[:-1] + (w_out,)
+        space = kernel.scatter.target if kernel.scatter is not None else rows
+    out = write(where, kernel.out)
+    if out.type.shape != shape or (space is not None and out.type.space != space):
+        raise KernelIRError(f"{where}: writes {kernel.out!r} typed {out.type}, but the product gives "
+                            f"{space or out.type.space}[{'x'.join(map(str, shape))}]")

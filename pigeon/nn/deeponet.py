@@ -21,12 +21,13 @@ import inspect
 
 import torch
 
-from pigeon import reference
+import pigeon.reference as reference
 from pigeon.data.graph import HeteroGraph
 from pigeon.frontend import Shared, layer, linear, relu, reshape, tanh
 from pigeon.frontend.lang import Layer
 from pigeon.reference._common import check_choice
-from pigeon.runtime.compiled import BACKENDS, compile as compile_layer
+from pigeon.compiler import compile as compile_layer
+from pigeon.runtime.compiled import BACKENDS
 
 __all__ = ["DeepONet", "deeponet_layer"]
 
@@ -114,7 +115,7 @@ class DeepONet(reference.DeepONet):
         activation (str): ``"relu"`` or ``"tanh"``. Default ``"relu"``.
         bias (bool): biases in every layer and :math:`b_0`. Default ``True``.
         backend (str): ``"torch"``, ``"cpu"``, ``"triton"`` or ``"auto"`` (see
-            :func:`pigeon.compile`). Default ``"torch"``.
+            :func:`pigeon.compile`). Default ``"auto"``.
         device, dtype: where and in which dtype to create the parameters.
 
     Shapes: ``forward(u, y)`` with ``u`` ``[B, m]`` and ``y`` ``[N, d]`` (or ``[N]`` when
@@ -122,7 +123,7 @@ class DeepONet(reference.DeepONet):
     """
 
     def __init__(self, branch_sizes, trunk_sizes, *, stacked: bool = False, activation: str = "relu",
-                 bias: bool = True, backend: str = "torch", device=None, dtype=None):
+                 bias: bool = True, backend: str = "auto", device=None, dtype=None):
         super().__init__(branch_sizes, trunk_sizes, stacked=stacked, activation=activation, bias=bias,
                          device=device, dtype=dtype)
         self.backend = check_choice("backend", backend, BACKENDS)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from pigeon import reference
+import pigeon.reference as reference
 from pigeon.nn import functional
-from pigeon.runtime.compiled import compile as compile_layer
+from pigeon.compiler import compile as compile_layer
 
 
 def _compile_options(backend: str, reorder, compact, layout, disable) -> dict:
@@ -20,11 +20,11 @@ def _compile_options(backend: str, reorder, compact, layout, disable) -> dict:
 
 class RGCN(reference.RGCN):
     """Relational graph convolution, compiled. Arguments as :class:`pigeon.reference.RGCN`,
-    plus ``backend`` (``"torch"`` default, ``"cpu"``, ``"triton"`` or ``"auto"``; see
+    plus ``backend`` (``"auto"`` default, ``"cpu"``, ``"triton"`` or ``"torch"``; see
     :func:`pigeon.compile`), ``reorder``/``compact``/``layout`` to force compiler
     decisions (None: the cost model decides per graph) and ``disable`` to skip passes."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+    def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.rgcn, norm=self.norm,
@@ -38,7 +38,7 @@ class RGAT(reference.RGAT):
     """Relational graph attention, compiled. Arguments as :class:`pigeon.reference.RGAT`,
     plus the compiler options of :class:`RGCN`."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+    def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.rgat, heads=self.heads, negative_slope=self.negative_slope,
@@ -52,7 +52,7 @@ class HGT(reference.HGT):
     """Heterogeneous graph transformer layer, compiled. Arguments as
     :class:`pigeon.reference.HGT`, plus the compiler options of :class:`RGCN`."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+    def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.hgt, heads=self.heads,
@@ -67,7 +67,7 @@ class NBFNetLayer(reference.NBFNetLayer):
     Arguments and shapes as :class:`pigeon.reference.NBFNetLayer`, plus the compiler
     options of :class:`RGCN`."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+    def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.nbfnet, message=self.message, reduce=self.aggregate,
@@ -90,7 +90,7 @@ class NBFNet(reference.NBFNet):
     graph and returns ``[batch, graph.num_nodes]`` scores), plus the compiler options of
     :class:`RGCN`, which every layer receives."""
 
-    def __init__(self, *args, backend: str = "torch", reorder=None, compact=None, layout=None, disable=(),
+    def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
                  **kwargs):
         super().__init__(*args, **kwargs)
         options = _compile_options(backend, reorder, compact, layout, disable)

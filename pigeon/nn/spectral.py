@@ -27,12 +27,13 @@ import math
 import torch
 from torch import nn
 
-from pigeon import reference
+import pigeon.reference as reference
 from pigeon.data.graph import HeteroGraph
 from pigeon.frontend import PerNtype, concat, layer, linear, reshape
 from pigeon.reference._common import check_choice
 from pigeon.reference.spectral import check_spectral_input
-from pigeon.runtime.compiled import BACKENDS, compile as compile_layer
+from pigeon.compiler import compile as compile_layer
+from pigeon.runtime.compiled import BACKENDS
 
 __all__ = ["SpectralConv", "FNO", "spectral_mix", "choose_path", "SPECTRAL_PATHS"]
 
@@ -124,7 +125,7 @@ class SpectralConv(reference.SpectralConv):
         in_channels (int), out_channels (int), modes (int or tuple of int), dim (int):
             as :class:`pigeon.reference.SpectralConv`.
         backend (str): backend of the typed GEMM: ``"torch"``, ``"cpu"``, ``"triton"`` or
-            ``"auto"`` (see :func:`pigeon.compile`). Default: ``"torch"``.
+            ``"auto"`` (see :func:`pigeon.compile`). Default: ``"auto"``.
         path (str): ``"fft"``, ``"dft"`` (truncated DFT as GEMMs) or ``"auto"``
             (:func:`choose_path` per input size). Default: ``"auto"``.
         device, dtype: where and in which dtype to create the parameters.
@@ -133,7 +134,7 @@ class SpectralConv(reference.SpectralConv):
     ``[batch, out_channels, *spatial]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, modes, dim: int = 1, *, backend: str = "torch",
+    def __init__(self, in_channels: int, out_channels: int, modes, dim: int = 1, *, backend: str = "auto",
                  path: str = "auto", device=None, dtype=None):
         super().__init__(in_channels, out_channels, modes, dim, device=device, dtype=dtype)
         self.backend = check_choice("backend", backend, BACKENDS)
@@ -227,7 +228,7 @@ class FNO(reference.FNO):
     parameters and shapes as :class:`pigeon.reference.FNO`, plus ``backend`` and ``path``
     of :class:`SpectralConv`, which every block receives."""
 
-    def __init__(self, *args, backend: str = "torch", path: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", path: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         for t, spectral in enumerate(self.spectral):
             # Built on the meta device and handed the reference block's tensors, so the

@@ -20,19 +20,24 @@ would otherwise write the gathered source rows, relation vectors and messages,
 ``[edges, batch, dim]`` each, to read them back in its other traversals.) Such a value
 still gets a buffer when a GEMM or the program's output reads it.
 
-The layout a traversal walks is chosen per kernel: CSR of its group (node-parallel, no
-atomics) where the graph has one, else edge-parallel COO; ``layout="coo"`` forces
-edge-parallel.
+The layout a traversal walks (:class:`~pigeon.ir.kernel_ir.TraversalLayout`) is chosen per
+kernel: ``layout="csr"`` walks the CSR of its group (node-parallel, no atomics) whatever
+the group; ``layout="coo"`` makes every grouped traversal edge-parallel (atomics for the
+reductions); None (Triton's default) walks the CSR of the destination or the source, which
+the graph memoizes, and runs traversals grouped by another map edge-parallel. A backend
+takes only the layouts it generates (``pigeon.runtime.compiled.TRAVERSAL_LAYOUTS``).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from pigeon.ir.builder import Builder
-from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, DST, EDGE, SRC, Node, Op, Program, Space
+from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, EDGE, Node, Op, Program, Space
 from pigeon.ir.kernel_ir import (
-    Buffer, BufferRole, DenseKernel, GemmKernel, KernelProgram, TraversalKernel,
+    GROUP_CSR_LAYOUTS, SEGMENT_LAYOUTS, Buffer, BufferRole, DenseKernel, GemmKernel, KernelProgram,
+    ReductionSpec, TraversalKernel, TraversalLayout,
 )
 from pigeon.ir.rewrite import copy_node
 
@@ -44,19 +49,16 @@ _RECOMPUTE_OPS = (
     Op.CONCAT, Op.SLICE_LAST, Op.PAD_LAST,
 )
 _RECOMPUTE_LIMIT = 48   # distinct ops in one recomputed value, its operands' included
-_GROUP_LAYOUT = {DST.name: "csr_dst", SRC.name: "csr_src"}
-_SEGMENT_LAYOUT = {
-    "etype": "coo_etype", "compact_src_etype": "compact_src", "compact_dst_etype": "compact_dst",
-    "ntype": "ntype_sorted",
-    "ntype_etype_etype": "ntype_etype",
-    "edge_to_ntype_etype": "ntype_etype_edges",
-    "compact_src_to_ntype_etype": "ntype_etype_compact_src",
-}
+
+
+class _Kind(enum.Enum):
+    TRAVERSAL = "traversal"
+    DENSE = "dense"
 
 
 @dataclass
 class _Region:
-    kind: str                  # "traversal" or "dense"
+    kind: _Kind
     space: Space
     group: object = None       # IndexMap of its reductions, if any
     nodes: list[int] = field(default_factory=list)
@@ -129,8 +131,8 @@ class _Lowering:
         out_node = self.gemm_scatter.get(node.id, node.id)
         out = self.temp(out_node)
         index = node.attr("index")
-        segment_layout = _SEGMENT_LAYOUT.get(index.name) if index is not None else None
-        self.need_layout(segment_layout)
+        segment_layout = SEGMENT_LAYOUTS.get(index.name) if index is not None else None
+        self.need_layout(segment_layout.value if segment_layout is not None else None)
         weight_shape = self.node(node.inputs[1]).type.shape
         self.kernels.append(GemmKernel(
             out=out, a=a, w=w,
@@ -181,7 +183,7 @@ class _Lowering:
     # -- regions -------------------------------------------------------------------------
     def place(self, node: Node) -> None:
         domain, group = self.domain(node)
-        kind = "traversal" if domain in _TRAVERSAL_SPACES else "dense"
+        kind = _Kind.TRAVERSAL if domain in _TRAVERSAL_SPACES else _Kind.DENSE
         region = None
         for r in reversed(self.open):
             if r.kind == kind and r.space == domain and (group is None or r.group in (None, group)):
@@ -202,7 +204,7 @@ class _Lowering:
                         self.close(region)
         if region is not None and region not in self.open:
             region = None  # closed above because it read one of ours
-        if region is not None and kind == "traversal" and self.reads_reduction_across(node, region):
+        if region is not None and kind is _Kind.TRAVERSAL and self.reads_reduction_across(node, region):
             self.close(region)  # a reduced value read through another map needs the pass finished
             region = None
         if region is None:
@@ -257,7 +259,7 @@ class _Lowering:
             node = self.node(i)
             local[i] = copy_node(b, node, tuple(operand(j) for j in node.inputs))
             if node.op is Op.AGGREGATE:
-                reductions.append(f"{node.attr('reduce').value}[{node.attr('index')}]")
+                reductions.append(ReductionSpec(node.attr("reduce"), node.attr("index")))
             softmax = softmax or node.op is Op.SEGMENT_SOFTMAX
             if i not in self.recompute and (i in exported or any(u not in inside for u in self.users[i])):
                 outputs.append(i)
@@ -266,17 +268,20 @@ class _Lowering:
         for i in outputs:
             b.add(Op.OUTPUT, (local[i],), name=self.temp(i))
         body = b.build()
-        if region.kind == "dense":
+        if region.kind is _Kind.DENSE:
             self.kernels.append(DenseKernel(region.space, body))
             return
-        layout = self.traversal_layout(region)
-        self.need_layout(layout if layout != "coo" else None)
-        self.kernels.append(TraversalKernel(region.space, region.group, layout, body, tuple(reductions), softmax))
+        kernel = TraversalKernel(region.space, region.group, self.traversal_layout(region), body,
+                                 tuple(reductions), softmax)
+        self.need_layout(kernel.graph_layout)
+        self.kernels.append(kernel)
 
-    def traversal_layout(self, region: _Region) -> str:
-        if region.group is None or self.layout == "coo":
-            return "coo"
-        return _GROUP_LAYOUT.get(region.group.name, "coo")
+    def traversal_layout(self, region: _Region) -> TraversalLayout:
+        if region.group is None:
+            return TraversalLayout.ROWS
+        if self.layout == "coo" or (self.layout is None and region.group.name not in GROUP_CSR_LAYOUTS):
+            return TraversalLayout.COO
+        return TraversalLayout.CSR
 
     # -- driver --------------------------------------------------------------------------
     def run(self) -> KernelProgram:
@@ -315,7 +320,8 @@ class _Lowering:
 
 
 def lower(program: Program, layout: str | None = None) -> KernelProgram:
-    """Lower an (optimised) level-1 program to level 2; ``layout``: None or ``"coo"``."""
+    """Lower an (optimised) level-1 program to level 2; ``layout``: None, ``"csr"`` or
+    ``"coo"`` (see the module docstring)."""
     if layout not in (None, "csr", "coo"):
         raise ValueError(f"Expected `layout` to be None, 'csr' or 'coo' (got {layout!r})")
     return _Lowering(program, layout).run()

@@ -1,5 +1,6 @@
-"""``pigeon.compile``: a layer function becomes a callable that runs generated kernels,
-forward and backward, inside one ``torch.autograd.Function``.
+"""Compiled layers: a layer function becomes a callable that runs generated kernels,
+forward and backward, inside one ``torch.autograd.Function`` (:func:`pigeon.compile`,
+in :mod:`pigeon.compiler`, makes them).
 
 The pipeline per (shapes, dtype, graph row counts): trace → optimise → differentiate
 the optimised forward → optimise the backward → lower both to level 2 → bind a
@@ -20,9 +21,10 @@ from pigeon.data.graph import HeteroGraph
 from pigeon.frontend.lang import Layer
 from pigeon.ir.autodiff import backward_program, saved_name
 from pigeon.ir.graph_ir import GLOBAL, Program
-from pigeon.ir.kernel_ir import BufferRole, KernelProgram
+from pigeon.ir.kernel_ir import BufferRole, KernelProgram, verify_kernels
 from pigeon.passes import Options, PassContext, RowCounts, optimize
 from pigeon.passes.lower import lower
+from pigeon.runtime.choice import Choice
 from pigeon.runtime.cpu_backend import CpuExecutor
 from pigeon.runtime.torch_backend import TorchExecutor
 
@@ -41,6 +43,24 @@ def _triton_executor(program: KernelProgram, configs: Mapping[str, Any] | None =
 #: Executors by backend name; "auto" picks one per call from the tensors' device.
 EXECUTORS = {"torch": TorchExecutor, "cpu": CpuExecutor, "triton": _triton_executor}
 BACKENDS = (*EXECUTORS, "auto")
+
+#: The traversal layouts each backend has, the first its default. Only Triton has
+#: edge-parallel traversals; its default (None) walks the CSR of the destination or the
+#: source and runs traversals grouped by another map edge-parallel where they allow it.
+TRAVERSAL_LAYOUTS = {"torch": ("csr",), "cpu": ("csr",), "triton": (None, "csr", "coo")}
+
+
+def traversal_layout(backend: str, layout: str | None) -> str | None:
+    """The layout argument of the lowering for ``backend`` when ``layout`` is forced (or
+    None): an error where the backend has no such traversals."""
+    supported = TRAVERSAL_LAYOUTS[backend]
+    if layout is None:
+        return supported[0]
+    if layout not in supported:
+        raise ValueError(f"Expected `layout` to be one the {backend!r} backend has, {[v for v in supported if v]} "
+                         f"(got {layout!r}): layout='coo' forces edge-parallel traversals with atomics, which "
+                         "only backend='triton' generates")
+    return layout
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -63,48 +83,6 @@ def autotune_enabled() -> bool:
     return os.environ.get("PIGEON_AUTOTUNE", "1") != "0"
 
 
-@dataclass(frozen=True)
-class Choice:
-    """How to build one plan: the compiler decisions and the kernels' launch configs
-    (what :func:`pigeon.tune` searches and the tuning cache stores).
-
-    Args:
-        reorder, compact (bool, optional): force linear reordering / compact
-            materialization; None lets the cost model decide. Default None.
-        layout (str, optional): ``"csr"`` or ``"coo"`` traversals; None: CSR where a
-            traversal has a group. Default None.
-        forward, backward (tuple of (str, config) pairs): per kernel name of the
-            forward / backward level-2 program (``"k3"``), a ``CConfig`` (cpu),
-            ``TritonConfig`` or ``GemmConfig`` (triton); kernels not named keep their
-            defaults. Default ().
-
-    Decisions forced in :func:`compile` win over the choice's.
-    """
-
-    reorder: bool | None = None
-    compact: bool | None = None
-    layout: str | None = None
-    forward: tuple[tuple[str, Any], ...] = ()
-    backward: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self):
-        if self.layout not in (None, "csr", "coo"):
-            raise ValueError(f"Expected `layout` to be None, 'csr' or 'coo' (got {self.layout!r})")
-        # Sorted, so equal choices are equal keys whatever order their configs came in.
-        object.__setattr__(self, "forward", tuple(sorted(self.forward, key=lambda p: p[0])))
-        object.__setattr__(self, "backward", tuple(sorted(self.backward, key=lambda p: p[0])))
-
-    def describe(self) -> str:
-        """A one-line label: the decisions that are set, then the configs that are."""
-        parts = [f"{name}={getattr(self, name)}" for name in ("reorder", "compact", "layout")
-                 if getattr(self, name) is not None]
-        for half, short in (("forward", "fwd"), ("backward", "bwd")):
-            for kernel, config in getattr(self, half):
-                fields = ",".join(str(v) for v in vars(config).values())
-                parts.append(f"{short}.{kernel}[{fields}]")
-        return " ".join(parts) or "default"
-
-
 def _executor(backend: str, program: KernelProgram, configs: tuple[tuple[str, Any], ...]):
     if not configs:
         return EXECUTORS[backend](program)
@@ -112,6 +90,12 @@ def _executor(backend: str, program: KernelProgram, configs: tuple[tuple[str, An
         raise ValueError(f"Expected no kernel configs for backend='torch', which generates no kernels "
                          f"(got configs for {[name for name, _ in configs]})")
     return EXECUTORS[backend](program, dict(configs))
+
+
+#: How a compiled layer asks for a tuned choice: ``lookup(compiled, graph, tensors,
+#: backend, dtype, mode)`` returns the stored :class:`Choice` or None. The tuning cache
+#: provides one (:func:`pigeon.tune.cache.cached_choice`); the runtime imports no tuner.
+ChoiceLookup = Callable[["Compiled", HeteroGraph, Mapping[str, torch.Tensor], str, torch.dtype, str], "Choice | None"]
 
 
 @dataclass
@@ -156,12 +140,14 @@ class Compiled:
     """A compiled layer: call it as ``fn(graph, **tensors)`` with inputs and parameters by
     name (see :func:`compile`)."""
 
-    def __init__(self, layer: Layer, backend: str, options: Options, layout: str | None, config: dict):
+    def __init__(self, layer: Layer, backend: str, options: Options, layout: str | None, config: dict,
+                 lookup: ChoiceLookup | None = None):
         if not isinstance(layer, Layer):
             raise TypeError(f"Expected `layer` to be a function decorated with @pigeon.layer (got {type(layer).__name__})")
         if backend not in BACKENDS:
             raise ValueError(f"Expected `backend` to be one of {list(BACKENDS)} (got {backend!r})")
         self.layer, self.backend, self.options, self.layout, self.config = layer, backend, options, layout, config
+        self.lookup = lookup
         # Shapes and backend -> [(row counts the passes read, plan)]: a plan is reused for
         # any graph that agrees on the counts its decisions depended on.
         self._plans: dict[tuple, list[tuple[tuple, Plan]]] = {}
@@ -209,10 +195,11 @@ class Compiled:
         """The cached plan for these shapes and this graph's row counts (built on a miss).
 
         ``choice`` builds it with those decisions and kernel configs; None asks the
-        tuning cache (:mod:`pigeon.tune.cache`) for a tuned choice for this program,
-        graph, dtype and mode (training when gradients are on and a tensor requires
-        them) and uses the cost model's defaults on a miss, or always when
-        ``PIGEON_AUTOTUNE=0``. Nothing is tuned here: :func:`pigeon.tune` fills the cache.
+        layer's tuning lookup (:data:`ChoiceLookup`, the tuning cache's for layers from
+        :func:`pigeon.compile`) for a tuned choice for this program, graph, dtype and mode
+        (training when gradients are on and a tensor requires them) and uses the cost
+        model's defaults on a miss, without a lookup, or always when ``PIGEON_AUTOTUNE=0``.
+        Nothing is tuned here: :func:`pigeon.tune` fills the cache.
         """
         inputs, params = self._shapes(graph, tensors)
         backend = resolve_backend(self.backend, graph.device)
@@ -243,23 +230,20 @@ class Compiled:
 
     def _cached_choice(self, inputs: dict, params: dict, graph: HeteroGraph, tensors: dict[str, torch.Tensor],
                        backend: str) -> Choice:
-        from pigeon.tune.cache import TuneCache, tune_key
-
+        if self.lookup is None:
+            return Choice()
         floats = [v for v in tensors.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
         dtype = floats[0].dtype if floats else torch.get_default_dtype()
         mode = "train" if torch.is_grad_enabled() and any(v.requires_grad for v in floats) else "infer"
         memo = self._tuned.setdefault((tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend,
                                        dtype, mode), weakref.WeakKeyDictionary())
         if graph not in memo:
-            cache = TuneCache()
-            # An empty cache needs no key: the graph statistics in it cost a sort per new graph.
-            entry = None
-            if cache.has_entries():
-                traced = self.layer.trace(inputs, params, **self.config)
-                default = self.plan(graph, tensors, Choice())
-                entry = cache.lookup(tune_key(self, traced, default, graph, backend, dtype, mode))
-            memo[graph] = Choice() if entry is None else entry.choice
+            memo[graph] = self.lookup(self, graph, tensors, backend, dtype, mode) or Choice()
         return memo[graph]
+
+    def with_backend(self, backend: str) -> "Compiled":
+        """The same layer, options and tuning lookup, compiled for ``backend``."""
+        return Compiled(self.layer, backend, self.options, self.layout, self.config, self.lookup)
 
     def forget_tuned(self) -> None:
         """Drop the tuning cache's remembered answers, so the next :meth:`plan` reads the
@@ -271,7 +255,7 @@ class Compiled:
         options = replace(self.options,
                           reorder=choice.reorder if self.options.reorder is None else self.options.reorder,
                           compact=choice.compact if self.options.compact is None else self.options.compact)
-        layout = self.layout if self.layout is not None else choice.layout
+        layout = traversal_layout(backend, self.layout if self.layout is not None else choice.layout)
         forward = optimize(traced, ctx, options)
         forward_kernels = lower(forward, layout)
         # Values the forward kernels write to memory anyway are kept for the backward pass
@@ -279,6 +263,9 @@ class Compiled:
         written = frozenset(int(b.name[1:]) for b in forward_kernels.buffers if b.role in (BufferRole.TEMP, BufferRole.OUTPUT))
         backward = optimize(backward_program(forward, written), ctx, options)
         backward_kernels = lower(backward, layout)
+        if options.verify:
+            verify_kernels(forward_kernels)
+            verify_kernels(backward_kernels)
         readers = backward.users()
         used = {n.attr("name") for n in backward.inputs() if readers[n.id]}
         saved = tuple((f"%{i}", saved_name(i)) for i in sorted(written) if saved_name(i) in used)
@@ -307,30 +294,3 @@ class Compiled:
         outputs = _Apply.apply(plan, graph, names, dtype, *(tensors[n] for n in names))
         names_out = [n.attr("name") for n in plan.forward.outputs()]
         return outputs[0] if names_out == ["out"] else dict(zip(names_out, outputs))
-
-
-def compile(layer: Layer, *, backend: str = "torch", reorder: bool | None = None, compact: bool | None = None,
-            layout: str | None = None, verify: bool | None = None, disable: tuple[str, ...] = (),
-            **config: Any) -> Compiled:
-    """Compile a ``@pigeon.layer`` function.
-
-    Args:
-        layer: the layer function.
-        backend (str): ``"torch"`` (the unfused torch lowering), ``"cpu"`` (generated C with
-            OpenMP), ``"triton"`` (generated Triton: CUDA tensors, or CPU tensors with
-            ``TRITON_INTERPRET=1``) or ``"auto"`` (``"cpu"`` for CPU tensors, ``"triton"``
-            for CUDA tensors). Default: ``"torch"``.
-        reorder, compact (bool, optional): force linear reordering / compact
-            materialization on or off; None lets the cost model decide per graph.
-        layout (str, optional): ``"coo"`` forces edge-parallel traversals.
-        verify (bool, optional): verify the IR after every pass. Default: on when the
-            ``PIGEON_VERIFY`` environment variable is set (the test suite sets it).
-        disable (tuple of str): passes to skip, e.g. ``("cse",)``.
-        **config: the layer's keyword-only configuration (e.g. ``heads=2``).
-
-    Returns a callable ``fn(graph, **tensors)`` giving the layer's output (a dict when the
-    layer returns several).
-    """
-    verify_flag = {} if verify is None else {"verify": verify}
-    options = Options(reorder, compact, disable=frozenset(disable), **verify_flag)
-    return Compiled(layer, backend, options, layout, config)

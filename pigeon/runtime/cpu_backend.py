@@ -16,7 +16,7 @@ type on average), types of equal size (one batched matmul) and untyped GEMMs sta
 torch's BLAS, which is faster there; so do dense kernels.
 
 Graph-side arrays the kernels read (int64 index maps, the CSR of each group) come from
-the torch backend's per-graph cache (:class:`~pigeon.runtime.torch_backend.GraphIndex`).
+the per-graph cache every backend shares (:class:`~pigeon.runtime.graph_index.GraphIndex`).
 """
 
 from __future__ import annotations
@@ -32,14 +32,16 @@ from typing import Mapping
 
 import torch
 
-import pigeon
 from pigeon.codegen.c import (GEMM_BLOCK_ROWS, CConfig, CGemm, CKernel, gemm_supported, render_gemm,
                               render_library, render_traversal)
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import Op
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel
+from pigeon.paths import cache_dir
+from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import run, space_size
 from pigeon.runtime.torch_backend import TorchExecutor
+from pigeon.version import __version__
 
 SPLIT_BLOCK_ROWS = 256      # rows per block of a traversal split over few groups
 C_GEMM_MAX_AVG_ROWS = 8192   # above this, per-type BLAS calls amortise their overhead
@@ -50,13 +52,6 @@ _REAL = {torch.float32: "float", torch.float64: "double"}
 
 class CompilerError(RuntimeError):
     """The C compiler failed or is missing."""
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("PIGEON_CACHE_DIR")
-    path = Path(root) if root else Path.home() / ".cache" / "pigeon"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _compiler() -> str:
@@ -111,6 +106,7 @@ class CpuExecutor:
     def __init__(self, program: KernelProgram, configs: Mapping[str, CConfig] | None = None):
         self.program = program
         self.gemms = TorchExecutor(program)
+        self.index = GRAPH_INDEX
         configs = dict(configs or {})
         names = {f"k{i}": i for i, k in enumerate(program.kernels) if isinstance(k, TraversalKernel)}
         for name, config in configs.items():
@@ -132,7 +128,7 @@ class CpuExecutor:
         """The C file this program compiles to for ``dtype``."""
         if dtype not in _REAL:
             raise ValueError(f"backend='cpu' supports float32 and float64 tensors (got {dtype})")
-        return render_library(list(self.rendered.values()), _REAL[dtype], pigeon.__version__)
+        return render_library(list(self.rendered.values()), _REAL[dtype], __version__)
 
     def library(self, dtype: torch.dtype) -> ctypes.CDLL:
         if dtype not in self._libraries:
@@ -147,7 +143,7 @@ class CpuExecutor:
         outputs = {n.attr("name"): n for n in traversal.body.nodes if n.op is Op.OUTPUT}
         pointers, keep = [], []
         if kernel.group is not None:
-            rowptr, perm = self.gemms.index.group_csr(graph, kernel.group)
+            rowptr, perm = self.index.group_csr(graph, kernel.group)
             size = rowptr.numel() - 1
         else:
             size = graph_rows(graph, traversal)
@@ -157,15 +153,15 @@ class CpuExecutor:
             elif kind == "perm":
                 tensor = perm
             elif kind == "index":
-                tensor = self.gemms.index.index(graph, key)[0]
+                tensor = self.index.index(graph, key)[0]
             elif kind == "index_sorted":
-                tensor = self.gemms.index.sorted_index(graph, kernel.group, key)
+                tensor = self.index.sorted_index(graph, kernel.group, key)
             elif kind == "blocks":
-                tensor = self.gemms.index.group_blocks(graph, key, SPLIT_BLOCK_ROWS)
+                tensor = self.index.group_blocks(graph, key, SPLIT_BLOCK_ROWS)
             elif kind == "partial":
                 tensor = torch.zeros(torch.get_num_threads() * size * key, dtype=dtype)
             elif kind == "scratch":
-                tensor = torch.empty(torch.get_num_threads() * self.gemms.index.largest(graph, kernel.group) * key,
+                tensor = torch.empty(torch.get_num_threads() * self.index.largest(graph, kernel.group) * key,
                                      dtype=dtype)
             elif key in outputs:
                 node = outputs[key]
@@ -180,10 +176,10 @@ class CpuExecutor:
             pointers.append(tensor.data_ptr())
         args = (ctypes.c_void_p * len(pointers))(*pointers)
         if kernel.split:
-            blocks = self.gemms.index.group_blocks(graph, kernel.group, SPLIT_BLOCK_ROWS).shape[0]
+            blocks = self.index.group_blocks(graph, kernel.group, SPLIT_BLOCK_ROWS).shape[0]
             sizes = (ctypes.c_int64 * 3)(size, blocks, torch.get_num_threads())
         elif kernel.scratch:
-            sizes = (ctypes.c_int64 * 3)(size, self.gemms.index.largest(graph, kernel.group), torch.get_num_threads())
+            sizes = (ctypes.c_int64 * 3)(size, self.index.largest(graph, kernel.group), torch.get_num_threads())
         else:
             sizes = (ctypes.c_int64 * 1)(size)
         getattr(library, kernel.name)(args, sizes)
@@ -192,7 +188,7 @@ class CpuExecutor:
               dtype: torch.dtype) -> torch.Tensor | None:
         """One typed GEMM through its C kernel; None where torch's BLAS is the faster
         choice for this graph (see the module's notes)."""
-        index = self.gemms.index
+        index = self.index
         perm, bounds = index.segments(graph, k.segment, k.layout)
         types = len(bounds) - 1
         used, uniform = index.segment_profile(graph, k.segment, k.layout)

@@ -273,7 +273,7 @@ def adversarial_loss(scores: torch.Tensor, answers: torch.Tensor, true_mask: tor
 
 def build_model(config: NBFNetConfig, num_relations: int):
     """``pigeon.nn.NBFNet`` for ``config``."""
-    from pigeon import nn as pnn
+    import pigeon.nn as pnn
 
     return pnn.NBFNet(num_relations, config.dim, config.num_layers, message=config.message,
                       aggregate=config.aggregate, dependent=config.dependent, backend=config.backend)

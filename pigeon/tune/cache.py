@@ -32,13 +32,17 @@ from typing import Any
 
 import torch
 
-import pigeon
+from pigeon.codegen.c import CConfig
+from pigeon.codegen.triton import TritonConfig
+from pigeon.codegen.triton_gemm import GemmConfig
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir import format_program
 from pigeon.ir.graph_ir import Program
 from pigeon.ir.kernel_ir import format_kernel_program
-from pigeon.runtime.compiled import Choice, Compiled, Plan
-from pigeon.runtime.cpu_backend import cache_dir
+from pigeon.paths import cache_dir
+from pigeon.runtime.choice import Choice
+from pigeon.runtime.compiled import Compiled, Plan
+from pigeon.version import __version__
 
 #: Bumped when the entry layout changes: older files then read as stale.
 FORMAT = 1
@@ -73,7 +77,7 @@ def device_name(device: torch.device) -> str:
 def template_hash() -> str:
     """Hash of the kernel templates and the code that renders them: a change to either
     may change what a config means."""
-    root = Path(pigeon.__file__).parent
+    root = Path(__file__).resolve().parent.parent
     files = sorted([*(root / "kernels").glob("*.jinja"), *(root / "codegen").glob("*.py")])
     digest = hashlib.sha256()
     for path in files:
@@ -128,7 +132,7 @@ def tune_key(compiled: Compiled, traced: Program, default: Plan, graph: HeteroGr
     }
     where = {
         "format": FORMAT,
-        "pigeon": pigeon.__version__,
+        "pigeon": __version__,
         "torch": torch.__version__,
         "triton": _version("triton"),
         "device": device_name(graph.device),
@@ -140,15 +144,7 @@ def tune_key(compiled: Compiled, traced: Program, default: Plan, graph: HeteroGr
 # ---- choices as JSON -------------------------------------------------------------------
 
 def _config_types() -> dict[str, type]:
-    from pigeon.codegen.c import CConfig
-    from pigeon.codegen.triton import TritonConfig
-
-    types = {"CConfig": CConfig, "TritonConfig": TritonConfig}
-    if _version("triton") != "none":
-        from pigeon.codegen.triton_gemm import GemmConfig
-
-        types["GemmConfig"] = GemmConfig
-    return types
+    return {"CConfig": CConfig, "TritonConfig": TritonConfig, "GemmConfig": GemmConfig}
 
 
 def choice_to_json(choice: Choice) -> dict[str, Any]:
@@ -199,7 +195,7 @@ class TuneCache:
     cache is made, so a test can point it elsewhere)."""
 
     def __init__(self, root: Path | str | None = None):
-        self.root = Path(root) if root is not None else cache_dir() / "tune"
+        self.root = Path(root) if root is not None else cache_dir("tune")
 
     def path(self, key: dict[str, dict[str, Any]]) -> Path:
         what = json.dumps(key["what"], sort_keys=True)
@@ -272,3 +268,18 @@ class TuneCache:
             path.unlink()
             removed += 1
         return removed
+
+
+def cached_choice(compiled: Compiled, graph: HeteroGraph, tensors, backend: str, dtype: torch.dtype,
+                  mode: str) -> Choice | None:
+    """The tuned choice stored for this layer, graph, backend, dtype and mode, or None: the
+    :data:`~pigeon.runtime.compiled.ChoiceLookup` that :func:`pigeon.compile` gives its
+    layers (compiled layers remember the answer per graph)."""
+    cache = TuneCache()
+    # An empty cache needs no key: the graph statistics in it cost a sort per new graph.
+    if not cache.has_entries():
+        return None
+    traced, _ = compiled.trace(graph, tensors)
+    default = compiled.plan(graph, tensors, Choice())
+    entry = cache.lookup(tune_key(compiled, traced, default, graph, backend, dtype, mode))
+    return None if entry is None else entry.choice

@@ -73,7 +73,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return show(cache)
     if args.model is None:
         raise SystemExit("pigeon tune: give a MODEL to tune (one of rgcn, rgat, hgt), or --show / --clear")
-    from pigeon.cli import _example_layer
+    from pigeon.nn.examples import example_layer
     from pigeon.data import load
     from pigeon.tune import tune
 
@@ -81,7 +81,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise SystemExit("pigeon tune: --device cuda needs a CUDA device, and torch sees none")
     graph = load(args.dataset, scale=args.scale, seed=0).graph.to(args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    module, tensors = _example_layer(args.model, graph, args.dim, args.heads, backend=args.backend)
+    module, tensors = example_layer(args.model, graph, args.dim, args.heads, backend=args.backend)
     module = module.to(args.device, dtype)
     tensors["x"] = tensors["x"].to(args.device)
     print(f"pigeon tune: {args.model} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "

@@ -20,7 +20,8 @@ import torch
 
 from pigeon.codegen.templates import CodegenError
 from pigeon.data.graph import HeteroGraph
-from pigeon.runtime.compiled import Choice, Compiled
+from pigeon.runtime.choice import Choice
+from pigeon.runtime.compiled import Compiled
 from pigeon.runtime.cpu_backend import CompilerError
 
 Timer = Callable[[Callable[[], object]], float]

@@ -25,9 +25,10 @@ from pigeon.codegen.triton import TritonConfig, pad, traversal_mode
 from pigeon.codegen.triton import default_config as triton_default
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, KernelProgram, TraversalKernel, format_kernel_program
-from pigeon.runtime.compiled import Choice, Compiled
+from pigeon.runtime.choice import Choice
+from pigeon.runtime.compiled import TRAVERSAL_LAYOUTS, Compiled, resolve_backend
 from pigeon.runtime.interpret import space_size
-from pigeon.runtime.torch_backend import _GRAPH_INDEX
+from pigeon.runtime.graph_index import GRAPH_INDEX
 
 Keep = Callable[[Any], bool]
 
@@ -129,7 +130,7 @@ def kernel_spaces(program: KernelProgram, half: str, backend: str, graph: Hetero
         name = f"k{i}"
         what = kernel.describe().splitlines()[0]
         if backend == "cpu" and isinstance(kernel, TraversalKernel):
-            rows = (_GRAPH_INDEX.group_csr(graph, kernel.group)[0].numel() - 1 if kernel.group is not None
+            rows = (GRAPH_INDEX.group_csr(graph, kernel.group)[0].numel() - 1 if kernel.group is not None
                     else space_size(graph, kernel.domain))
             candidates = c_space(kernel, rows, keep)
         elif backend == "triton" and isinstance(kernel, (TraversalKernel, DenseKernel)):
@@ -137,7 +138,7 @@ def kernel_spaces(program: KernelProgram, half: str, backend: str, graph: Hetero
             rows = space_size(graph, domain)
             longest = 1
             if isinstance(kernel, TraversalKernel) and kernel.group is not None:
-                counts = _GRAPH_INDEX.counts(graph, kernel.group)
+                counts = GRAPH_INDEX.counts(graph, kernel.group)
                 longest = int(counts.max()) if counts.numel() else 1
             candidates = triton_space(kernel, rows, longest, keep)
         elif backend == "triton" and isinstance(kernel, GemmKernel):
@@ -170,7 +171,8 @@ def program_variants(compiled: Compiled, graph: HeteroGraph, tensors: dict[str, 
     options = compiled.options
     reorders = [options.reorder] if options.reorder is not None else [False, True]
     compacts = [options.compact] if options.compact is not None else [False, True]
-    layouts = [compiled.layout] if compiled.layout is not None else ["csr", "coo"]
+    backend = resolve_backend(compiled.backend, graph.device)
+    layouts = [compiled.layout] if compiled.layout is not None else [v for v in TRAVERSAL_LAYOUTS[backend] if v]
     variants, seen = [], set()
     for choice in [Choice(), *(Choice(r, c, lay) for r, c, lay in itertools.product(reorders, compacts, layouts))]:
         programs = _programs(compiled, graph, tensors, mode, choice)

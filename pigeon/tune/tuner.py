@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 
 from pigeon.data.graph import HeteroGraph
-from pigeon.runtime.compiled import Choice, Compiled, resolve_backend
+from pigeon.runtime.choice import Choice
+from pigeon.runtime.compiled import Compiled, resolve_backend
 from pigeon.tune.cache import TuneCache, tune_key
 from pigeon.tune.measure import CandidateFailed, Timer, Workload, default_timer
 from pigeon.tune.space import Keep, KernelSpace, kernel_spaces, program_variants
@@ -192,10 +193,10 @@ class TuneResult:
 
 
 def _target(target, x) -> tuple[Compiled, dict[str, torch.Tensor]]:
-    """The compiled layer and its tensors for a ``pigeon.nn`` module or a compiled layer."""
-    from pigeon import nn as pnn
-
-    if isinstance(target, (pnn.RGCN, pnn.RGAT, pnn.HGT)):
+    """The compiled layer and its tensors for a ``pigeon.nn`` module (a module whose
+    ``compiled`` attribute is a compiled layer taking ``x`` and its parameters) or a
+    compiled layer."""
+    if isinstance(target, torch.nn.Module) and isinstance(getattr(target, "compiled", None), Compiled):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"Expected `x` to be the node features, a tensor (got {type(x).__name__})")
         return target.compiled, {"x": x, **dict(target.named_parameters())}
@@ -251,7 +252,7 @@ def tune(module_or_layer, graph: HeteroGraph, x, *, mode: str = "train", budget_
     backend = resolve_backend(backend or target.backend, graph.device)
     compiled = target
     if backend != target.backend:
-        compiled = Compiled(target.layer, backend, target.options, target.layout, target.config)
+        compiled = target.with_backend(backend)
     started = time.monotonic()
     work = Workload(compiled, graph, tensors, mode)
     timer = timer or default_timer(graph.device)
