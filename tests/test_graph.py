@@ -173,3 +173,39 @@ def test_layouts_are_built_once_and_travel_with_to():
     assert all(t.device.type == "meta" for t in moved.csr_dst)
     assert g.to("cpu") is g
     assert set(LAYOUTS) >= set(moved.computed_layouts())
+
+
+# ---- blocks --------------------------------------------------------------------------
+
+def test_a_block_has_its_destinations_first_and_layouts_sized_by_them():
+    src = torch.tensor([4, 0, 3, 2, 2, 1])
+    dst = torch.tensor([0, 0, 1, 1, 2, 2])
+    g = pigeon.HeteroGraph(src, dst, torch.tensor([0, 1, 1, 0, 1, 0]), num_nodes=5,
+                           ntype=torch.tensor([1, 0, 1, 0, 1]), num_dst_nodes=3)
+    assert g.is_block and (g.num_src_nodes, g.num_dst_nodes, g.num_nodes) == (5, 3, 5)
+    assert "num_dst_nodes=3" in repr(g)
+    assert g.csr_dst.rowptr.tolist() == [0, 2, 4, 6]           # one row per destination
+    assert g.csr_src.rowptr.numel() == 6                       # one row per source
+    assert g.in_degree().tolist() == [2, 2, 2]
+    assert g.dst_ntype.tolist() == [1, 0, 1]
+    segments = g.dst_ntype_sorted
+    assert segments.ptr.tolist() == [0, 1, 3] and segments.perm.tolist() == [1, 0, 2]
+    assert g.compact_dst.node.max() < 3
+    moved = g.to("cpu")
+    assert moved.num_dst_nodes == 3
+    plain = pigeon.HeteroGraph(src, torch.tensor([0, 0, 1, 1, 4, 2]), num_nodes=5)
+    assert not plain.is_block and plain.num_dst_nodes == 5
+    assert plain.dst_ntype_sorted is plain.ntype_sorted
+
+
+def test_block_arguments_are_checked():
+    src, dst = torch.tensor([3, 2]), torch.tensor([0, 2])
+    with pytest.raises(ValueError, match=r"Expected every id in `dst` to be < num_dst_nodes=2.*\(got 2\)"):
+        pigeon.HeteroGraph(src, dst, num_nodes=4, num_dst_nodes=2)
+    with pytest.raises(ValueError, match=r"Expected `num_dst_nodes` to be at most num_nodes=4.*\(got 5\)"):
+        pigeon.HeteroGraph(src, dst, num_nodes=4, num_dst_nodes=5)
+    with pytest.raises(ValueError, match="Expected `num_dst_nodes` to be an int"):
+        pigeon.HeteroGraph(src, dst, num_nodes=4, num_dst_nodes=2.5)
+    block = pigeon.HeteroGraph(src, dst, num_nodes=4, num_dst_nodes=3)
+    with pytest.raises(ValueError, match="Expected a plain graph for `with_reverse_edges`"):
+        block.with_reverse_edges()

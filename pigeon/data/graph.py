@@ -5,6 +5,12 @@ A :class:`HeteroGraph` is a list of typed edges ``(src[i], dst[i], etype[i])`` o
 types share one id space (as in DGL's ``to_homogeneous``); the ``ntype`` vector
 says which type each node has.
 
+A graph may be a *block* (bipartite, DGL's convention for sampled mini-batches): its
+first ``num_dst_nodes`` nodes are the destinations, every edge ends in one of them,
+and all ``num_nodes`` nodes (``num_src_nodes``) may be sources. Node inputs of a layer
+have ``num_src_nodes`` rows and its outputs ``num_dst_nodes``. A plain graph is the
+block whose destinations are all its nodes.
+
 Kernels never read the raw edge list: they read *layouts* derived from it (CSR by
 destination, CSR by source, COO sorted by edge type, the compact maps, the
 (node type, edge type) pairs). Each
@@ -167,6 +173,7 @@ class GraphStats:
     num_edges: int
     num_etypes: int
     num_ntypes: int
+    num_dst_nodes: int
     compact_src_rows: int
     compact_dst_rows: int
     max_in_degree: int
@@ -178,8 +185,8 @@ class GraphStats:
 
 
 LAYOUTS = (
-    "csr_dst", "csr_src", "coo_etype", "compact_src", "compact_dst", "ntype_sorted", "in_degree", "out_degree",
-    "ntype_etype", "ntype_etype_edges", "ntype_etype_compact_src",
+    "csr_dst", "csr_src", "coo_etype", "compact_src", "compact_dst", "ntype_sorted", "dst_ntype_sorted",
+    "in_degree", "out_degree", "ntype_etype", "ntype_etype_edges", "ntype_etype_compact_src",
 )
 
 
@@ -202,6 +209,9 @@ class HeteroGraph:
         etype_names (sequence, optional): a name per edge type; a name may be a
             ``(src_type, relation, dst_type)`` triple as in DGL and PyG.
         ntype_names (sequence of str, optional): a name per node type.
+        num_dst_nodes (int, optional): make the graph a block whose destinations are
+            nodes ``0 .. num_dst_nodes - 1`` (every ``dst`` must be below it); the
+            sources are all ``num_nodes`` nodes. Defaults to ``num_nodes`` (a plain graph).
 
     Isolated nodes, self-loops, repeated edges and empty relations are all valid.
     """
@@ -218,6 +228,7 @@ class HeteroGraph:
         num_ntypes: int | None = None,
         etype_names: Sequence | None = None,
         ntype_names: Sequence[str] | None = None,
+        num_dst_nodes: int | None = None,
     ):
         src = _check_index_tensor("src", src)
         dst = _check_index_tensor("dst", dst, src.numel())
@@ -238,6 +249,13 @@ class HeteroGraph:
                 raise ValueError(
                     f"Expected every id in `{name}` to be < num_nodes={num_nodes} (got {int(ids.max())})"
                 )
+        num_dst_nodes = num_nodes if num_dst_nodes is None else _check_count("num_dst_nodes", num_dst_nodes, 0)
+        if num_dst_nodes > num_nodes:
+            raise ValueError(f"Expected `num_dst_nodes` to be at most num_nodes={num_nodes}: the destinations "
+                             f"of a block are a prefix of its source nodes (got {num_dst_nodes})")
+        if num_dst_nodes < num_nodes and dst.numel() and int(dst.max()) >= num_dst_nodes:
+            raise ValueError(f"Expected every id in `dst` to be < num_dst_nodes={num_dst_nodes}, the "
+                             f"destinations of the block (got {int(dst.max())})")
         if ntype is None:
             ntype = torch.zeros(num_nodes, dtype=torch.int64, device=src.device)
         elif ntype.numel() != num_nodes:
@@ -250,6 +268,7 @@ class HeteroGraph:
 
         self.src, self.dst, self.etype, self.ntype = src, dst, etype, ntype
         self._num_nodes = num_nodes
+        self._num_dst_nodes = num_dst_nodes
         self._layouts: dict[str, object] = {}
 
     @staticmethod
@@ -268,6 +287,21 @@ class HeteroGraph:
     @property
     def num_nodes(self) -> int:
         return self._num_nodes
+
+    @property
+    def num_src_nodes(self) -> int:
+        """Nodes that may be sources: all of them (DGL's name, for blocks)."""
+        return self._num_nodes
+
+    @property
+    def num_dst_nodes(self) -> int:
+        """Nodes that may be destinations: ``0 .. num_dst_nodes - 1`` (all nodes but in a block)."""
+        return self._num_dst_nodes
+
+    @property
+    def is_block(self) -> bool:
+        """Whether some source nodes are no destination (a sampled mini-batch block)."""
+        return self._num_dst_nodes < self._num_nodes
 
     @property
     def num_edges(self) -> int:
@@ -291,8 +325,9 @@ class HeteroGraph:
         return index_dtype(self.num_nodes, self.num_edges, self.num_nodes * self.num_etypes)
 
     def __repr__(self) -> str:
+        dst = f", num_dst_nodes={self.num_dst_nodes}" if self.is_block else ""
         return (
-            f"HeteroGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
+            f"HeteroGraph(num_nodes={self.num_nodes}{dst}, num_edges={self.num_edges}, "
             f"num_etypes={self.num_etypes}, num_ntypes={self.num_ntypes}, device={self.device})"
         )
 
@@ -342,12 +377,22 @@ class HeteroGraph:
         return self.layout("ntype_sorted")
 
     @property
+    def dst_ntype_sorted(self) -> Segments:
+        """Destination nodes grouped by node type (per-node-type GEMMs on destination rows)."""
+        return self.layout("dst_ntype_sorted")
+
+    @property
+    def dst_ntype(self) -> torch.Tensor:
+        """The node type of every destination node."""
+        return self.ntype[: self.num_dst_nodes]
+
+    @property
     def ntype_etype(self) -> TypePairs:
         """The (source node type, edge type) pairs present, and each edge's and compact row's pair."""
         return self.layout("ntype_etype")
 
     def in_degree(self) -> torch.Tensor:
-        """In-degree of every node over all relations (int64)."""
+        """In-degree of every destination node over all relations (int64, ``num_dst_nodes``)."""
         return self.layout("in_degree")
 
     def out_degree(self) -> torch.Tensor:
@@ -359,20 +404,20 @@ class HeteroGraph:
         key = major if minor is None else major * minor_size + minor
         return torch.sort(key, stable=True).indices
 
-    def _csr(self, rows: torch.Tensor, cols: torch.Tensor) -> CSR:
+    def _csr(self, rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> CSR:
         dtype = self.index_dtype
         perm = self._sorted_by(rows, None, 0)
         return CSR(
-            rowptr=_rowptr(rows, self.num_nodes, dtype),
+            rowptr=_rowptr(rows, num_rows, dtype),
             col=cols[perm].to(dtype),
             eid=perm.to(dtype),
         )
 
     def _build_csr_dst(self) -> CSR:
-        return self._csr(self.dst, self.src)
+        return self._csr(self.dst, self.src, self.num_dst_nodes)
 
     def _build_csr_src(self) -> CSR:
-        return self._csr(self.src, self.dst)
+        return self._csr(self.src, self.dst, self.num_nodes)
 
     def _build_coo_etype(self) -> SortedCOO:
         dtype = self.index_dtype
@@ -403,10 +448,18 @@ class HeteroGraph:
     def _build_compact_dst(self) -> CompactMap:
         return self._compact(self.dst)
 
-    def _build_ntype_sorted(self) -> Segments:
+    def _type_segments(self, types: torch.Tensor) -> Segments:
         dtype = self.index_dtype
-        perm = self._sorted_by(self.ntype, None, 0)
-        return Segments(perm=perm.to(dtype), ptr=_rowptr(self.ntype, self.num_ntypes, dtype))
+        perm = self._sorted_by(types, None, 0)
+        return Segments(perm=perm.to(dtype), ptr=_rowptr(types, self.num_ntypes, dtype))
+
+    def _build_ntype_sorted(self) -> Segments:
+        return self._type_segments(self.ntype)
+
+    def _build_dst_ntype_sorted(self) -> Segments:
+        if not self.is_block:
+            return self.ntype_sorted
+        return self._type_segments(self.dst_ntype)
 
     def _build_ntype_etype(self) -> TypePairs:
         dtype = self.index_dtype
@@ -438,7 +491,7 @@ class HeteroGraph:
         return self._pair_segments(self.ntype_etype.compact_src_row)
 
     def _build_in_degree(self) -> torch.Tensor:
-        return torch.bincount(self.dst, minlength=self.num_nodes)
+        return torch.bincount(self.dst, minlength=self.num_dst_nodes)
 
     def _build_out_degree(self) -> torch.Tensor:
         return torch.bincount(self.src, minlength=self.num_nodes)
@@ -451,6 +504,7 @@ class HeteroGraph:
             num_edges=self.num_edges,
             num_etypes=self.num_etypes,
             num_ntypes=self.num_ntypes,
+            num_dst_nodes=self.num_dst_nodes,
             compact_src_rows=self.compact_src.num_rows,
             compact_dst_rows=self.compact_dst.num_rows,
             max_in_degree=int(in_deg.max()) if in_deg.numel() else 0,
@@ -467,6 +521,9 @@ class HeteroGraph:
         (names are dropped when ``R`` differs from ``self.num_etypes``). This is the
         inverse-relation convention of R-GCN and NBFNet.
         """
+        if self.is_block:
+            raise ValueError("Expected a plain graph for `with_reverse_edges` (got a block: the reverse of an "
+                             "edge into a destination starts at a destination and may end at any source)")
         num_rel = self.num_etypes if num_relations is None else num_relations
         if num_rel < self.num_etypes:
             raise ValueError(f"Expected `num_relations` to be at least graph.num_etypes={self.num_etypes} "
