@@ -100,10 +100,11 @@ def test_linear_reordering_folds_the_attention_vector_into_the_weight():
     # The destination side: the per-edge [8 x 8] product is gone; a per-type [8 x 2] weight remains.
     _lines_in_order(text, [
         '= param "att_dst" : etype[2x4]',
-        "%7 = gather[dst] %0 : edge[8]",
-        "%10 = reshape %1 {shape=(8, 2, 4)} : etype[8x2x4]",
-        "%11 = dot %10, %3 : etype[8x2]",
-        "%13 = typed_linear[etype] %7, %12 : edge[2]",
+        "%7 = gather[node_of_dst] %0 : dst_node[8]",
+        "%8 = gather[dst] %7 : edge[8]",
+        "%11 = reshape %1 {shape=(8, 2, 4)} : etype[8x2x4]",
+        "%12 = dot %11, %3 : etype[8x2]",
+        "%14 = typed_linear[etype] %8, %13 : edge[2]",
     ])
     assert text.count("typed_linear") == 2  # the source product stays: messages need it
     before, after = program_cost(program, rows), program_cost(reordered, rows)
@@ -165,32 +166,35 @@ def test_chain_reordering_folds_the_hgt_key_weight_per_type_pair():
         '%1 = param "k_weight" : ntype[4x16]',
         '%5 = param "rel_att" : etype[2x8x8]',
         '%8 = param "k_bias" : ntype[16]',
-        "%16 = gather[compact_src_node] %0 : compact_src[4]",
+        "%12 = gather[compact_src_node] %0 : compact_src[4]",
         # K_tau W_att,r once per (source node type, edge type) pair, head by head.
-        "%18 = slice_last %1 {start=0, stop=8} : ntype[4x8]",
-        "%21 = gather[ntype_etype_ntype] %18 : ntype_etype[4x8]",
-        "%22 = typed_linear[ntype_etype_etype] %21, %20 : ntype_etype[4x8]",
-        "%23 = slice_last %1 {start=8, stop=16} : ntype[4x8]",
-        "%27 = typed_linear[ntype_etype_etype] %26, %25 : ntype_etype[4x8]",
-        "%28 = concat %22, %27 : ntype_etype[4x16]",
+        "%14 = slice_last %1 {start=0, stop=8} : ntype[4x8]",
+        "%17 = gather[ntype_etype_ntype] %14 : ntype_etype[4x8]",
+        "%18 = typed_linear[ntype_etype_etype] %17, %16 : ntype_etype[4x8]",
+        "%19 = slice_last %1 {start=8, stop=16} : ntype[4x8]",
+        "%23 = typed_linear[ntype_etype_etype] %22, %21 : ntype_etype[4x8]",
+        "%24 = concat %18, %23 : ntype_etype[4x16]",
         # The key per compact row straight from x: [4 x 16] instead of [16] then [8 x 8] per head.
-        "%29 = typed_linear[compact_src_to_ntype_etype] %16, %28 : compact_src[16]",
-        "%30 = reshape %29 {shape=(2, 8)} : compact_src[2x8]",
+        "%25 = typed_linear[compact_src_to_ntype_etype] %12, %24 : compact_src[16]",
+        "%26 = reshape %25 {shape=(2, 8)} : compact_src[2x8]",
         # bK_tau W_att,r, also per pair.
-        "%31 = reshape %8 {shape=(2, 8)} : ntype[2x8]",
-        "%32 = gather[ntype_etype_ntype] %31 : ntype_etype[2x8]",
-        "%33 = typed_linear[ntype_etype_etype] %32, %5 : ntype_etype[2x8]",
-        "%34 = gather[compact_src_to_ntype_etype] %33 : compact_src[2x8]",
-        "%35 = binary.add %30, %34 : compact_src[2x8]",
-        "%36 = gather[edge_to_compact_src] %35 : edge[2x8]",
-        "= dot %36, %37 : edge[2]",
+        "%27 = reshape %8 {shape=(2, 8)} : ntype[2x8]",
+        "%28 = gather[ntype_etype_ntype] %27 : ntype_etype[2x8]",
+        "%29 = typed_linear[ntype_etype_etype] %28, %5 : ntype_etype[2x8]",
+        "%30 = gather[compact_src_to_ntype_etype] %29 : compact_src[2x8]",
+        "%31 = binary.add %26, %30 : compact_src[2x8]",
+        "%32 = gather[edge_to_compact_src] %31 : edge[2x8]",
+        # The query only on the destinations (every node here: the graph is not a block).
+        "%33 = gather[node_of_dst] %0 : dst_node[4]",
+        "%34 = typed_linear[dst_ntype] %33, %2 : dst_node[16]",
+        "= dot %32, %38 : edge[2]",
         "= softmax[dst]",
         # The message V_tau W_msg,r is the same chain and folds the same way.
-        "= typed_linear[compact_src_to_ntype_etype] %16, %55 : compact_src[16]",
+        "= typed_linear[compact_src_to_ntype_etype] %12, %56 : compact_src[16]",
         "= aggregate.sum[dst]",
     ])
-    # No per-node K or V product and no per-row relation product is left; Q stays per node.
-    assert text.count("typed_linear[ntype] %0") == 1 and "typed_linear[compact_src_etype]" not in text
+    # No per-node K, V or Q product and no per-row relation product is left; Q is per destination.
+    assert "typed_linear[ntype] %0" not in text and "typed_linear[compact_src_etype]" not in text
     before, after = program_cost(unfolded, rows), program_cost(folded, rows)
     print(f"chain reordering, hgt 4->16 x2 heads on biokg x0.002: {before} -> {after}")
     assert after.flops < before.flops
@@ -289,7 +293,7 @@ def test_pipeline_hook_sees_every_step():
     seen = []
     optimize(_rgat(), PassContext(RowCounts.from_graph(_profile_graph())), Options(verify=True),
              hook=lambda name, p: seen.append(name))
-    assert seen == ["cse", "reorder", "dce", "compact", "reorder_chain", "simplify", "cse", "dce"]
+    assert seen == ["cse", "restrict", "reorder", "dce", "compact", "reorder_chain", "simplify", "cse", "dce"]
 
 
 # ---- every layer, every pass setting: forward and backward still match the reference -------

@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass
 
 from pigeon.ir.graph_ir import GLOBAL, IndexMap, Op, Program, Space
-from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, KernelProgram, TraversalKernel
+from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, KernelProgram, PrefixKernel, TraversalKernel
 from pigeon.passes.base import RowCounts
 from pigeon.passes.cost import node_cost
 
@@ -186,12 +186,23 @@ def _body_work(program: KernelProgram, kernel: TraversalKernel | DenseKernel, ro
     return _body_flops(body, rows), moved
 
 
+def _prefix_bytes(program: KernelProgram, kernel: PrefixKernel, rows: RowCounts, elem: int) -> int:
+    """A restriction to the destinations is a view; its adjoint copies the destination
+    rows and zeroes the others, unless every node is a destination (then it is a view)."""
+    if not kernel.extend or rows.node == rows.dst_node:
+        return 0
+    width = program.buffer(kernel.a).type.numel * elem
+    return 2 * rows.dst_node * width + (rows.node - rows.dst_node) * width
+
+
 def program_work(program: KernelProgram, rows: RowCounts, elem: int = 4) -> Work:
     """The :class:`Work` of one level-2 program, kernel by kernel (rules: module docstring)."""
     kernels = []
     for kernel in program.kernels:
         if isinstance(kernel, GemmKernel):
             flops, moved = _gemm_work(program, kernel, rows, elem)
+        elif isinstance(kernel, PrefixKernel):
+            flops, moved = 0, _prefix_bytes(program, kernel, rows, elem)
         else:
             flops, moved = _body_work(program, kernel, rows, elem)
         kernels.append(KernelWork(kernel.describe().splitlines()[0], flops, moved))

@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping
 
 from pigeon.ir.builder import Builder, IRError
 from pigeon.ir.graph_ir import (
-    COMPACT_DST_OF_EDGE, DST, EDGE, ETYPE, GLOBAL, NODE, NTYPE, SRC, Binary, Op, Program,
-    Reduce, SourceLoc, Space, TensorType, Unary, map_between,
+    COMPACT_DST_OF_EDGE, DST, DST_NODE, EDGE, ETYPE, GLOBAL, NODE, NODE_OF_DST, NTYPE, SRC, Binary, Op,
+    Program, Reduce, SourceLoc, Space, TensorType, Unary, map_between,
 )
 
 __all__ = [
@@ -171,11 +171,13 @@ class _Tracer:
         )
 
     def common(self, *values: Sym) -> tuple[Sym, ...]:
-        """Bring operands into one space, looking typed values up per row."""
+        """Bring operands into one space, looking typed values up per row. Node values
+        meeting destination values are read on the destinations (a block's outputs have
+        no rows for source-only nodes)."""
         rows = [v.space for v in values if v.space not in (GLOBAL, ETYPE, NTYPE)]
-        space = rows[0] if rows else None
-        if space is None:
+        if not rows:
             return values
+        space = DST_NODE if DST_NODE in rows and set(rows) <= {NODE, DST_NODE} else rows[0]
         return tuple(self.to_space(v, space) for v in values)
 
     def rows_broadcast(self, a: Sym, b: Sym) -> tuple[Sym, Sym]:
@@ -201,21 +203,36 @@ class _Tracer:
 
 
 class GraphSym:
-    """The graph argument of a layer: moves values between node and edge rows."""
+    """The graph argument of a layer: moves values between node and edge rows.
+
+    Node inputs have a row per node that may be a source; aggregations give a row per
+    destination (all nodes of a plain graph, the first ``num_dst_nodes`` of a block).
+    A node value combined with a destination value is read on the destinations.
+    """
 
     def __init__(self, tracer: _Tracer):
         self._tracer = tracer
 
     def src(self, x: Sym) -> Sym:
         """Each edge's source-node row of ``x``."""
+        if isinstance(x, Sym) and x.space == DST_NODE:
+            raise IRError("g.src: expected a value with a row per node (a layer input, or computed from "
+                          f"one), got {x.type}, a value per destination: in a block, source-only nodes "
+                          "have no row of it", _caller_loc())
         return self._tracer.add(Op.GATHER, (_expect_space(x, NODE, "g.src"),), index=SRC)
 
     def dst(self, x: Sym) -> Sym:
         """Each edge's destination-node row of ``x``."""
-        return self._tracer.add(Op.GATHER, (_expect_space(x, NODE, "g.dst"),), index=DST)
+        return self._tracer.add(Op.GATHER, (self.at_dst(x, "g.dst"),), index=DST)
+
+    def at_dst(self, x: Sym, what: str = "g.at_dst") -> Sym:
+        """``x`` on the destination rows (the first rows of a node value)."""
+        if isinstance(x, Sym) and x.space == DST_NODE:
+            return x
+        return self._tracer.add(Op.GATHER, (_expect_space(x, NODE, what),), index=NODE_OF_DST)
 
     def in_degree(self) -> Sym:
-        """In-degree of every node over all relations (a float per node)."""
+        """In-degree of every destination over all relations (a float per destination)."""
         return self._tracer.add(Op.DEGREE, index=DST)
 
     def relation_in_degree(self) -> Sym:
@@ -334,8 +351,9 @@ def edge_softmax(g: GraphSym, scores: Sym) -> Sym:
 def aggregate(g: GraphSym, messages: Sym, reduce: str = "sum", *, self_message: Sym | None = None) -> Sym:
     """Reduce per-edge ``messages`` into their destination nodes: sum, mean, max or min.
 
-    Nodes with no incoming edge get zeros. ``self_message`` (node rows) joins every
-    node's reduction as one more message, as NBFNet's boundary condition does.
+    The result has a row per destination; nodes with no incoming edge get zeros.
+    ``self_message`` (node rows, read on the destinations) joins every destination's
+    reduction as one more message, as NBFNet's boundary condition does.
     """
     try:
         how = Reduce(reduce)
@@ -346,7 +364,7 @@ def aggregate(g: GraphSym, messages: Sym, reduce: str = "sum", *, self_message: 
         ) from None
     operands = (_expect_space(messages, EDGE, "aggregate"),)
     if self_message is not None:
-        operands += (_expect_space(self_message, NODE, "aggregate self_message"),)
+        operands += (g.at_dst(self_message, "aggregate self_message"),)
     return g._tracer.add(Op.AGGREGATE, operands, index=DST, reduce=how)
 
 

@@ -1,9 +1,16 @@
 """Level 1: the graph-level dataflow IR.
 
 A :class:`Program` is an SSA list of :class:`Node` s. Every value lives in a *row
-space*: one row per node, per edge, per unique (node, edge type) pair, per edge
-type, per node type, per (source node type, edge type) pair, or a single row (``GLOBAL``, for untyped parameters and
-constants). A value's type is its space, the shape of one row, and a dtype.
+space*: one row per node, per destination node, per edge, per unique (node, edge type)
+pair, per edge type, per node type, per (source node type, edge type) pair, or a single
+row (``GLOBAL``, for untyped parameters and constants). A value's type is its space, the
+shape of one row, and a dtype.
+
+``NODE`` rows are every node that may be a source; ``DST_NODE`` rows the destinations,
+the first ``num_dst_nodes`` nodes (all of them in a plain graph, fewer in a sampled
+block). Layer inputs live on ``NODE`` rows, aggregations land on ``DST_NODE`` rows, and
+``GATHER`` along :data:`NODE_OF_DST` restricts a node value to the destinations (a
+prefix of its rows); its adjoint, a sum along the same map, pads with zero rows.
 
 Typed parameters are ordinary values in a type space: a per-edge-type weight
 ``W`` is a value in ``ETYPE`` space with row shape ``(in, out)``. Moving values
@@ -28,7 +35,8 @@ __all__ = [
     "Space", "IndexMap", "Op", "Unary", "Binary", "Reduce", "TensorType", "SourceLoc",
     "Node", "Program", "replace", "NODE", "EDGE", "COMPACT_SRC", "COMPACT_DST", "ETYPE",
     "NTYPE", "GLOBAL", "SRC", "DST", "ETYPE_OF_EDGE", "NTYPE_OF_NODE", "BUILTIN_MAPS",
-    "COMPACT_SRC_OF_EDGE", "COMPACT_DST_OF_EDGE", "map_between", "NTYPE_ETYPE",
+    "COMPACT_SRC_OF_EDGE", "COMPACT_DST_OF_EDGE", "map_between", "NTYPE_ETYPE", "DST_NODE", "NODE_OF_DST",
+    "NTYPE_OF_DST_NODE",
     "NTYPE_ETYPE_OF_EDGE", "NTYPE_ETYPE_OF_COMPACT_SRC", "NTYPE_OF_NTYPE_ETYPE", "ETYPE_OF_NTYPE_ETYPE",
 ]
 
@@ -44,6 +52,7 @@ class Space:
 
 
 NODE = Space("node")
+DST_NODE = Space("dst_node")         # destination nodes: a prefix of the node rows
 EDGE = Space("edge")
 COMPACT_SRC = Space("compact_src")   # unique (src node, edge type) pairs
 COMPACT_DST = Space("compact_dst")   # unique (dst node, edge type) pairs
@@ -70,13 +79,15 @@ class IndexMap:
 
 
 SRC = IndexMap("src", EDGE, NODE)
-DST = IndexMap("dst", EDGE, NODE)
+DST = IndexMap("dst", EDGE, DST_NODE)
 ETYPE_OF_EDGE = IndexMap("etype", EDGE, ETYPE)
 NTYPE_OF_NODE = IndexMap("ntype", NODE, NTYPE)
+NODE_OF_DST = IndexMap("node_of_dst", DST_NODE, NODE)       # destination i is node i
+NTYPE_OF_DST_NODE = IndexMap("dst_ntype", DST_NODE, NTYPE)
 COMPACT_SRC_OF_EDGE = IndexMap("edge_to_compact_src", EDGE, COMPACT_SRC)
 COMPACT_DST_OF_EDGE = IndexMap("edge_to_compact_dst", EDGE, COMPACT_DST)
 NODE_OF_COMPACT_SRC = IndexMap("compact_src_node", COMPACT_SRC, NODE)
-NODE_OF_COMPACT_DST = IndexMap("compact_dst_node", COMPACT_DST, NODE)
+NODE_OF_COMPACT_DST = IndexMap("compact_dst_node", COMPACT_DST, DST_NODE)
 ETYPE_OF_COMPACT_SRC = IndexMap("compact_src_etype", COMPACT_SRC, ETYPE)
 ETYPE_OF_COMPACT_DST = IndexMap("compact_dst_etype", COMPACT_DST, ETYPE)
 NTYPE_ETYPE_OF_EDGE = IndexMap("edge_to_ntype_etype", EDGE, NTYPE_ETYPE)
@@ -87,7 +98,8 @@ ETYPE_OF_NTYPE_ETYPE = IndexMap("ntype_etype_etype", NTYPE_ETYPE, ETYPE)
 BUILTIN_MAPS = {
     m.name: m
     for m in (
-        SRC, DST, ETYPE_OF_EDGE, NTYPE_OF_NODE, COMPACT_SRC_OF_EDGE, COMPACT_DST_OF_EDGE,
+        SRC, DST, ETYPE_OF_EDGE, NTYPE_OF_NODE, NODE_OF_DST, NTYPE_OF_DST_NODE, COMPACT_SRC_OF_EDGE,
+        COMPACT_DST_OF_EDGE,
         NODE_OF_COMPACT_SRC, NODE_OF_COMPACT_DST, ETYPE_OF_COMPACT_SRC, ETYPE_OF_COMPACT_DST,
         NTYPE_ETYPE_OF_EDGE, NTYPE_ETYPE_OF_COMPACT_SRC, NTYPE_OF_NTYPE_ETYPE, ETYPE_OF_NTYPE_ETYPE,
     )

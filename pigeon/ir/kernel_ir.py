@@ -36,6 +36,7 @@ class SegmentLayout(enum.Enum):
     COMPACT_SRC = "compact_src"                          # unique (src, etype) rows, sorted by etype
     COMPACT_DST = "compact_dst"                          # unique (dst, etype) rows, sorted by etype
     NTYPE_SORTED = "ntype_sorted"                        # nodes grouped by node type
+    DST_NTYPE_SORTED = "dst_ntype_sorted"                # destination nodes grouped by node type
     NTYPE_ETYPE = "ntype_etype"                          # (ntype, etype) pairs, sorted by etype
     NTYPE_ETYPE_EDGES = "ntype_etype_edges"              # edges grouped by their pair
     NTYPE_ETYPE_COMPACT_SRC = "ntype_etype_compact_src"  # compact_src rows grouped by their pair
@@ -56,6 +57,7 @@ SEGMENT_LAYOUTS = {
     "compact_src_etype": SegmentLayout.COMPACT_SRC,
     "compact_dst_etype": SegmentLayout.COMPACT_DST,
     "ntype": SegmentLayout.NTYPE_SORTED,
+    "dst_ntype": SegmentLayout.DST_NTYPE_SORTED,
     "ntype_etype_etype": SegmentLayout.NTYPE_ETYPE,
     "edge_to_ntype_etype": SegmentLayout.NTYPE_ETYPE_EDGES,
     "compact_src_to_ntype_etype": SegmentLayout.NTYPE_ETYPE_COMPACT_SRC,
@@ -193,7 +195,22 @@ class DenseKernel:
         return f"dense over {self.space}\n" + _indent(format_program(self.body))
 
 
-Kernel = GemmKernel | TraversalKernel | DenseKernel
+@dataclass(frozen=True)
+class PrefixKernel:
+    """Rows between node and destination space, without arithmetic: ``out = a[:rows]``,
+    a node value on the destinations (the first rows, a view); or, with ``extend``,
+    ``out = [a; 0]``, a destination value as a node value (zero rows for source-only
+    nodes: the adjoint of the restriction). On a plain graph both are ``a`` itself."""
+
+    out: str
+    a: str
+    extend: bool = False
+
+    def describe(self) -> str:
+        return f"rows {self.out} = {'zero-extend' if self.extend else 'destinations of'} {self.a}"
+
+
+Kernel = GemmKernel | TraversalKernel | DenseKernel | PrefixKernel
 
 
 @dataclass(frozen=True)
@@ -277,6 +294,13 @@ def verify_kernels(program: KernelProgram) -> None:
         where = f"k{i} ({kernel.describe().splitlines()[0]})"
         if isinstance(kernel, GemmKernel):
             _verify_gemm(where, kernel, read, write)
+            continue
+        if isinstance(kernel, PrefixKernel):
+            a, out = read(where, kernel.a), write(where, kernel.out)
+            spaces = ("dst_node", "node") if kernel.extend else ("node", "dst_node")
+            if (a.type.space.name, out.type.space.name) != spaces or a.type.shape != out.type.shape:
+                raise KernelIRError(f"{where}: maps {a.type} to {out.type}; expected "
+                                    f"{spaces[0]} rows to {spaces[1]} rows of one shape")
             continue
         body = kernel.body
         try:

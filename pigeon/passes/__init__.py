@@ -7,10 +7,11 @@ from pigeon.passes.cse import CommonSubexpressionElimination
 from pigeon.passes.dce import DeadCodeElimination
 from pigeon.passes.pipeline import PASS_NAMES, Options, optimize
 from pigeon.passes.reorder import LinearReordering
+from pigeon.passes.restrict import DestinationRestriction
 from pigeon.passes.simplify import Simplify
 
 __all__ = [
     "Pass", "PassContext", "RowCounts", "CompactMaterialization", "Cost", "program_cost",
     "CommonSubexpressionElimination", "DeadCodeElimination", "LinearReordering", "Options",
-    "optimize", "PASS_NAMES", "Simplify",
+    "optimize", "PASS_NAMES", "Simplify", "DestinationRestriction",
 ]

@@ -13,6 +13,7 @@ class RowCounts:
     """Rows per space of the graph a program is compiled for: what cost models read."""
 
     node: int
+    dst_node: int
     edge: int
     etype: int
     ntype: int
@@ -37,6 +38,7 @@ class RowCounts:
 
 _COUNTS = {
     "node": lambda g: g.num_nodes,
+    "dst_node": lambda g: g.num_dst_nodes,
     "edge": lambda g: g.num_edges,
     "etype": lambda g: g.num_etypes,
     "ntype": lambda g: g.num_ntypes,

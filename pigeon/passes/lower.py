@@ -34,10 +34,10 @@ import enum
 from dataclasses import dataclass, field
 
 from pigeon.ir.builder import Builder
-from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, EDGE, Node, Op, Program, Space
+from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, EDGE, NODE_OF_DST, Node, Op, Program, Space
 from pigeon.ir.kernel_ir import (
     GROUP_CSR_LAYOUTS, SEGMENT_LAYOUTS, Buffer, BufferRole, DenseKernel, GemmKernel, KernelProgram,
-    ReductionSpec, TraversalKernel, TraversalLayout,
+    PrefixKernel, ReductionSpec, TraversalKernel, TraversalLayout,
 )
 from pigeon.ir.rewrite import copy_node
 
@@ -104,14 +104,15 @@ class _Lowering:
         return users[0] if len(users) == 1 else None
 
     def plan_fusion(self) -> None:
-        """Mark the gathers and aggregates that GEMMs take over."""
+        """Mark the gathers and aggregates that GEMMs take over (not the moves between node
+        and destination rows: those are views, or a padding, of their own)."""
         self.gemm_gather: dict[int, int] = {}
         self.gemm_scatter: dict[int, int] = {}
         for node in self.p.nodes:
             if node.op not in _GEMMS:
                 continue
             a = self.node(node.inputs[0])
-            if a.op is Op.GATHER and self.single_user(a.id) == node.id:
+            if a.op is Op.GATHER and not _moves_rows(a) and self.single_user(a.id) == node.id:
                 self.gemm_gather[node.id] = a.id
                 self.absorbed.add(a.id)
             if node.op is Op.TYPED_OUTER:
@@ -119,7 +120,8 @@ class _Lowering:
             reader = self.single_user(node.id)
             if reader is not None:
                 agg = self.node(reader)
-                if agg.op is Op.AGGREGATE and len(agg.inputs) == 1 and agg.attr("reduce").value == "sum":
+                if (agg.op is Op.AGGREGATE and len(agg.inputs) == 1 and agg.attr("reduce").value == "sum"
+                        and not _moves_rows(agg)):
                     self.gemm_scatter[node.id] = agg.id
                     self.absorbed.add(agg.id)
 
@@ -144,6 +146,12 @@ class _Lowering:
             batched=bool(node.attr("batched")) if node.op is Op.TYPED_OUTER else len(weight_shape) > 2,
             layout=segment_layout,
         ))
+
+    def emit_prefix(self, node: Node) -> None:
+        """A node value read on the destinations (a view), or a destination value padded
+        to node rows."""
+        a = self.materialize(node.inputs[0])
+        self.kernels.append(PrefixKernel(self.temp(node.id), a, extend=node.op is Op.AGGREGATE))
 
     # -- recomputation -------------------------------------------------------------------
     def plan_recompute(self) -> None:
@@ -303,6 +311,8 @@ class _Lowering:
                 continue
             elif node.op in _GEMMS:
                 self.emit_gemm(node)
+            elif _moves_rows(node):
+                self.emit_prefix(node)
             else:
                 self.place(node)
         resolved = []
@@ -317,6 +327,14 @@ class _Lowering:
             if self.buffers[buffer].role is BufferRole.TEMP:
                 self.buffers[buffer] = Buffer(buffer, self.buffers[buffer].type, BufferRole.OUTPUT)
         return KernelProgram(tuple(self.buffers.values()), tuple(self.kernels), tuple(self.layouts), tuple(resolved))
+
+
+def _moves_rows(node: Node) -> bool:
+    """A gather of node rows onto the destinations, or its adjoint (each node receives at
+    most its own destination row): a :class:`PrefixKernel`."""
+    if node.attr("index") != NODE_OF_DST:
+        return False
+    return node.op is Op.GATHER or (node.op is Op.AGGREGATE and len(node.inputs) == 1)
 
 
 def lower(program: Program, layout: str | None = None) -> KernelProgram:

@@ -14,11 +14,12 @@ from pigeon.passes.cse import CommonSubexpressionElimination
 from pigeon.passes.dce import DeadCodeElimination
 from pigeon.passes.reorder import LinearReordering
 from pigeon.passes.reorder_chain import ChainReordering
+from pigeon.passes.restrict import DestinationRestriction
 from pigeon.passes.simplify import Simplify
 
 Hook = Callable[[str, Program], None]
 
-PASS_NAMES = ("cse", "reorder", "dce", "compact", "reorder_chain", "simplify")
+PASS_NAMES = ("cse", "restrict", "reorder", "dce", "compact", "reorder_chain", "simplify")
 
 
 def _verify_default() -> bool:
@@ -61,6 +62,7 @@ def optimize(program: Program, ctx: PassContext, options: Options = Options(), h
         return result
 
     program = step(CommonSubexpressionElimination(), program)        # one copy of each value
+    program = step(DestinationRestriction(), program)                # node work read on dst only
     program = step(LinearReordering(options.reorder), program)       # dot(xW, a) -> x(Wa)
     program = step(DeadCodeElimination(), program)                   # drop the products it replaced
     program = step(CompactMaterialization(options.compact), program) # per unique (node, etype)

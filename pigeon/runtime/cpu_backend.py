@@ -36,11 +36,11 @@ from pigeon.codegen.c import (GEMM_BLOCK_ROWS, CConfig, CGemm, CKernel, gemm_sup
                               render_library, render_traversal)
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import Op
-from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel
+from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, PrefixKernel, TraversalKernel
 from pigeon.paths import cache_dir
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import run, space_size
-from pigeon.runtime.torch_backend import TorchExecutor
+from pigeon.runtime.torch_backend import TorchExecutor, run_prefix
 from pigeon.version import __version__
 
 SPLIT_BLOCK_ROWS = 256      # rows per block of a traversal split over few groups
@@ -236,6 +236,8 @@ class CpuExecutor:
                 env[kernel.out] = self.gemms.gemm(kernel, graph, env) if out is None else out
             elif isinstance(kernel, TraversalKernel):
                 self._launch(library, self.rendered[i], kernel, graph, env, dtype)
+            elif isinstance(kernel, PrefixKernel):
+                env[kernel.out] = run_prefix(kernel, graph, env)
             else:
                 body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
                 env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))

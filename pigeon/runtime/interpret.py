@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pigeon.data.graph import HeteroGraph
-from pigeon.ir.graph_ir import GLOBAL, Binary, IndexMap, Node, Op, Program, Reduce, Space, Unary
+from pigeon.ir.graph_ir import GLOBAL, NODE_OF_DST, Binary, IndexMap, Node, Op, Program, Reduce, Space, Unary
 
 
 _NTYPE_ETYPE_MAPS = ("edge_to_ntype_etype", "compact_src_to_ntype_etype", "ntype_etype_ntype", "ntype_etype_etype")
@@ -33,11 +33,15 @@ def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tu
     if name == "src":
         return graph.src, graph.num_nodes
     if name == "dst":
-        return graph.dst, graph.num_nodes
+        return graph.dst, graph.num_dst_nodes
     if name == "etype":
         return graph.etype, graph.num_etypes
     if name == "ntype":
         return graph.ntype, graph.num_ntypes
+    if name == "node_of_dst":
+        return torch.arange(graph.num_dst_nodes, device=graph.device), graph.num_nodes
+    if name == "dst_ntype":
+        return graph.dst_ntype, graph.num_ntypes
     if name in _NTYPE_ETYPE_MAPS:
         pairs = graph.layout("ntype_etype")
         rows, size = {
@@ -52,7 +56,7 @@ def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tu
         if name == f"edge_to_compact_{end}":
             return cmap.edge_row.long(), cmap.num_rows
         if name == f"compact_{end}_node":
-            return cmap.node.long(), graph.num_nodes
+            return cmap.node.long(), graph.num_nodes if end == "src" else graph.num_dst_nodes
         if name == f"compact_{end}_etype":
             return cmap.etype.long(), graph.num_etypes
     raise KeyError(f"index map {name!r} has no binding and is not a graph map")
@@ -61,8 +65,8 @@ def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tu
 def space_size(graph: HeteroGraph, space: Space, bindings: Mapping[str, tuple] | None = None) -> int:
     """Number of rows of ``space`` on ``graph`` (a declared space's size comes from ``bindings``)."""
     sizes = {
-        "node": graph.num_nodes, "edge": graph.num_edges, "etype": graph.num_etypes,
-        "ntype": graph.num_ntypes, "global": 1,
+        "node": graph.num_nodes, "dst_node": graph.num_dst_nodes, "edge": graph.num_edges,
+        "etype": graph.num_etypes, "ntype": graph.num_ntypes, "global": 1,
     }
     if space.name in sizes:
         return sizes[space.name]
@@ -138,6 +142,14 @@ def segment_reduce(x: torch.Tensor, index: torch.Tensor, size: int, how: Reduce,
     return out
 
 
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` followed by zero rows up to ``rows`` rows (``x`` itself when it has them):
+    a destination value as a node value, what a sum along ``node_of_dst`` gives."""
+    if x.shape[0] == rows:
+        return x
+    return torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
+
+
 def _rows_by_type(index: torch.Tensor, num_types: int):
     """``(t, rows of type t)`` for every type that has rows."""
     for t in range(num_types):
@@ -173,9 +185,13 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
             value = params[node.attr("name")]
         elif op is Op.CONST:
             value = torch.full(node.type.shape, node.attr("value"), dtype=dtype, device=device)
+        elif op is Op.GATHER and node.attr("index") == NODE_OF_DST:
+            value = args[0][: graph.num_dst_nodes]    # the destinations are the first nodes
         elif op is Op.GATHER:
             index, _ = resolve_index(graph, node.attr("index"), bindings)
             value = args[0].index_select(0, index)
+        elif op is Op.AGGREGATE and node.attr("index") == NODE_OF_DST and len(args) == 1:
+            value = pad_rows(args[0], graph.num_nodes)   # each node has at most one destination row
         elif op is Op.AGGREGATE:
             index, size = resolve_index(graph, node.attr("index"), bindings)
             value = segment_reduce(args[0], index, size, node.attr("reduce"), *args[1:])
@@ -252,4 +268,4 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
     return outputs
 
 
-__all__ = ["run", "resolve_index", "segment_reduce", "space_size"]
+__all__ = ["run", "resolve_index", "segment_reduce", "space_size", "pad_rows"]

@@ -15,9 +15,18 @@ import torch
 
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import GLOBAL, IndexMap, Op
-from pigeon.ir.kernel_ir import GemmKernel, KernelProgram
+from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, PrefixKernel
 from pigeon.runtime.graph_index import GRAPH_INDEX
-from pigeon.runtime.interpret import run
+from pigeon.runtime.interpret import pad_rows, run
+
+
+def run_prefix(kernel: PrefixKernel, graph: HeteroGraph, env: dict) -> torch.Tensor:
+    """A :class:`PrefixKernel` with torch ops, shared by every backend: a view of the
+    first rows, or a zero padding (neither copies on a plain graph)."""
+    a = env[kernel.a]
+    if kernel.extend:
+        return pad_rows(a, graph.num_nodes)
+    return a[: graph.num_dst_nodes]
 
 
 class TorchExecutor:
@@ -118,6 +127,9 @@ class TorchExecutor:
         for kernel in self.program.kernels:
             if isinstance(kernel, GemmKernel):
                 env[kernel.out] = self.gemm(kernel, graph, env)
+                continue
+            if isinstance(kernel, PrefixKernel):
+                env[kernel.out] = run_prefix(kernel, graph, env)
                 continue
             body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
             env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))

@@ -22,10 +22,11 @@ from pigeon.codegen.triton import TritonConfig, TritonTraversal, render_dense, r
 from pigeon.codegen.triton_gemm import GemmConfig, render_gemm
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import GLOBAL
-from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel
+from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, PrefixKernel, TraversalKernel
 from pigeon.paths import cache_dir
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import space_size
+from pigeon.runtime.torch_backend import run_prefix
 from pigeon.runtime.triton_gemm import interpreted, launch_gemm
 from pigeon.version import __version__
 
@@ -91,6 +92,8 @@ class TritonExecutor:
                 self.rendered[i] = [render_gemm(kernel, f"k{i}", program, config)]
             elif isinstance(kernel, TraversalKernel):
                 self.rendered[i] = render_traversal(kernel, f"k{i}", config)
+            elif isinstance(kernel, PrefixKernel):   # a view or a padding: no kernel to generate
+                self.rendered[i] = []
             else:
                 self.rendered[i] = render_dense(kernel, f"k{i}", config)
         self._module: ModuleType | None = None
@@ -158,6 +161,8 @@ class TritonExecutor:
         for i, kernel in enumerate(self.program.kernels):
             if isinstance(kernel, GemmKernel):
                 env[kernel.out] = launch_gemm(module, self.rendered[i][0], graph, env, dtype)
+            elif isinstance(kernel, PrefixKernel):
+                env[kernel.out] = run_prefix(kernel, graph, env)
             else:
                 for part in self.rendered[i]:
                     self._launch(module, part, graph, env, dtype)
