@@ -19,7 +19,7 @@ __all__ = ["compile"]
 
 def compile(layer: Layer, *, backend: str = "auto", reorder: bool | None = None, compact: bool | None = None,
             layout: str | None = None, verify: bool | None = None, disable: tuple[str, ...] = (),
-            **config: Any) -> Compiled:
+            save_budget_gb: float | None = None, **config: Any) -> Compiled:
     """Compile a ``@pigeon.layer`` function.
 
     Args:
@@ -39,6 +39,9 @@ def compile(layer: Layer, *, backend: str = "auto", reorder: bool | None = None,
             after lowering. Default: on when the ``PIGEON_VERIFY`` environment variable is
             set (the test suite sets it).
         disable (tuple of str): passes to skip, e.g. ``("cse",)``.
+        save_budget_gb (float, optional): GiB of forward values kept for the backward
+            pass; over it the largest are recomputed there instead. Default:
+            ``PIGEON_SAVE_BUDGET_GB``, else a sixteenth of the machine's memory.
         **config: the layer's keyword-only configuration (e.g. ``heads=2``).
 
     Returns a callable ``fn(graph, **tensors)`` giving the layer's output (a dict when the
@@ -47,4 +50,8 @@ def compile(layer: Layer, *, backend: str = "auto", reorder: bool | None = None,
     """
     verify_flag = {} if verify is None else {"verify": verify}
     options = Options(reorder, compact, disable=frozenset(disable), **verify_flag)
-    return Compiled(layer, backend, options, layout, config, lookup=cached_choice)
+    if save_budget_gb is not None and (isinstance(save_budget_gb, bool) or not isinstance(save_budget_gb, (int, float))
+                                       or save_budget_gb < 0):
+        raise ValueError(f"Expected `save_budget_gb` to be a non-negative number of GiB (got {save_budget_gb!r})")
+    budget = None if save_budget_gb is None else int(save_budget_gb * 2**30)
+    return Compiled(layer, backend, options, layout, config, lookup=cached_choice, save_budget=budget)

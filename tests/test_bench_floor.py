@@ -22,7 +22,7 @@ from pigeon.bench.report import format_markdown, format_table, load_report
 from pigeon.bench.worker import case_work, prepare
 from pigeon.cli import main
 from pigeon.data import load
-from pigeon.ir.kernel_ir import GemmKernel, PrefixKernel
+from pigeon.ir.kernel_ir import GemmKernel, ViewKernel
 from pigeon.passes.base import RowCounts
 
 IN, OUT = 8, 4
@@ -84,7 +84,7 @@ def test_bytes_are_at_least_the_inputs_weights_and_outputs(rgcn_plan):
         if isinstance(kernel, GemmKernel):
             out = program.buffer(kernel.out).type
             assert share.bytes >= 4 * RowCounts.from_graph(graph).of(out.space.name) * out.numel
-        if isinstance(kernel, PrefixKernel):
+        if isinstance(kernel, ViewKernel):
             assert share.bytes == 0   # on a plain graph the destinations are every node: a view
         else:
             assert share.bytes > 0

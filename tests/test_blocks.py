@@ -13,7 +13,7 @@ import pigeon
 import pigeon.nn as pnn
 import pigeon.reference as reference
 from pigeon.bench.floor import kernel_work
-from pigeon.ir.kernel_ir import GemmKernel, PrefixKernel
+from pigeon.ir.kernel_ir import GemmKernel, ViewKernel
 from strategies import as_plain_graph, hetero_blocks
 
 F64 = dict(rtol=1e-10, atol=1e-10)
@@ -111,7 +111,7 @@ def test_no_work_on_source_only_rows_beyond_what_the_maths_needs(name):
     else:
         # K and V are read at every source; Q, the output projection and nothing else per node.
         assert len(dst_gemms) == 2 and len(node_gemms) <= 2
-    assert any(isinstance(k, PrefixKernel) for k in program.kernels)
+    assert any(isinstance(k, ViewKernel) for k in program.kernels)
     # Against the plain graph with the same edges, whose outputs cover every node: at
     # least one node-wise product (the self-loop; the query) is saved on each source-only
     # row, forward and backward (the data and the weight gradient).
@@ -128,8 +128,8 @@ def test_a_block_output_has_a_row_per_destination_and_prefix_views_copy_nothing(
     x = torch.randn(block.num_nodes, 8)
     assert layer(block, x).shape == (5, 8)
     plan = layer.compiled.plan(block, {"x": x, **dict(layer.named_parameters())})
-    from pigeon.runtime.torch_backend import run_prefix
+    from pigeon.runtime.torch_backend import run_view
 
-    prefix = next(k for k in plan.forward_kernels.kernels if isinstance(k, PrefixKernel))
-    view = run_prefix(prefix, block, {prefix.a: x})
+    prefix = next(k for k in plan.forward_kernels.kernels if isinstance(k, ViewKernel))
+    view = run_view(prefix, block, plan.forward_kernels, {prefix.a: x})
     assert view.data_ptr() == x.data_ptr() and view.shape[0] == 5

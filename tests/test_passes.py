@@ -293,7 +293,8 @@ def test_pipeline_hook_sees_every_step():
     seen = []
     optimize(_rgat(), PassContext(RowCounts.from_graph(_profile_graph())), Options(verify=True),
              hook=lambda name, p: seen.append(name))
-    assert seen == ["cse", "restrict", "reorder", "dce", "compact", "reorder_chain", "simplify", "cse", "dce"]
+    assert seen == ["cse", "restrict", "reorder", "dce", "compact", "reorder_chain", "simplify", "distribute", "cse",
+                    "dce"]
 
 
 # ---- every layer, every pass setting: forward and backward still match the reference -------
@@ -344,13 +345,16 @@ def test_optimized_programs_keep_forward_and_gradients(graph, name, options):
         torch.testing.assert_close(got_grads[key], want_grads[key], **F64, msg=lambda m: f"{key}: {m}")
 
 
-def test_a_plan_is_reused_exactly_for_graphs_that_agree_on_the_counts_its_passes_read():
-    """The plan cache keys on the row counts the passes read (PassContext.count): with
-    compaction left to the cost model, RGCN reads the edge and compact-row counts and
-    plans again for a graph that differs in them; with every decision forced it reads
-    none and one plan serves every graph. Each result matches the reference."""
+def test_a_plan_is_reused_for_graphs_that_agree_on_the_buckets_of_the_counts_its_passes_read():
+    """The plan cache keys on the buckets of the row counts the passes read
+    (PassContext.count): with compaction left to the cost model, RGCN reads the edge and
+    compact-row counts, plans again for a graph in other buckets, and reuses the plan for
+    one whose counts differ within the buckets; with every decision forced it reads only
+    what the save budget needs and one plan serves every graph of these node counts. Each
+    result matches the reference."""
     from pigeon import reference
     from pigeon.data.graph import HeteroGraph
+    from pigeon.passes.base import bucket
 
     gen = torch.Generator().manual_seed(12)
 
@@ -358,7 +362,8 @@ def test_a_plan_is_reused_exactly_for_graphs_that_agree_on_the_counts_its_passes
         src, dst, etype = (torch.randint(0, n, (edges,), generator=gen) for n in (20, 20, 3))
         return HeteroGraph(src, dst, etype, num_nodes=20, num_etypes=3)
 
-    graphs = [graph(60), graph(90)]
+    assert bucket(60) == bucket(62) != bucket(90)
+    graphs = [graph(60), graph(90), graph(62)]
     ref = reference.RGCN(5, 4, 3, dtype=torch.float64)
     x = torch.randn(20, 5, dtype=torch.float64, generator=gen)
     for forced, plans in ((None, 2), (True, 1)):
@@ -367,11 +372,25 @@ def test_a_plan_is_reused_exactly_for_graphs_that_agree_on_the_counts_its_passes
         for g in graphs:
             torch.testing.assert_close(compiled(g, x), ref(g, x), **F64)
         entries = [read for group in compiled.compiled._plans.values() for read, _ in group]
-        assert len(entries) == plans, entries
         if forced is None:
             assert all(dict(read).keys() >= {"edge", "compact_src"} for read in entries)
+            # 60 and 62 edges share their buckets only if their compact rows do too.
+            buckets = {tuple(bucket(RowCounts.count_of(g, n)) for n in ("edge", "compact_src")) for g in graphs}
+            assert len(entries) == len(buckets) >= plans, entries
         else:
-            assert entries == [()]
+            # Only the save budget reads counts: the sizes of the values kept for the
+            # backward pass (node rows here, the same in every graph).
+            assert len(entries) == 1 and set(dict(entries[0])) <= {"node", "dst_node"}, entries
+
+
+def test_bucket_boundaries_are_a_quarter_octave_apart():
+    from pigeon.passes.base import bucket
+
+    assert [bucket(n) for n in (0, 1, 15)] == [0, 1, 15]
+    values = [bucket(n) for n in range(16, 5000)]
+    assert values == sorted(values) and all(v <= n for v, n in zip(values, range(16, 5000)))
+    distinct = sorted(set(values))
+    assert all(1.15 < b / a < 1.25 for a, b in zip(distinct, distinct[1:]))
 
 
 @pytest.mark.parametrize("message", ["distmult", "transe", "rotate"])
@@ -416,3 +435,53 @@ def test_cost_model_folds_hgt_chain_on_aifb_as_the_tuner_measured(heads):
     x = torch.randn(graph.num_nodes, 64)
     plan = layer.compiled.plan(graph, dict(x=x, **dict(layer.named_parameters())))
     assert sum(d.startswith("reorder_chain:") for d in plan.decisions) == 2
+
+
+@layer
+def _two_products_scattered(g, x, W: PerEtype, V: PerEtype):
+    return aggregate(g, linear(g.src(x), W) + linear(g.src(x), V), "sum")
+
+
+@layer
+def _sum_also_read(g, x, W: PerEtype, V: PerEtype):
+    total = linear(g.src(x), W) + linear(g.src(x), V)
+    return {"out": aggregate(g, total, "sum"), "per_edge": total}
+
+
+def test_aggregate_distribution_scatters_each_product_from_its_gemm():
+    from pigeon.ir.kernel_ir import GemmKernel, TraversalKernel
+    from pigeon.passes import AggregateDistribution
+    from pigeon.passes.lower import lower
+
+    graph = _profile_graph()
+    program = _two_products_scattered.trace({"x": (6,)}, {"W": (6, 5), "V": (6, 5)})
+    ctx = PassContext(RowCounts.from_graph(graph))
+    distributed = DeadCodeElimination().apply(AggregateDistribution().apply(program, ctx), ctx)
+    _lines_in_order(format_program(distributed), [
+        "= typed_linear[etype]", "= typed_linear[etype]", "= aggregate.sum[dst]", "= aggregate.sum[dst]",
+        "= binary.add",
+    ])
+    assert any(d.startswith("distribute:") for d in ctx.decisions)
+    _same_results(program, distributed, graph)
+    kernels = lower(distributed, "csr").kernels
+    # Both products gather x at the sources in their tile loads and scatter-add to the
+    # destinations from their stores: no per-edge buffer, no traversal.
+    assert [type(k) for k in kernels].count(GemmKernel) == 2 and not any(isinstance(k, TraversalKernel) for k in kernels)
+    assert all(k.a_gather is not None and k.scatter is not None for k in kernels if isinstance(k, GemmKernel))
+    # A sum some other op also reads stays one value.
+    both = _sum_also_read.trace({"x": (6,)}, {"W": (6, 5), "V": (6, 5)})
+    assert format_program(AggregateDistribution().apply(both, PassContext())) == format_program(both)
+
+
+def test_a_gather_read_by_several_gemms_is_loaded_by_each():
+    # HGT's key and value products both read x at the sources: neither materialises x[src].
+    from pigeon.ir.kernel_ir import GemmKernel, TraversalKernel
+    from pigeon.passes.lower import lower
+
+    graph = pigeon.data.load("biokg", scale=0.002, seed=0).graph
+    forward = optimize(_hgt(in_dim=8, out_dim=8, heads=1), PassContext(RowCounts.from_graph(graph)),
+                       Options(reorder=True, compact=False))
+    kernels = lower(forward, "csr").kernels
+    edge_gemms = [k for k in kernels if isinstance(k, GemmKernel) and k.a_gather is not None and k.a_gather.name == "src"]
+    assert len(edge_gemms) == 2
+    assert not any(isinstance(k, TraversalKernel) and k.group is None for k in kernels)

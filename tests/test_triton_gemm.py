@@ -29,9 +29,9 @@ from pigeon.runtime.triton_gemm import _SEGMENT_TABLES, launch_gemm
 from pigeon.ir.graph_ir import (
     EDGE, ETYPE, ETYPE_OF_EDGE, GLOBAL, NODE, NTYPE, NTYPE_OF_NODE, SRC, DST, Op, TensorType,
 )
-from pigeon.ir.kernel_ir import Buffer, BufferRole, GemmKernel, KernelProgram, PrefixKernel, SegmentLayout
+from pigeon.ir.kernel_ir import Buffer, BufferRole, GemmKernel, KernelProgram, SegmentLayout, ViewKernel
 from pigeon.runtime.interpret import run
-from pigeon.runtime.torch_backend import TorchExecutor, run_prefix
+from pigeon.runtime.torch_backend import TorchExecutor, run_view
 from pigeon.runtime.triton_backend import interpreted, load_module
 from strategies import hetero_graphs
 
@@ -102,8 +102,8 @@ def _check_program(program: KernelProgram, graph, env: dict, dtype: torch.dtype,
             torch.testing.assert_close(got, want, **tolerance, msg=lambda m: f"{kernel.describe()}: {m}")
             env[kernel.out] = want
             continue
-        if isinstance(kernel, PrefixKernel):
-            env[kernel.out] = run_prefix(kernel, graph, env)
+        if isinstance(kernel, ViewKernel):
+            env[kernel.out] = run_view(kernel, graph, program, env)
             continue
         inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
         env.update(run(kernel.body, graph, inputs, {}, dtype=dtype))

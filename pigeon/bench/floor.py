@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass
 
 from pigeon.ir.graph_ir import GLOBAL, IndexMap, Op, Program, Space
-from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, KernelProgram, PrefixKernel, TraversalKernel
+from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, KernelProgram, TraversalKernel, View, ViewKernel
 from pigeon.passes.base import RowCounts
 from pigeon.passes.cost import node_cost
 
@@ -186,10 +186,10 @@ def _body_work(program: KernelProgram, kernel: TraversalKernel | DenseKernel, ro
     return _body_flops(body, rows), moved
 
 
-def _prefix_bytes(program: KernelProgram, kernel: PrefixKernel, rows: RowCounts, elem: int) -> int:
-    """A restriction to the destinations is a view; its adjoint copies the destination
-    rows and zeroes the others, unless every node is a destination (then it is a view)."""
-    if not kernel.extend or rows.node == rows.dst_node:
+def _view_bytes(program: KernelProgram, kernel: ViewKernel, rows: RowCounts, elem: int) -> int:
+    """Views move nothing; a zero padding copies the destination rows and zeroes the
+    others, unless every node is a destination (then it is a view)."""
+    if kernel.view is not View.ZERO_EXTEND or rows.node == rows.dst_node:
         return 0
     width = program.buffer(kernel.a).type.numel * elem
     return 2 * rows.dst_node * width + (rows.node - rows.dst_node) * width
@@ -201,8 +201,8 @@ def program_work(program: KernelProgram, rows: RowCounts, elem: int = 4) -> Work
     for kernel in program.kernels:
         if isinstance(kernel, GemmKernel):
             flops, moved = _gemm_work(program, kernel, rows, elem)
-        elif isinstance(kernel, PrefixKernel):
-            flops, moved = 0, _prefix_bytes(program, kernel, rows, elem)
+        elif isinstance(kernel, ViewKernel):
+            flops, moved = 0, _view_bytes(program, kernel, rows, elem)
         else:
             flops, moved = _body_work(program, kernel, rows, elem)
         kernels.append(KernelWork(kernel.describe().splitlines()[0], flops, moved))

@@ -195,22 +195,34 @@ class DenseKernel:
         return f"dense over {self.space}\n" + _indent(format_program(self.body))
 
 
+class View(enum.Enum):
+    """What a :class:`ViewKernel` does to its operand's rows."""
+
+    DESTINATIONS = "destinations of"   # a node value on the destinations: its first rows
+    ZERO_EXTEND = "zero-extend"        # a destination value as a node value: zero rows after it
+    RESHAPE = "reshape"                # the same rows with another row shape
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
-class PrefixKernel:
-    """Rows between node and destination space, without arithmetic: ``out = a[:rows]``,
-    a node value on the destinations (the first rows, a view); or, with ``extend``,
-    ``out = [a; 0]``, a destination value as a node value (zero rows for source-only
-    nodes: the adjoint of the restriction). On a plain graph both are ``a`` itself."""
+class ViewKernel:
+    """Rows of a buffer seen another way, without arithmetic: the destinations' rows of a
+    node value (the first rows), the same elements under another row shape, or, the
+    adjoint of the first, a destination value padded with zero rows for the source-only
+    nodes of a block. All but that padding are views; on a plain graph (every node a
+    destination) it is a view too."""
 
     out: str
     a: str
-    extend: bool = False
+    view: View
 
     def describe(self) -> str:
-        return f"rows {self.out} = {'zero-extend' if self.extend else 'destinations of'} {self.a}"
+        return f"view {self.out} = {self.view} {self.a}"
 
 
-Kernel = GemmKernel | TraversalKernel | DenseKernel | PrefixKernel
+Kernel = GemmKernel | TraversalKernel | DenseKernel | ViewKernel
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,38 @@ class KernelProgram:
             if b.name == name:
                 return b
         raise KeyError(name)
+
+
+def kernel_reads(kernel: Kernel) -> tuple[str, ...]:
+    """The buffers a kernel reads."""
+    if isinstance(kernel, GemmKernel):
+        return (kernel.a, kernel.w)
+    if isinstance(kernel, ViewKernel):
+        return (kernel.a,)
+    return tuple(n.attr("name") for n in kernel.body.nodes if n.op is Op.INPUT)
+
+
+def kernel_writes(kernel: Kernel) -> tuple[str, ...]:
+    """The buffers a kernel writes."""
+    if isinstance(kernel, (GemmKernel, ViewKernel)):
+        return (kernel.out,)
+    return tuple(n.attr("name") for n in kernel.body.outputs())
+
+
+def dead_after(program: KernelProgram, keep: tuple[str, ...] = ()) -> tuple[tuple[str, ...], ...]:
+    """Per kernel, the temporaries no later kernel reads once it has run (nor the program's
+    outputs, nor ``keep``): an executor drops them there, so a program holds at once only
+    the buffers still to be read, not every temporary it ever wrote."""
+    last: dict[str, int] = {}
+    for i, kernel in enumerate(program.kernels):
+        for name in (*kernel_writes(kernel), *kernel_reads(kernel)):
+            last[name] = i
+    held = {buffer for _, buffer in program.outputs} | set(keep)
+    dead: list[list[str]] = [[] for _ in program.kernels]
+    for name, i in last.items():
+        if name not in held and program.buffer(name).role is BufferRole.TEMP:
+            dead[i].append(name)
+    return tuple(tuple(sorted(names)) for names in dead)
 
 
 def _indent(text: str) -> str:
@@ -295,12 +339,8 @@ def verify_kernels(program: KernelProgram) -> None:
         if isinstance(kernel, GemmKernel):
             _verify_gemm(where, kernel, read, write)
             continue
-        if isinstance(kernel, PrefixKernel):
-            a, out = read(where, kernel.a), write(where, kernel.out)
-            spaces = ("dst_node", "node") if kernel.extend else ("node", "dst_node")
-            if (a.type.space.name, out.type.space.name) != spaces or a.type.shape != out.type.shape:
-                raise KernelIRError(f"{where}: maps {a.type} to {out.type}; expected "
-                                    f"{spaces[0]} rows to {spaces[1]} rows of one shape")
+        if isinstance(kernel, ViewKernel):
+            _verify_view(where, kernel, read(where, kernel.a), write(where, kernel.out))
             continue
         body = kernel.body
         try:
@@ -323,6 +363,18 @@ def verify_kernels(program: KernelProgram) -> None:
             raise KernelIRError(f"output {name!r}: buffer {buffer!r} is never written")
         if buffers[buffer].role not in (BufferRole.OUTPUT, BufferRole.INPUT, BufferRole.PARAM):
             raise KernelIRError(f"output {name!r}: buffer {buffer!r} is a {buffers[buffer].role.value} buffer")
+
+
+def _verify_view(where: str, kernel: ViewKernel, a: Buffer, out: Buffer) -> None:
+    if kernel.view is View.RESHAPE:
+        if a.type.space != out.type.space or a.type.numel != out.type.numel:
+            raise KernelIRError(f"{where}: reshapes {a.type} to {out.type}; expected one space and as many "
+                                "elements per row")
+        return
+    spaces = ("node", "dst_node") if kernel.view is View.DESTINATIONS else ("dst_node", "node")
+    if (a.type.space.name, out.type.space.name) != spaces or a.type.shape != out.type.shape:
+        raise KernelIRError(f"{where}: maps {a.type} to {out.type}; expected {spaces[0]} rows to "
+                            f"{spaces[1]} rows of one shape")
 
 
 def _verify_walk(where: str, kernel: TraversalKernel) -> None:

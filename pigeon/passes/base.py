@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,31 +49,53 @@ _COUNTS = {
 }
 
 
+def bucket(count: int) -> int:
+    """The representative of ``count``'s bucket: exact below 16, else the largest
+    ``2 ** (k / 4)`` (rounded down) not above it. Buckets are a quarter octave wide
+    (counts within 19% share one), so a decision read from them flips only where a count
+    crosses a boundary, and a plan serves every graph of the same buckets (the sampled
+    blocks of a mini-batch run, whose counts differ batch to batch)."""
+    if count < 16:
+        return count
+    return int(2 ** (math.floor(4 * math.log2(count)) / 4))
+
+
 @dataclass
 class PassContext:
     """Per-compilation facts and a log of the decisions passes took (with their costs).
 
-    Passes read row counts through :meth:`count`, which records each one read: a
-    compiled program depends on the graph only through the counts in ``read``, so a
-    plan is reused for any graph that agrees on them (and for every graph when the
-    options force every decision and nothing was read).
+    Passes read row counts through :meth:`count`, which gives their bucket
+    (:func:`bucket`) and records it: a compiled program depends on the graph only through
+    the buckets in ``read``, so a plan is reused for any graph that agrees on them (and
+    for every graph when the options force every decision and nothing was read). The
+    counts come from ``rows``, or from ``graph`` one at a time when asked (the compact
+    counts cost a sort, which a plan that reads none of them never pays).
     """
 
     rows: RowCounts | None = None
     decisions: list[str] = field(default_factory=list)
     read: dict[str, int] = field(default_factory=dict)
+    graph: object = None
 
     def note(self, message: str) -> None:
         self.decisions.append(message)
 
+    @property
+    def has_counts(self) -> bool:
+        """Whether row counts are known (cost models decide nothing without them)."""
+        return self.rows is not None or self.graph is not None
+
     def count(self, space_name: str) -> int:
-        """The rows of space ``space_name`` (1 for spaces without rows, e.g. ``global``),
-        recorded in ``read``. Requires ``rows``."""
-        if self.rows is None:
-            raise ValueError("PassContext.count needs the row counts: `rows` is None")
-        value = self.rows.of(space_name)
-        self.read[space_name] = value
-        return value
+        """The bucket of the rows of space ``space_name`` (1 for spaces without rows, e.g.
+        ``global``), recorded in ``read``. Requires ``rows`` or ``graph``."""
+        if self.rows is not None:
+            value = self.rows.of(space_name)
+        elif self.graph is not None:
+            value = RowCounts.count_of(self.graph, space_name)
+        else:
+            raise ValueError("PassContext.count needs the row counts: `rows` and `graph` are None")
+        self.read[space_name] = bucket(value)
+        return self.read[space_name]
 
 
 class Pass:

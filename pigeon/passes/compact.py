@@ -38,7 +38,7 @@ class CompactMaterialization(Pass):
     def _pays(self, end, ctx: PassContext) -> bool:
         if self.enabled is not None:
             return self.enabled
-        if ctx.rows is None:
+        if not ctx.has_counts:
             return False
         pairs = ctx.count("compact_src" if end is SRC else "compact_dst")
         return ctx.count("edge") >= self.min_ratio * max(pairs, 1)

@@ -3,7 +3,7 @@
 Greedy and in program order:
 
 1. Every (typed) linear and weight-gradient product is a GEMM. A gather that only
-   feeds a GEMM's A operand is fused into its tile loads; a sum-aggregate that is the
+   feeds GEMMs' A operands is fused into each one's tile loads; a sum-aggregate that is the
    only reader of a GEMM's result is fused into its store (scatter-add).
 2. Every other op over a graph space with grouping (edges, compact rows) joins the
    open *traversal* of that space: gathers become loads, elementwise ops and dots the
@@ -34,10 +34,10 @@ import enum
 from dataclasses import dataclass, field
 
 from pigeon.ir.builder import Builder
-from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, EDGE, NODE_OF_DST, Node, Op, Program, Space
+from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, EDGE, GLOBAL, NODE_OF_DST, Node, Op, Program, Space
 from pigeon.ir.kernel_ir import (
     GROUP_CSR_LAYOUTS, SEGMENT_LAYOUTS, Buffer, BufferRole, DenseKernel, GemmKernel, KernelProgram,
-    PrefixKernel, ReductionSpec, TraversalKernel, TraversalLayout,
+    ReductionSpec, TraversalKernel, TraversalLayout, View, ViewKernel,
 )
 from pigeon.ir.rewrite import copy_node
 
@@ -103,6 +103,12 @@ class _Lowering:
         users = self.users[i]
         return users[0] if len(users) == 1 else None
 
+    def only_gemm_a_operand(self, i: int) -> bool:
+        """Whether every reader of ``i`` is a GEMM that reads it as A (and only as A)."""
+        readers = self.users[i]
+        return bool(readers) and all(self.node(u).op in _GEMMS and self.node(u).inputs[0] == i
+                                     and self.node(u).inputs[1] != i for u in readers)
+
     def plan_fusion(self) -> None:
         """Mark the gathers and aggregates that GEMMs take over (not the moves between node
         and destination rows: those are views, or a padding, of their own)."""
@@ -112,7 +118,10 @@ class _Lowering:
             if node.op not in _GEMMS:
                 continue
             a = self.node(node.inputs[0])
-            if a.op is Op.GATHER and not _moves_rows(a) and self.single_user(a.id) == node.id:
+            # A gather that GEMMs read only as their A operand is each GEMM's own tile load
+            # (HGT's key and value products both read x at the edges' sources): gathering
+            # twice in registers beats writing and reading a buffer of one row per edge.
+            if a.op is Op.GATHER and not _moves_rows(a) and self.only_gemm_a_operand(a.id):
                 self.gemm_gather[node.id] = a.id
                 self.absorbed.add(a.id)
             if node.op is Op.TYPED_OUTER:
@@ -147,11 +156,28 @@ class _Lowering:
             layout=segment_layout,
         ))
 
-    def emit_prefix(self, node: Node) -> None:
-        """A node value read on the destinations (a view), or a destination value padded
-        to node rows."""
+    def emit_view(self, node: Node) -> None:
+        """A node value read on the destinations, a destination value padded to node
+        rows, or a reshape of a value already in memory: a :class:`ViewKernel`."""
         a = self.materialize(node.inputs[0])
-        self.kernels.append(PrefixKernel(self.temp(node.id), a, extend=node.op is Op.AGGREGATE))
+        if node.op is Op.RESHAPE:
+            view = View.RESHAPE
+        else:
+            view = View.ZERO_EXTEND if node.op is Op.AGGREGATE else View.DESTINATIONS
+        self.kernels.append(ViewKernel(self.temp(node.id), a, view))
+
+    def is_view(self, node: Node) -> bool:
+        """Moves between node and destination rows, and reshapes of values that are in
+        memory already (inputs, or written by a kernel that has run): viewed, not copied."""
+        if _moves_rows(node):
+            return True
+        if node.op is not Op.RESHAPE or node.type.space == GLOBAL:
+            return False
+        source = node.inputs[0]
+        region = self.region_of.get(source)
+        if self.node(source).op is Op.CONST or source in self.recompute:
+            return False
+        return source in self.buffer_of and (region is None or region not in self.open)
 
     # -- recomputation -------------------------------------------------------------------
     def plan_recompute(self) -> None:
@@ -311,8 +337,8 @@ class _Lowering:
                 continue
             elif node.op in _GEMMS:
                 self.emit_gemm(node)
-            elif _moves_rows(node):
-                self.emit_prefix(node)
+            elif self.is_view(node):
+                self.emit_view(node)
             else:
                 self.place(node)
         resolved = []
@@ -331,7 +357,7 @@ class _Lowering:
 
 def _moves_rows(node: Node) -> bool:
     """A gather of node rows onto the destinations, or its adjoint (each node receives at
-    most its own destination row): a :class:`PrefixKernel`."""
+    most its own destination row): a :class:`ViewKernel`."""
     if node.attr("index") != NODE_OF_DST:
         return False
     return node.op is Op.GATHER or (node.op is Op.AGGREGATE and len(node.inputs) == 1)

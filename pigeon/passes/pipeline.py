@@ -12,6 +12,7 @@ from pigeon.passes.base import Pass, PassContext
 from pigeon.passes.compact import CompactMaterialization
 from pigeon.passes.cse import CommonSubexpressionElimination
 from pigeon.passes.dce import DeadCodeElimination
+from pigeon.passes.distribute import AggregateDistribution
 from pigeon.passes.reorder import LinearReordering
 from pigeon.passes.reorder_chain import ChainReordering
 from pigeon.passes.restrict import DestinationRestriction
@@ -19,7 +20,7 @@ from pigeon.passes.simplify import Simplify
 
 Hook = Callable[[str, Program], None]
 
-PASS_NAMES = ("cse", "restrict", "reorder", "dce", "compact", "reorder_chain", "simplify")
+PASS_NAMES = ("cse", "restrict", "reorder", "dce", "compact", "reorder_chain", "simplify", "distribute")
 
 
 def _verify_default() -> bool:
@@ -68,6 +69,7 @@ def optimize(program: Program, ctx: PassContext, options: Options = Options(), h
     program = step(CompactMaterialization(options.compact), program) # per unique (node, etype)
     program = step(ChainReordering(options.reorder), program)        # (x K)W -> x(KW) per type pair
     program = step(Simplify(), program)                              # fold reshapes of reshapes
+    program = step(AggregateDistribution(), program)                 # scatter each product itself
     program = step(CommonSubexpressionElimination(), program)        # merge what rewrites duplicated
     program = step(DeadCodeElimination(), program)                   # drop what is now unread
     return program

@@ -81,7 +81,7 @@ class LinearReordering(Pass):
     def _pays(self, dot, old_lhs, only_user, in_dim, out_dim, width, type_space, ctx) -> bool:
         if self.enabled is not None:
             return self.enabled
-        if ctx.rows is None:
+        if not ctx.has_counts:
             return False
         rows = ctx.count(dot.type.space.name)
         types = ctx.count(type_space)

@@ -166,7 +166,7 @@ class ChainReordering(Pass):
     def _pays(self, y: Node, k_shape, w_shape, has_bias: bool, private: bool, ctx: PassContext) -> bool:
         if self.enabled is not None:
             return self.enabled
-        if ctx.rows is None:
+        if not ctx.has_counts:
             return False
         rows, nodes, pairs = ctx.count(y.type.space.name), ctx.count("node"), ctx.count("ntype_etype")
         in_dim, out_dim = k_shape

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -21,8 +20,9 @@ from pigeon.data.graph import HeteroGraph
 from pigeon.frontend.lang import Layer
 from pigeon.ir.autodiff import backward_program, saved_name
 from pigeon.ir.graph_ir import GLOBAL, Program
-from pigeon.ir.kernel_ir import BufferRole, KernelProgram, verify_kernels
+from pigeon.ir.kernel_ir import BufferRole, KernelProgram, ViewKernel, verify_kernels
 from pigeon.passes import Options, PassContext, RowCounts, optimize
+from pigeon.passes.base import bucket
 from pigeon.passes.lower import lower
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.cpu_backend import CpuExecutor
@@ -83,6 +83,47 @@ def autotune_enabled() -> bool:
     return os.environ.get("PIGEON_AUTOTUNE", "1") != "0"
 
 
+def default_save_budget() -> int:
+    """Bytes of forward values one compiled layer keeps for its backward pass before it
+    recomputes the largest instead: ``PIGEON_SAVE_BUDGET_GB``, else a sixteenth of the
+    machine's memory (a model of a few layers then keeps a quarter of it at most)."""
+    given = os.environ.get("PIGEON_SAVE_BUDGET_GB")
+    if given:
+        try:
+            budget = float(given)
+        except ValueError:
+            raise ValueError(f"Expected PIGEON_SAVE_BUDGET_GB to be a number of GiB (got {given!r})") from None
+        return int(budget * 2**30)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 16
+
+
+def _over_budget(program: KernelProgram, saved: tuple[tuple[str, str], ...], ctx: PassContext,
+                 budget: int) -> dict[str, int]:
+    """The forward buffers to recompute instead of saving, largest first, until what is
+    left fits ``budget`` bytes (float32 rows of the graph's row counts): with their sizes,
+    a buffer's views (charged to it, 0 bytes each) dropped with it. Empty when everything
+    fits."""
+    root = {}
+    for kernel in program.kernels:
+        if isinstance(kernel, ViewKernel):
+            root[kernel.out] = root.get(kernel.a, kernel.a)
+    sizes: dict[str, int] = {}
+    for buffer, _ in saved:
+        owner = root.get(buffer, buffer)
+        t = program.buffer(owner).type
+        sizes[owner] = (1 if t.space == GLOBAL else ctx.count(t.space.name)) * t.numel * 4
+    total, dropped = sum(sizes.values()), {}
+    for owner, size in sorted(sizes.items(), key=lambda item: -item[1]):
+        if total <= budget:
+            break
+        if program.buffer(owner).role is not BufferRole.TEMP:
+            continue   # an input or an output is held anyway
+        total -= size
+        dropped[owner] = size
+        dropped.update({view: 0 for view, source in root.items() if source == owner})
+    return dropped
+
+
 def _executor(backend: str, program: KernelProgram, configs: tuple[tuple[str, Any], ...]):
     if not configs:
         return EXECUTORS[backend](program)
@@ -141,18 +182,19 @@ class Compiled:
     name (see :func:`compile`)."""
 
     def __init__(self, layer: Layer, backend: str, options: Options, layout: str | None, config: dict,
-                 lookup: ChoiceLookup | None = None):
+                 lookup: ChoiceLookup | None = None, save_budget: int | None = None):
         if not isinstance(layer, Layer):
             raise TypeError(f"Expected `layer` to be a function decorated with @pigeon.layer (got {type(layer).__name__})")
         if backend not in BACKENDS:
             raise ValueError(f"Expected `backend` to be one of {list(BACKENDS)} (got {backend!r})")
         self.layer, self.backend, self.options, self.layout, self.config = layer, backend, options, layout, config
         self.lookup = lookup
+        self.save_budget = default_save_budget() if save_budget is None else save_budget
         # Shapes and backend -> [(row counts the passes read, plan)]: a plan is reused for
         # any graph that agrees on the counts its decisions depended on.
         self._plans: dict[tuple, list[tuple[tuple, Plan]]] = {}
-        # Per signature, dtype and mode, per graph object: the tuning cache's answer.
-        self._tuned: dict[tuple, weakref.WeakKeyDictionary] = {}
+        # Per signature, dtype and mode, per bucket of graph sizes: the tuning lookup's answer.
+        self._tuned: dict[tuple, dict[tuple, Choice]] = {}
 
     # -- planning ------------------------------------------------------------------------
     def _shapes(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor]):
@@ -209,9 +251,9 @@ class Compiled:
         key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, choice)
         candidates = self._plans.setdefault(key, [])
         for read, plan in candidates:
-            if all(RowCounts.count_of(graph, name) == value for name, value in read):
+            if all(bucket(RowCounts.count_of(graph, name)) == value for name, value in read):
                 return plan
-        ctx = PassContext(RowCounts.from_graph(graph))
+        ctx = PassContext(graph=graph)
         traced = self.layer.trace(inputs, params, **self.config)
         try:
             plan = self._build(traced, ctx, backend, choice)
@@ -223,27 +265,33 @@ class Compiled:
             warnings.warn(f"pigeon: the tuned kernel configs for {self.layer.name} do not fit the program "
                           f"built for this graph ({err}); running with default configs. Run pigeon.tune on "
                           "this graph to tune it.", RuntimeWarning, stacklevel=3)
-            ctx = PassContext(RowCounts.from_graph(graph))
+            ctx = PassContext(graph=graph)
             plan = self._build(traced, ctx, backend, replace(choice, forward=(), backward=()))
         candidates.append((tuple(sorted(ctx.read.items())), plan))
         return plan
 
     def _cached_choice(self, inputs: dict, params: dict, graph: HeteroGraph, tensors: dict[str, torch.Tensor],
                        backend: str) -> Choice:
+        """The lookup's answer, asked once per signature, dtype, mode and bucket of the
+        graph's sizes (nodes, destinations, edges, types): the lookup's own key reads
+        statistics that cost a sort, which the sampled blocks of a mini-batch run must not
+        pay batch after batch."""
         if self.lookup is None:
             return Choice()
         floats = [v for v in tensors.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
         dtype = floats[0].dtype if floats else torch.get_default_dtype()
         mode = "train" if torch.is_grad_enabled() and any(v.requires_grad for v in floats) else "infer"
         memo = self._tuned.setdefault((tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend,
-                                       dtype, mode), weakref.WeakKeyDictionary())
-        if graph not in memo:
-            memo[graph] = self.lookup(self, graph, tensors, backend, dtype, mode) or Choice()
-        return memo[graph]
+                                       dtype, mode), {})
+        sizes = tuple(bucket(n) for n in (graph.num_nodes, graph.num_dst_nodes, graph.num_edges,
+                                          graph.num_etypes, graph.num_ntypes))
+        if sizes not in memo:
+            memo[sizes] = self.lookup(self, graph, tensors, backend, dtype, mode) or Choice()
+        return memo[sizes]
 
     def with_backend(self, backend: str) -> "Compiled":
         """The same layer, options and tuning lookup, compiled for ``backend``."""
-        return Compiled(self.layer, backend, self.options, self.layout, self.config, self.lookup)
+        return Compiled(self.layer, backend, self.options, self.layout, self.config, self.lookup, self.save_budget)
 
     def forget_tuned(self) -> None:
         """Drop the tuning cache's remembered answers, so the next :meth:`plan` reads the
@@ -260,18 +308,35 @@ class Compiled:
         forward_kernels = lower(forward, layout)
         # Values the forward kernels write to memory anyway are kept for the backward pass
         # instead of recomputed; values that live only inside a fused kernel are recomputed.
+        # Over the save budget, the largest are recomputed too.
         written = frozenset(int(b.name[1:]) for b in forward_kernels.buffers if b.role in (BufferRole.TEMP, BufferRole.OUTPUT))
-        backward = optimize(backward_program(forward, written), ctx, options)
-        backward_kernels = lower(backward, layout)
+        backward, backward_kernels, saved = self._backward(forward, written, ctx, options, layout)
+        recomputed: dict[str, int] = {}
+        # A backward that no longer reads a value may read others to recompute it: repeat.
+        while dropped := _over_budget(forward_kernels, saved, ctx, self.save_budget):
+            recomputed.update(dropped)
+            written = written - {int(name[1:]) for name in dropped}
+            backward, backward_kernels, saved = self._backward(forward, written, ctx, options, layout)
+        if recomputed:
+            ctx.note(f"save: {len(recomputed)} forward value(s) of {sum(recomputed.values()) / 2**30:.2f} GiB "
+                     f"recomputed in the backward pass, over the save budget of {self.save_budget / 2**30:.2f} GiB")
         if options.verify:
             verify_kernels(forward_kernels)
             verify_kernels(backward_kernels)
-        readers = backward.users()
-        used = {n.attr("name") for n in backward.inputs() if readers[n.id]}
-        saved = tuple((f"%{i}", saved_name(i)) for i in sorted(written) if saved_name(i) in used)
         return Plan(forward, backward, forward_kernels, backward_kernels, ctx.decisions,
                     _executor(backend, forward_kernels, choice.forward),
                     _executor(backend, backward_kernels, choice.backward), saved, choice)
+
+    @staticmethod
+    def _backward(forward: Program, written: frozenset[int], ctx: PassContext, options: Options, layout):
+        """The backward program given the forward values it may read, lowered, and the
+        forward buffers it does read."""
+        backward = optimize(backward_program(forward, written), ctx, options)
+        backward_kernels = lower(backward, layout)
+        readers = backward.users()
+        used = {n.attr("name") for n in backward.inputs() if readers[n.id]}
+        saved = tuple((f"%{i}", saved_name(i)) for i in sorted(written) if saved_name(i) in used)
+        return backward, backward_kernels, saved
 
     # -- calling -------------------------------------------------------------------------
     def __call__(self, graph: HeteroGraph, **tensors: torch.Tensor):

@@ -36,11 +36,11 @@ from pigeon.codegen.c import (GEMM_BLOCK_ROWS, CConfig, CGemm, CKernel, gemm_sup
                               render_library, render_traversal)
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import Op
-from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, PrefixKernel, TraversalKernel
+from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, ViewKernel, TraversalKernel
 from pigeon.paths import cache_dir
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import run, space_size
-from pigeon.runtime.torch_backend import TorchExecutor, run_prefix
+from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_view
 from pigeon.version import __version__
 
 SPLIT_BLOCK_ROWS = 256      # rows per block of a traversal split over few groups
@@ -107,6 +107,7 @@ class CpuExecutor:
         self.program = program
         self.gemms = TorchExecutor(program)
         self.index = GRAPH_INDEX
+        self.dead = DeadBuffers(program)
         configs = dict(configs or {})
         names = {f"k{i}": i for i, k in enumerate(program.kernels) if isinstance(k, TraversalKernel)}
         for name, config in configs.items():
@@ -229,18 +230,20 @@ class CpuExecutor:
         if library is not None:
             library.pigeon_set_threads(torch.get_num_threads())
         env = dict(tensors)
-        for i, kernel in enumerate(self.program.kernels):
+        for i, (kernel, dead) in enumerate(zip(self.program.kernels, self.dead(keep))):
             if isinstance(kernel, GemmKernel):
                 rendered = self.rendered.get(i)
                 out = None if rendered is None else self._gemm(library, rendered, kernel, graph, env, dtype)
                 env[kernel.out] = self.gemms.gemm(kernel, graph, env) if out is None else out
             elif isinstance(kernel, TraversalKernel):
                 self._launch(library, self.rendered[i], kernel, graph, env, dtype)
-            elif isinstance(kernel, PrefixKernel):
-                env[kernel.out] = run_prefix(kernel, graph, env)
+            elif isinstance(kernel, ViewKernel):
+                env[kernel.out] = run_view(kernel, graph, self.program, env)
             else:
                 body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
                 env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+            for name in dead:
+                del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}
 
 

@@ -138,12 +138,16 @@ class GraphIndex(PerGraphCache):
 
 
 def row_blocks(bounds: list[int], rows: int) -> torch.Tensor:
-    """``[blocks, 3]`` (group, first, end) runs of at most ``rows`` within each group."""
-    parts = []
-    for t, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-        starts = torch.arange(lo, hi, rows, dtype=torch.int64)
-        parts.append(torch.stack([torch.full_like(starts, t), starts, torch.clamp(starts + rows, max=hi)], 1))
-    return torch.cat(parts).contiguous() if parts else torch.zeros(0, 3, dtype=torch.int64)
+    """``[blocks, 3]`` (group, first, end) runs of at most ``rows`` within each group,
+    built without a loop over groups (a block graph has a new set of groups every batch)."""
+    ptr = torch.tensor(bounds, dtype=torch.int64)
+    lengths = ptr[1:] - ptr[:-1]
+    counts = (lengths + rows - 1) // rows                 # blocks per group (0 for empty ones)
+    group = torch.repeat_interleave(torch.arange(lengths.numel()), counts)
+    first_block = torch.cumsum(counts, 0) - counts
+    start = ptr[group] + (torch.arange(group.numel()) - first_block[group]) * rows
+    end = torch.minimum(start + rows, ptr[group + 1])
+    return torch.stack([group, start, end], 1).contiguous()
 
 
 GRAPH_INDEX = GraphIndex()

@@ -15,18 +15,35 @@ import torch
 
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import GLOBAL, IndexMap, Op
-from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, PrefixKernel
+from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, View, ViewKernel, dead_after
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import pad_rows, run
 
 
-def run_prefix(kernel: PrefixKernel, graph: HeteroGraph, env: dict) -> torch.Tensor:
-    """A :class:`PrefixKernel` with torch ops, shared by every backend: a view of the
-    first rows, or a zero padding (neither copies on a plain graph)."""
+class DeadBuffers:
+    """Per set of kept buffers, the temporaries each kernel of a program is the last to
+    read (:func:`~pigeon.ir.kernel_ir.dead_after`), computed once: executors drop them as
+    they go, so a program's peak memory is its largest live set, not all it writes."""
+
+    def __init__(self, program: KernelProgram):
+        self.program = program
+        self._memo: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
+
+    def __call__(self, keep: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+        if keep not in self._memo:
+            self._memo[keep] = dead_after(self.program, keep)
+        return self._memo[keep]
+
+
+def run_view(kernel: ViewKernel, graph: HeteroGraph, program: KernelProgram, env: dict) -> torch.Tensor:
+    """A :class:`ViewKernel` with torch ops, shared by every backend: a view of the
+    operand, except a zero padding on a block."""
     a = env[kernel.a]
-    if kernel.extend:
+    if kernel.view is View.DESTINATIONS:
+        return a[: graph.num_dst_nodes]
+    if kernel.view is View.ZERO_EXTEND:
         return pad_rows(a, graph.num_nodes)
-    return a[: graph.num_dst_nodes]
+    return a.view(a.shape[0], *program.buffer(kernel.out).type.shape)
 
 
 class TorchExecutor:
@@ -35,6 +52,7 @@ class TorchExecutor:
     def __init__(self, program: KernelProgram):
         self.program = program
         self.index = GRAPH_INDEX
+        self.dead = DeadBuffers(program)
 
     def gemm(self, k: GemmKernel, graph: HeteroGraph, env: dict) -> torch.Tensor:
         """One GEMM kernel: rows put in segment order once (gather fused into that
@@ -124,13 +142,14 @@ class TorchExecutor:
                  keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Run the program: (outputs by name, the buffers named in ``keep``)."""
         env = dict(tensors)
-        for kernel in self.program.kernels:
+        for kernel, dead in zip(self.program.kernels, self.dead(keep)):
             if isinstance(kernel, GemmKernel):
                 env[kernel.out] = self.gemm(kernel, graph, env)
-                continue
-            if isinstance(kernel, PrefixKernel):
-                env[kernel.out] = run_prefix(kernel, graph, env)
-                continue
-            body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
-            env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+            elif isinstance(kernel, ViewKernel):
+                env[kernel.out] = run_view(kernel, graph, self.program, env)
+            else:
+                body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
+                env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+            for name in dead:
+                del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}

@@ -22,11 +22,11 @@ from pigeon.codegen.triton import TritonConfig, TritonTraversal, render_dense, r
 from pigeon.codegen.triton_gemm import GemmConfig, render_gemm
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import GLOBAL
-from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, PrefixKernel, TraversalKernel
+from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, ViewKernel, TraversalKernel
 from pigeon.paths import cache_dir
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import space_size
-from pigeon.runtime.torch_backend import run_prefix
+from pigeon.runtime.torch_backend import DeadBuffers, run_view
 from pigeon.runtime.triton_gemm import interpreted, launch_gemm
 from pigeon.version import __version__
 
@@ -78,6 +78,7 @@ class TritonExecutor:
     def __init__(self, program: KernelProgram, configs: Mapping[str, object] | None = None):
         self.program = program
         self.index = GRAPH_INDEX
+        self.dead = DeadBuffers(program)
         self.rendered: dict[int, list] = {}
         configs = dict(configs or {})
         wanted = {f"k{i}": GemmConfig if isinstance(k, GemmKernel) else TritonConfig
@@ -92,7 +93,7 @@ class TritonExecutor:
                 self.rendered[i] = [render_gemm(kernel, f"k{i}", program, config)]
             elif isinstance(kernel, TraversalKernel):
                 self.rendered[i] = render_traversal(kernel, f"k{i}", config)
-            elif isinstance(kernel, PrefixKernel):   # a view or a padding: no kernel to generate
+            elif isinstance(kernel, ViewKernel):   # a view (or a padding): nothing to generate
                 self.rendered[i] = []
             else:
                 self.rendered[i] = render_dense(kernel, f"k{i}", config)
@@ -158,14 +159,16 @@ class TritonExecutor:
         _real(dtype)
         module = self.module()
         env = dict(tensors)
-        for i, kernel in enumerate(self.program.kernels):
+        for i, (kernel, dead) in enumerate(zip(self.program.kernels, self.dead(keep))):
             if isinstance(kernel, GemmKernel):
                 env[kernel.out] = launch_gemm(module, self.rendered[i][0], graph, env, dtype)
-            elif isinstance(kernel, PrefixKernel):
-                env[kernel.out] = run_prefix(kernel, graph, env)
+            elif isinstance(kernel, ViewKernel):
+                env[kernel.out] = run_view(kernel, graph, self.program, env)
             else:
                 for part in self.rendered[i]:
                     self._launch(module, part, graph, env, dtype)
+            for name in dead:
+                del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}
 
 
