@@ -344,7 +344,7 @@ def format_summary(report: dict) -> str:
     kernels = [f"{e['model']} {e['direction']} {e.get('kernels', 'ERROR')}" for e in report["kernels"]]
     lines = [f"gpu_check on {(env['gpu'] or {}).get('name', 'no GPU')}: commit {git['commit']} ({tree}); torch "
              f"{versions['torch']}, triton {versions['triton']}, torch_geometric {versions['torch_geometric']}",
-             "kernels: " + ", ".join(kernels)]
+             "kernels (Triton functions per module): " + ", ".join(kernels)]
     for name, record in report["stages"].items():
         counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(record.get("counts", {}).items()))
         done = f"{record['finished']} of {record['planned']} cases" if "planned" in record else counts
@@ -422,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def bench(deadline: float, record: dict) -> None:
         record["left_out"] = left_out
+        if not systems:
+            record.update(status="not run", reason="none of --systems runs here")
+            return
         run_bench(bench_command(args, device, systems, files["bench"]), files["bench"], planned, deadline, record,
                   files["log"])
 
