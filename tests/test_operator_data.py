@@ -1,13 +1,13 @@
 """Operator-learning data: the solvers against exact solutions, the random fields'
 statistics, determinism per seed and the on-disk cache."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from pigeon.data import operators
 from pigeon.data.operators import (
     antiderivative,
     grf_neumann_2d,
@@ -17,6 +17,7 @@ from pigeon.data.operators import (
     solve_burgers,
     solve_darcy,
 )
+from pigeon.data.operators.problems import PROBLEMS
 
 # Sizes small enough that every problem generates in well under a second.
 SMALL = {
@@ -74,7 +75,7 @@ def test_cache_hit_returns_the_stored_tensors_without_generating(tmp_path, monke
     def refuse(*args):
         raise AssertionError("generated although a cache file exists")
 
-    monkeypatch.setitem(operators._GENERATORS, "darcy", refuse)
+    monkeypatch.setitem(PROBLEMS, "darcy", dataclasses.replace(PROBLEMS["darcy"], generate=refuse))
     second = load_operator_problem("darcy", cache_dir=tmp_path, **SMALL["darcy"])
     assert second.meta["from_cache"] and not first.meta["from_cache"]
     for field in ("x_train", "y_train", "x_test", "y_test", "grid"):

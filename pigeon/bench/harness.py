@@ -246,8 +246,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    """The commit of the Pigeon checkout, with ``-dirty`` for uncommitted changes."""
+def git_state() -> dict | None:
+    """``{"commit": sha, "clean": bool}`` of the Pigeon checkout (clean: no uncommitted
+    change to a tracked file), or None outside a git checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
@@ -256,7 +257,7 @@ def _git_commit() -> str | None:
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return commit + ("-dirty" if dirty else "")
+    return {"commit": commit, "clean": not dirty}
 
 
 def describe_machine(device: str) -> dict:
@@ -266,6 +267,9 @@ def describe_machine(device: str) -> dict:
     from pigeon.version import __version__
 
     gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else None
+    git = git_state()
+    # "-dirty": the checkout had uncommitted changes.
+    commit = None if git is None else git["commit"] + ("" if git["clean"] else "-dirty")
     return {
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
@@ -276,8 +280,9 @@ def describe_machine(device: str) -> dict:
         "python": platform.python_version(),
         "versions": {
             "pigeon": __version__,
-            "pigeon_commit": _git_commit(),
+            "pigeon_commit": commit,
             "torch": torch.__version__,
+            "triton": _version("triton"),
             "dgl": _version("dgl"),
             "torch_geometric": _version("torch_geometric"),
             # PyG's RGCNConv and HGTConv take faster paths when these are installed.
