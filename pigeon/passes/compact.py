@@ -23,33 +23,26 @@ class CompactMaterialization(Pass):
     the product is computed once per unique (source node, edge type) pair and read per
     edge (likewise for destinations).
 
-    ``enabled``: True or False forces the choice; None lets the cost model decide, which
-    needs the graph's row counts and applies the rewrite when it saves FLOPs (the
-    compaction ratio edges / unique pairs exceeds ``min_ratio``).
+    ``enabled``: apply it (True) or not; whether it pays is the cost model's decision
+    (:func:`pigeon.passes.choose.decide`).
 
     Requires: a verified program. Guarantees: the same outputs, up to floating-point
     reassociation (none: each product is computed once instead of several times).
     """
 
     name = "compact"
-    enabled: bool | None = None
-    min_ratio: float = 1.2
-
-    def _pays(self, end, ctx: PassContext) -> bool:
-        if self.enabled is not None:
-            return self.enabled
-        if not ctx.has_counts:
-            return False
-        pairs = ctx.count("compact_src" if end is SRC else "compact_dst")
-        return ctx.count("edge") >= self.min_ratio * max(pairs, 1)
+    enabled: bool = True
 
     def apply(self, program: Program, ctx: PassContext) -> Program:
+        if not self.enabled:
+            return program
+
         def rule(node, b, inputs):
             if node.op is not Op.TYPED_LINEAR or node.attr("index") != ETYPE_OF_EDGE:
                 return None
             gathered = b.nodes[inputs[0]]
             end = gathered.attr("index") if gathered.op is Op.GATHER else None
-            if end not in _COMPACT or not self._pays(end, ctx):
+            if end not in _COMPACT:
                 return None
             node_map, etype_map, edge_map = _COMPACT[end]
             rows = b.add(Op.GATHER, gathered.inputs, loc=node.loc, index=node_map)

@@ -1,17 +1,30 @@
-"""A first-order cost model: floating-point operations and bytes moved per level-1 node.
+"""The cost model: work per level-1 node, work per level-2 kernel, and the seconds a
+target machine and backend take for it.
 
-Costs are per row of the node's space times the row counts of the graph: a typed
-linear over edge rows costs ``2 * edges * in * out`` FLOPs whatever the weight's
-type, which is exactly what compact materialization and linear reordering trade.
-Bytes count each operand read once and the result written once (8-byte elements are
-not assumed: ``elem`` is a parameter).
+Level 1 (:func:`node_cost`): costs are per row of the node's space times the row counts
+of the graph: a typed linear over edge rows costs ``2 * edges * in * out`` FLOPs
+whatever the weight's type. Bytes count each operand read once and the result written
+once (``elem`` bytes per element).
+
+Level 2 (:func:`program_work`): the FLOPs and minimum bytes of each kernel of a lowered
+program, by the counting rules of :mod:`pigeon.bench.floor` (which reports them as the
+floor of a benchmark case).
+
+Time (:func:`program_seconds`): each kernel is charged ``max(FLOPs / rate, bytes /
+bandwidth) + overhead`` with the rates of a :class:`Target`: the machine's measured
+matrix-multiply rate and bandwidth, and what the backend reaches of them for each kind
+of kernel (a segmented GEMM with few rows per type runs below the dense rate; rows read
+through an index map cost a cache line, not their bytes). :func:`pigeon.passes.choose.decide`
+picks the compiler's decisions by it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from pigeon.ir.graph_ir import GLOBAL, Node, Op, Program
+from pigeon.ir.graph_ir import GLOBAL, IndexMap, Node, Op, Program, Space
+from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, KernelProgram, TraversalKernel, View, ViewKernel
 from pigeon.passes.base import RowCounts
 
 
@@ -60,3 +73,206 @@ def program_cost(program: Program, rows: RowCounts, elem: int = 4) -> Cost:
     for node in program.nodes:
         total = total + node_cost(program, node, rows, elem)
     return total
+
+
+# ---- level 2: work per kernel ---------------------------------------------------------
+
+INDEX_BYTES = 8
+
+# Level-1 ops that move or relabel data without arithmetic.
+_DATA_MOVEMENT = frozenset({
+    Op.INPUT, Op.PARAM, Op.CONST, Op.OUTPUT, Op.GATHER, Op.RESHAPE, Op.CONCAT, Op.SLICE_LAST,
+    Op.PAD_LAST, Op.EXPAND_LAST, Op.BROADCAST_ROWS, Op.DEGREE,
+})
+
+
+@dataclass(frozen=True)
+class KernelWork:
+    """One kernel's FLOPs and minimum bytes; ``kernel`` is the first line of its description."""
+
+    kernel: str
+    flops: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Work:
+    """The FLOPs and minimum bytes of a case's kernels, and each kernel's share."""
+
+    flops: int
+    bytes: int
+    kernels: tuple[KernelWork, ...] = ()
+
+
+def _space_rows(space: Space, rows: RowCounts) -> int:
+    return 1 if space == GLOBAL else rows.of(space.name)
+
+
+def _buffer_bytes(program: KernelProgram, name: str, rows: RowCounts, elem: int) -> int:
+    kind = program.buffer(name).type
+    return _space_rows(kind.space, rows) * kind.numel * elem
+
+
+def _map_bytes(index: IndexMap, rows: RowCounts) -> int:
+    return _space_rows(index.source, rows) * INDEX_BYTES
+
+
+def _gemm_work(program: KernelProgram, kernel: GemmKernel, rows: RowCounts, elem: int) -> tuple[int, int]:
+    out = program.buffer(kernel.out).type
+    if kernel.weight_grad:
+        a_space = kernel.a_gather.source if kernel.a_gather else program.buffer(kernel.a).type.space
+        flops = 2 * _space_rows(a_space, rows) * out.numel
+    else:
+        weight = program.buffer(kernel.w).type
+        inner = weight.shape[-1] if kernel.transpose_w else weight.shape[-2]
+        product_space = kernel.scatter.source if kernel.scatter else out.space
+        flops = 2 * _space_rows(product_space, rows) * out.numel * inner
+    moved = sum(_buffer_bytes(program, name, rows, elem) for name in {kernel.a, kernel.w, kernel.out})
+    for index in {kernel.a_gather, kernel.scatter} - {None}:
+        moved += _map_bytes(index, rows)
+    if kernel.segment is not None:
+        grouped = kernel.layout is not None
+        moved += (_space_rows(kernel.segment.target, rows) + 1) * INDEX_BYTES if grouped else _map_bytes(kernel.segment, rows)
+    return flops, moved
+
+
+def _body_flops(body: Program, rows: RowCounts) -> int:
+    total = 0
+    for node in body.nodes:
+        if node.op in _DATA_MOVEMENT:
+            continue
+        values = [body.nodes[i] for i in node.inputs] + [node]
+        widest = max(_space_rows(v.type.space, rows) * v.type.numel for v in values)
+        total += max(node_cost(body, node, rows).flops, widest)
+    return total
+
+
+def _body_work(program: KernelProgram, kernel: TraversalKernel | DenseKernel, rows: RowCounts,
+               elem: int) -> tuple[int, int]:
+    body = kernel.body
+    read = {n.attr("name") for n in body.nodes if n.op is Op.INPUT}
+    written = {n.attr("name") for n in body.nodes if n.op is Op.OUTPUT}
+    moved = sum(_buffer_bytes(program, name, rows, elem) for name in read)
+    moved += sum(_buffer_bytes(program, name, rows, elem) for name in written)
+    maps = {n.attr("index") for n in body.nodes} - {None}
+    if isinstance(kernel, TraversalKernel) and kernel.group is not None:
+        maps.add(kernel.group)
+    moved += sum(_map_bytes(index, rows) for index in maps if isinstance(index, IndexMap))
+    return _body_flops(body, rows), moved
+
+
+def _view_bytes(program: KernelProgram, kernel: ViewKernel, rows: RowCounts, elem: int) -> int:
+    """Views move nothing; a zero padding copies the destination rows and zeroes the
+    others, unless every node is a destination (then it is a view)."""
+    if kernel.view is not View.ZERO_EXTEND or rows.node == rows.dst_node:
+        return 0
+    width = program.buffer(kernel.a).type.numel * elem
+    return 2 * rows.dst_node * width + (rows.node - rows.dst_node) * width
+
+
+def program_work(program: KernelProgram, rows: RowCounts, elem: int = 4) -> Work:
+    """The :class:`Work` of one level-2 program, kernel by kernel (rules: module docstring)."""
+    kernels = []
+    for kernel in program.kernels:
+        if isinstance(kernel, GemmKernel):
+            flops, moved = _gemm_work(program, kernel, rows, elem)
+        elif isinstance(kernel, ViewKernel):
+            flops, moved = 0, _view_bytes(program, kernel, rows, elem)
+        else:
+            flops, moved = _body_work(program, kernel, rows, elem)
+        kernels.append(KernelWork(kernel.describe().splitlines()[0], flops, moved))
+    return Work(sum(k.flops for k in kernels), sum(k.bytes for k in kernels), tuple(kernels))
+
+
+# ---- time: the work on a target ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """What the cost model knows of a machine and a backend.
+
+    Args:
+        matmul_gflops (float): the measured float32 dense matrix-multiply rate, GFLOP/s.
+        bandwidth_gbs (float): the measured streaming bandwidth (read + write), GB/s.
+        gemm_rows_half (float): a segmented GEMM whose types own this many rows each on
+            average reaches half the dense rate (per-type weight tiles and short loops:
+            ``rate * r / (r + gemm_rows_half)``).
+        row_gather_bytes (int): bytes a row read through an index map costs at least (a
+            cache line: scattered rows are not streamed).
+        elementwise_gflops (float): the rate of the per-row arithmetic of traversal and
+            dense kernels (vector units, not the matrix-multiply rate).
+        kernel_s (float): the fixed cost of running one kernel (a launch, a call through
+            ctypes, the interpreter's per-op dispatch is charged per op instead).
+        op_s (float): the fixed cost of each level-1 op of a dense kernel's body, which
+            the cpu and torch backends run op by op through the interpreter.
+        looped_gemms (str): which typed GEMMs the backend runs as one matrix-multiply call
+            per type: ``"none"`` (every one is a generated kernel), ``"batched"`` (those
+            with a weight per head: per-head rows), or ``"all"`` (the torch backend).
+        type_call_s (float): the cost of one such per-type call (the call, the slices and
+            copies around it).
+    """
+
+    matmul_gflops: float
+    bandwidth_gbs: float
+    gemm_rows_half: float = 24.0
+    row_gather_bytes: int = 64
+    elementwise_gflops: float = 8.0
+    kernel_s: float = 5e-6
+    op_s: float = 10e-6
+    looped_gemms: str = "batched"
+    type_call_s: float = 40e-6
+
+    def __post_init__(self):
+        if self.looped_gemms not in ("none", "batched", "all"):
+            raise ValueError(f"Expected `looped_gemms` to be 'none', 'batched' or 'all' (got {self.looped_gemms!r})")
+
+
+def _gather_bytes(kernel, rows: RowCounts, target: Target, program: KernelProgram, elem: int) -> int:
+    """The extra bytes of rows read through index maps (beyond streaming them once)."""
+    if isinstance(kernel, GemmKernel):
+        if kernel.a_gather is None:
+            return 0
+        width = program.buffer(kernel.a).type.numel * elem
+        return _space_rows(kernel.a_gather.source, rows) * max(target.row_gather_bytes - width, 0)
+    extra = 0
+    for node in kernel.body.nodes:
+        if node.op is Op.GATHER and isinstance(kernel, TraversalKernel) and node.attr("index") != kernel.group:
+            width = node.type.numel * elem
+            extra += _space_rows(node.type.space, rows) * max(target.row_gather_bytes - width, 0)
+    return extra
+
+
+def kernel_seconds(program: KernelProgram, kernel, rows: RowCounts, target: Target, elem: int = 4) -> float:
+    """The modelled seconds of one kernel of ``program`` (module docstring)."""
+    if isinstance(kernel, ViewKernel):
+        return _view_bytes(program, kernel, rows, elem) / (target.bandwidth_gbs * 1e9)
+    if isinstance(kernel, GemmKernel):
+        flops, moved = _gemm_work(program, kernel, rows, elem)
+        rate = target.matmul_gflops
+        if kernel.segment is not None:
+            # Rows per weight: the product's rows per type, times the leading dims of a
+            # row when one weight serves them all (a per-head weight does not).
+            product_rows = _space_rows(kernel.segment.source, rows)
+            per_type = product_rows / max(_space_rows(kernel.segment.target, rows), 1)
+            a_shape = program.buffer(kernel.a).type.shape
+            if not kernel.batched and not kernel.weight_grad:
+                per_type *= math.prod(a_shape[:-1])
+            rate *= per_type / (per_type + target.gemm_rows_half)
+        compute = flops / (rate * 1e9)
+        looped = target.looped_gemms == "all" or (target.looped_gemms == "batched" and kernel.batched)
+        if kernel.segment is not None and looped:
+            # One row per type (the (node type, edge type) pairs) is one batched call.
+            types = _space_rows(kernel.segment.target, rows)
+            calls = 1 if _space_rows(kernel.segment.source, rows) == types else types
+            compute += calls * target.type_call_s
+    else:
+        flops, moved = _body_work(program, kernel, rows, elem)
+        compute = flops / (target.elementwise_gflops * 1e9)
+        if isinstance(kernel, DenseKernel):
+            compute += target.op_s * len(kernel.body.nodes)
+    memory = (moved + _gather_bytes(kernel, rows, target, program, elem)) / (target.bandwidth_gbs * 1e9)
+    return max(compute, memory) + target.kernel_s
+
+
+def program_seconds(program: KernelProgram, rows: RowCounts, target: Target, elem: int = 4) -> float:
+    """The modelled seconds of a lowered program: the sum over its kernels."""
+    return sum(kernel_seconds(program, k, rows, target, elem) for k in program.kernels)

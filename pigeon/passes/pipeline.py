@@ -30,7 +30,9 @@ def _verify_default() -> bool:
 
 @dataclass(frozen=True)
 class Options:
-    """Compiler decisions a caller (or the autotuner) may force; None = cost model.
+    """Compiler decisions a caller (or the autotuner) may force; None = the cost model's
+    (:func:`pigeon.passes.choose.decide` settles them; :func:`optimize` applies no
+    rewrite whose decision is still None).
 
     ``reorder`` decides both halves of linear reordering (``reorder``: attention vectors
     into weights; ``reorder_chain``: per-node-type into per-edge-type weights).
@@ -64,10 +66,10 @@ def optimize(program: Program, ctx: PassContext, options: Options = Options(), h
 
     program = step(CommonSubexpressionElimination(), program)        # one copy of each value
     program = step(DestinationRestriction(), program)                # node work read on dst only
-    program = step(LinearReordering(options.reorder), program)       # dot(xW, a) -> x(Wa)
+    program = step(LinearReordering(bool(options.reorder)), program) # dot(xW, a) -> x(Wa)
     program = step(DeadCodeElimination(), program)                   # drop the products it replaced
-    program = step(CompactMaterialization(options.compact), program) # per unique (node, etype)
-    program = step(ChainReordering(options.reorder), program)        # (x K)W -> x(KW) per type pair
+    program = step(CompactMaterialization(bool(options.compact)), program)  # per unique (node, etype)
+    program = step(ChainReordering(bool(options.reorder)), program)         # (x K)W -> x(KW) per type pair
     program = step(Simplify(), program)                              # fold reshapes of reshapes
     program = step(AggregateDistribution(), program)                 # scatter each product itself
     program = step(CommonSubexpressionElimination(), program)        # merge what rewrites duplicated

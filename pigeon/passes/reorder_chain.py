@@ -92,17 +92,20 @@ class ChainReordering(Pass):
     ``V W_msg``, the same chain): it removes the per-node ``in x out`` product when the key
     has no other reader, and turns the per-row products (``h`` of ``d x e``) into one
     ``in x (h * e)``, which pays when ``in_dim`` is small or the graph has few (node type,
-    edge type) pairs. ``enabled``: True/False forces the choice; None applies it when the
-    cost model (``RowCounts.ntype_etype`` pairs) says the FLOPs drop.
+    edge type) pairs. It applies to chains whose links nothing else reads (elsewhere the
+    per-node product stays and folding only adds work). ``enabled``: apply it (True) or
+    not; whether it pays is the cost model's decision (:func:`pigeon.passes.choose.decide`).
 
     Requires: a verified program. Guarantees: the same outputs up to floating-point
     reassociation; the per-node product is left dead when nothing else reads it (run DCE).
     """
 
     name = "reorder_chain"
-    enabled: bool | None = None
+    enabled: bool = True
 
     def apply(self, program: Program, ctx: PassContext) -> Program:
+        if not self.enabled:
+            return program
         readers = _live_readers(program)
 
         def rule(node, b, inputs):
@@ -113,10 +116,9 @@ class ChainReordering(Pass):
             new = _match(b.nodes, inputs[0], inputs[1], gather_map)
             if old is None or new is None:
                 return None
+            # Only a private chain: a per-node product something else reads stays anyway.
             next_links = old.links[1:] + (node.id,)
-            private = all(readers[link] == [reader] for link, reader in zip(old.links, next_links))
-            if not self._pays(node, program.nodes[old.k].type.shape, program.nodes[old.w].type.shape,
-                              old.bias is not None, private, ctx):
+            if not all(readers[link] == [reader] for link, reader in zip(old.links, next_links)):
                 return None
             out, folded = self._emit(b, new, node, gather_map, pair_map)
             ctx.note(f"reorder_chain: %{node.id} (x K[ntype]) W[etype] folded into a per-(ntype, etype) "
@@ -162,26 +164,3 @@ class ChainReordering(Pass):
             k_rows = b.add(Op.GATHER, (k_head,), loc=y.loc, index=NTYPE_OF_NTYPE_ETYPE)
             parts.append(b.add(Op.TYPED_LINEAR, (k_rows, w_head), loc=y.loc, index=ETYPE_OF_NTYPE_ETYPE))
         return parts[0] if heads == 1 else b.add(Op.CONCAT, tuple(parts), loc=y.loc)
-
-    def _pays(self, y: Node, k_shape, w_shape, has_bias: bool, private: bool, ctx: PassContext) -> bool:
-        if self.enabled is not None:
-            return self.enabled
-        if not ctx.has_counts:
-            return False
-        rows, nodes, pairs = ctx.count(y.type.space.name), ctx.count("node"), ctx.count("ntype_etype")
-        in_dim, out_dim = k_shape
-        e = w_shape[-1]
-        width = y.type.numel  # h * e
-        # FLOPs as cost.py counts them: 2 * rows * in * out per product, one per element moved.
-        # With several heads the unfolded per-edge product is a typed GEMM per head of
-        # e-wide blocks, which runs far below the rate of one full-width GEMM: it is counted
-        # at the full width (h * e). Calibrated by bench/tune.py (2026-11-26, cpu backend,
-        # hidden 64, 2 heads): folding measured 1.97x faster for HGT inference on aifb and
-        # 1.78x for training, where counting the blocks' own FLOPs had kept it off.
-        before = 2 * rows * out_dim * width + rows * out_dim
-        if private:  # the per-node product (and its bias) go away
-            before += 2 * nodes * in_dim * out_dim + (2 * nodes * out_dim if has_bias else 0)
-        after = rows * in_dim + 2 * rows * in_dim * width + pairs * in_dim * out_dim + 2 * pairs * in_dim * out_dim * e
-        if has_bias:
-            after += pairs * out_dim + 2 * pairs * out_dim * e + 2 * rows * width
-        return after < before

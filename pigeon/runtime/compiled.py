@@ -23,9 +23,11 @@ from pigeon.ir.graph_ir import GLOBAL, Program
 from pigeon.ir.kernel_ir import BufferRole, KernelProgram, ViewKernel, verify_kernels
 from pigeon.passes import Options, PassContext, RowCounts, optimize
 from pigeon.passes.base import bucket
+from pigeon.passes.choose import decide
 from pigeon.passes.lower import lower
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.cpu_backend import CpuExecutor
+from pigeon.runtime.target import machine_target
 from pigeon.runtime.torch_backend import TorchExecutor
 
 
@@ -81,6 +83,11 @@ def autotune_enabled() -> bool:
     """Whether compiled layers apply tuned choices from the cache (``PIGEON_AUTOTUNE=0``
     turns it off)."""
     return os.environ.get("PIGEON_AUTOTUNE", "1") != "0"
+
+
+def _training(tensors: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a call computes gradients: grad mode on and some floating tensor requiring them."""
+    return torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors.values())
 
 
 def default_save_budget() -> int:
@@ -248,7 +255,8 @@ class Compiled:
         tuned = choice is None and autotune_enabled()
         if choice is None:
             choice = self._cached_choice(inputs, params, graph, tensors, backend) if tuned else Choice()
-        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, choice)
+        training = _training(tensors)
+        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, choice, training)
         candidates = self._plans.setdefault(key, [])
         for read, plan in candidates:
             if all(bucket(RowCounts.count_of(graph, name)) == value for name, value in read):
@@ -256,7 +264,7 @@ class Compiled:
         ctx = PassContext(graph=graph)
         traced = self.layer.trace(inputs, params, **self.config)
         try:
-            plan = self._build(traced, ctx, backend, choice)
+            plan = self._build(traced, ctx, backend, choice, training)
         except ValueError as err:
             # A cached choice tuned on a graph of the same buckets whose cost-model decisions
             # differed names kernels this program does not have: keep its decisions only.
@@ -266,7 +274,7 @@ class Compiled:
                           f"built for this graph ({err}); running with default configs. Run pigeon.tune on "
                           "this graph to tune it.", RuntimeWarning, stacklevel=3)
             ctx = PassContext(graph=graph)
-            plan = self._build(traced, ctx, backend, replace(choice, forward=(), backward=()))
+            plan = self._build(traced, ctx, backend, replace(choice, forward=(), backward=()), training)
         candidates.append((tuple(sorted(ctx.read.items())), plan))
         return plan
 
@@ -280,7 +288,7 @@ class Compiled:
             return Choice()
         floats = [v for v in tensors.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
         dtype = floats[0].dtype if floats else torch.get_default_dtype()
-        mode = "train" if torch.is_grad_enabled() and any(v.requires_grad for v in floats) else "infer"
+        mode = "train" if _training(tensors) else "infer"
         memo = self._tuned.setdefault((tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend,
                                        dtype, mode), {})
         sizes = tuple(bucket(n) for n in (graph.num_nodes, graph.num_dst_nodes, graph.num_edges,
@@ -298,12 +306,16 @@ class Compiled:
         cache again (:func:`pigeon.tune` calls it after storing a choice)."""
         self._tuned.clear()
 
-    def _build(self, traced: Program, ctx: PassContext, backend: str, choice: Choice = Choice()) -> Plan:
-        # Decisions forced at compile() win over a tuned choice.
+    def _build(self, traced: Program, ctx: PassContext, backend: str, choice: Choice = Choice(),
+               training: bool = True) -> Plan:
+        # Decisions forced at compile() win over a tuned choice; the cost model settles the rest.
         options = replace(self.options,
                           reorder=choice.reorder if self.options.reorder is None else self.options.reorder,
                           compact=choice.compact if self.options.compact is None else self.options.compact)
         layout = traversal_layout(backend, self.layout if self.layout is not None else choice.layout)
+        target = machine_target(backend, ctx.graph.device) if ctx.graph is not None else None
+        if target is not None:
+            options = decide(traced, ctx, options, target, training, layout)
         forward = optimize(traced, ctx, options)
         forward_kernels = lower(forward, layout)
         # Values the forward kernels write to memory anyway are kept for the backward pass
