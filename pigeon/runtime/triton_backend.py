@@ -18,12 +18,13 @@ from typing import Mapping
 
 import torch
 
+from pigeon.codegen.rules import ArgKind
 from pigeon.codegen.triton import TritonConfig, TritonTraversal, render_dense, render_traversal
 from pigeon.codegen.triton_gemm import GemmConfig, render_gemm
 from pigeon.data.graph import HeteroGraph
-from pigeon.ir.graph_ir import GLOBAL
-from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel
+from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel, TraversalLayout
 from pigeon.paths import cache_dir
+from pigeon.runtime import kernel_args
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import space_size
 from pigeon.runtime.triton_gemm import interpreted, launch_gemm
@@ -111,35 +112,25 @@ class TritonExecutor:
 
     def _launch(self, module: ModuleType, t: TritonTraversal, graph: HeteroGraph, env: dict,
                 dtype: torch.dtype) -> None:
-        device = graph.device
-        if t.mode == "csr":
-            rowptr, perm = self.index.group_csr(graph, t.group)
-            num_groups = rowptr.shape[0] - 1
-            num, grid = num_groups, num_groups
+        if t.mode is TraversalLayout.CSR:
+            num = grid = self.index.group_csr(graph, t.group)[0].shape[0] - 1   # groups
         else:
             num = space_size(graph, t.domain)
             grid = -(-num // t.block)
         args = []
-        for kind, key in t.args:
-            if kind == "rowptr":
-                args.append(rowptr)
-            elif kind == "perm":
-                args.append(perm)
-            elif kind == "index":
-                args.append(self.index.index(graph, key)[0])
-            elif kind == "count":
-                args.append(self.index.counts(graph, key))
-            elif kind == "buffer":
-                tensor = env[key]
+        for arg in t.args:
+            if arg.kind.graph_array:
+                args.append(kernel_args.graph_array(graph, arg, t.group))
+            elif arg.kind is ArgKind.BUFFER:
+                tensor = env[arg.key]
                 if tensor.dtype != dtype:
-                    raise ValueError(f"buffer {key}: expected {dtype}, got {tensor.dtype}")
+                    raise ValueError(f"buffer {arg.key}: expected {dtype}, got {tensor.dtype}")
                 args.append(tensor.contiguous())
+            elif arg.kind is ArgKind.OUTPUT:
+                env[arg.key] = kernel_args.output(graph, arg, num, dtype, graph.device)
+                args.append(env[arg.key])
             else:
-                name, out_kind, space, shape = next(o for o in t.outputs if o[0] == key)
-                rows = () if space == GLOBAL else (num_groups if out_kind == "group" else space_size(graph, space),)
-                make = torch.zeros if out_kind == "atomic" else torch.empty
-                env[name] = make((*rows, *shape), dtype=dtype, device=device)
-                args.append(env[name])
+                raise ValueError(f"Triton kernel {t.name}: no launcher for a {arg.kind} argument")
         if grid > 0:
             c = t.config
             getattr(module, t.name)[(grid,)](*args, num, REAL=_real(dtype), BLOCK=c.block,
