@@ -142,7 +142,9 @@ def group_rows(extra: int) -> str:
 
 
 def real(value: float) -> str:
-    """A ``real`` constant: math.h's macros for the infinite ones."""
+    """A ``real`` constant: math.h's macros for the non-finite ones."""
+    if math.isnan(value):
+        return "NAN"
     if math.isinf(value):
         return "INFINITY" if value > 0 else "-INFINITY"
     return f"(real){value!r}"

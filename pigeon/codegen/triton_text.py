@@ -122,7 +122,9 @@ def lines(name: str, **fields) -> list[str]:
 
 
 def literal(value: float) -> str:
-    """A float constant as Python source (the infinite ones through ``float``)."""
+    """A float constant as Python source (the non-finite ones through ``float``)."""
+    if math.isnan(value):
+        return 'float("nan")'
     if math.isinf(value):
         return 'float("inf")' if value > 0 else 'float("-inf")'
     return repr(float(value))
