@@ -1,5 +1,5 @@
 """The C and Triton generators against the torch backend on what the model tests do not
-reach: non-finite constants.
+reach: non-finite constants and a shared bias of one element.
 
 float64 throughout, held to 1e-10 as elsewhere; NaNs compare equal where the layer makes
 them on purpose. Triton runs through its interpreter without a GPU.
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pigeon
-from pigeon.frontend import PerEtype, aggregate, concat, layer, linear, maximum, minimum
+from pigeon.frontend import PerEtype, Shared, aggregate, concat, layer, linear, maximum, minimum
 
 F64 = dict(rtol=1e-10, atol=1e-10)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,6 +27,11 @@ def nonfinite(g, x, w: PerEtype):
                   aggregate(g, minimum(m, float("inf")), "min"),
                   aggregate(g, m + float("inf"), "sum"),
                   x * float("-inf"))
+
+
+@layer
+def shared_bias(g, x, w: PerEtype, bias: Shared):
+    return aggregate(g, linear(g.src(x), w), "sum") + bias
 
 
 def _graph():
@@ -61,3 +66,12 @@ def test_non_finite_constants(backend):
     # The layer makes every kind of value, so the comparison below sees each one.
     assert out.isnan().any() and out.isposinf().any() and out.isneginf().any() and out.isfinite().any()
     _against_torch(nonfinite, backend, graph, leaves)
+
+
+@pytest.mark.parametrize("out_dim", [1, 4])
+def test_triton_shared_bias_of_one_element(out_dim):
+    # The bias gradient sums every node's row into one global row of shape [1] (a row
+    # shape of ones), scatter-added with atomics.
+    graph = _graph()
+    leaves = _leaves(graph, {"x": (graph.num_nodes, 3), "w": (graph.num_etypes, 3, out_dim), "bias": (1,)})
+    _against_torch(shared_bias, "triton", graph, leaves)

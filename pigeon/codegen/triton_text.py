@@ -196,4 +196,4 @@ def element_offsets(shape: tuple[int, ...], strides: tuple[int, ...]) -> list[st
 
 def group_offsets(shape: tuple[int, ...], strides: tuple[int, ...]) -> str:
     """Offsets of the elements of one row, as a tile with a lead axis of 1."""
-    return " + ".join(element_offsets(shape, strides)) or EXPR["no_offset"].format(tile=tile((), "1"))
+    return " + ".join(element_offsets(shape, strides)) or EXPR["no_offset"].format(tile=tile(shape, "1"))
