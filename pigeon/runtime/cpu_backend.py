@@ -103,10 +103,15 @@ class CpuExecutor:
         configs (mapping of str to CConfig, optional): per traversal kernel, by name
             (``"k3"`` is ``program.kernels[3]``), its OpenMP schedule; kernels not named
             keep :func:`pigeon.codegen.c.default_config`. Default: none.
+        poison (bool, optional): fill every output a generated kernel writes with NaN
+            before it runs, so an element it skips shows. Default: the ``PIGEON_POISON``
+            environment variable (:mod:`pigeon.runtime.kernel_args`).
     """
 
-    def __init__(self, program: KernelProgram, configs: Mapping[str, CConfig] | None = None):
+    def __init__(self, program: KernelProgram, configs: Mapping[str, CConfig] | None = None,
+                 poison: bool | None = None):
         self.program = program
+        self.poison = kernel_args.poison_requested() if poison is None else poison
         self.gemms = TorchExecutor(program)
         self.index = GRAPH_INDEX
         configs = dict(configs or {})
@@ -156,7 +161,7 @@ class CpuExecutor:
             elif arg.kind is ArgKind.SCRATCH:
                 tensor = torch.empty(threads * self.index.largest(graph, kernel.group) * arg.key, dtype=dtype)
             elif arg.kind is ArgKind.OUTPUT:
-                tensor = kernel_args.output(graph, arg, size, dtype)
+                tensor = kernel_args.output(graph, arg, size, dtype, poison=self.poison)
                 env[arg.key] = tensor
             else:
                 tensor = env[arg.key].contiguous()
@@ -196,7 +201,7 @@ class CpuExecutor:
             out = torch.zeros(torch.get_num_threads(), types, rendered.k, rendered.n, dtype=dtype)
             place, w = perm, w.contiguous()
         else:
-            out = torch.empty(bounds[-1], rendered.n, dtype=dtype)
+            out = kernel_args.new_output((bounds[-1], rendered.n), dtype, poison=self.poison)
             place = perm if k.scatter is None else None
             w = (w.transpose(-1, -2) if k.transpose_w else w).contiguous()
         pointers = [a.data_ptr(), 0 if rows is None else rows.data_ptr(), w.data_ptr(), blocks.data_ptr(),

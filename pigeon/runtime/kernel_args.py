@@ -1,7 +1,16 @@
 """What a launcher passes for each argument of a generated kernel
-(:class:`~pigeon.codegen.rules.ArgKind`), shared by the C and Triton backends."""
+(:class:`~pigeon.codegen.rules.ArgKind`), shared by the C and Triton backends, and the
+switch that poisons fresh outputs.
+
+With ``PIGEON_POISON=1`` in the environment when an executor is built (the test suite
+sets it), every output buffer a kernel is meant to write in full is filled with NaN
+before the kernel runs, so an element the kernel leaves unwritten shows up as NaN
+instead of passing by chance with whatever the memory held.
+"""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -10,6 +19,19 @@ from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import GLOBAL, IndexMap
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import space_size
+
+
+def poison_requested() -> bool:
+    """Whether ``PIGEON_POISON`` asks for fresh outputs filled with NaN."""
+    return os.environ.get("PIGEON_POISON", "") not in ("", "0")
+
+
+def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu",
+               poison: bool = False) -> torch.Tensor:
+    """A buffer a kernel writes in full: uninitialised, or NaN when ``poison``."""
+    if poison:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def graph_array(graph: HeteroGraph, arg: KernelArg, group: IndexMap | None, block_rows: int = 0) -> torch.Tensor:
@@ -32,7 +54,7 @@ def graph_array(graph: HeteroGraph, arg: KernelArg, group: IndexMap | None, bloc
 
 
 def output(graph: HeteroGraph, arg: KernelArg, num_groups: int, dtype: torch.dtype,
-           device: torch.device | str = "cpu") -> torch.Tensor:
+           device: torch.device | str = "cpu", poison: bool = False) -> torch.Tensor:
     """A fresh output buffer for ``arg`` (:attr:`ArgKind.OUTPUT`): one row per row of
     its space (none for GLOBAL) or per group; zeros where the kernel adds into it."""
     if arg.output is OutputKind.GROUP:
@@ -42,4 +64,4 @@ def output(graph: HeteroGraph, arg: KernelArg, num_groups: int, dtype: torch.dty
     shape = (*rows, *arg.shape)
     if arg.output is OutputKind.ATOMIC:
         return torch.zeros(shape, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    return new_output(shape, dtype, device, poison)

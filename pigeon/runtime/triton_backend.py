@@ -73,10 +73,16 @@ class TritonExecutor:
     Every kernel is rendered when the executor is built (no GPU needed); the module is
     imported on the first call. Graph-side arrays (index maps, CSR of each group, tile
     tables) come from the per-graph cache and live on the graph's device.
+
+    ``poison`` (optional) fills every output a kernel writes in full with NaN before it
+    runs, so an element it skips shows; default: the ``PIGEON_POISON`` environment
+    variable (:mod:`pigeon.runtime.kernel_args`).
     """
 
-    def __init__(self, program: KernelProgram, configs: Mapping[str, object] | None = None):
+    def __init__(self, program: KernelProgram, configs: Mapping[str, object] | None = None,
+                 poison: bool | None = None):
         self.program = program
+        self.poison = kernel_args.poison_requested() if poison is None else poison
         self.index = GRAPH_INDEX
         self.rendered: dict[int, list] = {}
         configs = dict(configs or {})
@@ -127,7 +133,7 @@ class TritonExecutor:
                     raise ValueError(f"buffer {arg.key}: expected {dtype}, got {tensor.dtype}")
                 args.append(tensor.contiguous())
             elif arg.kind is ArgKind.OUTPUT:
-                env[arg.key] = kernel_args.output(graph, arg, num, dtype, graph.device)
+                env[arg.key] = kernel_args.output(graph, arg, num, dtype, graph.device, self.poison)
                 args.append(env[arg.key])
             else:
                 raise ValueError(f"Triton kernel {t.name}: no launcher for a {arg.kind} argument")
@@ -148,7 +154,7 @@ class TritonExecutor:
         env = dict(tensors)
         for i, kernel in enumerate(self.program.kernels):
             if isinstance(kernel, GemmKernel):
-                env[kernel.out] = launch_gemm(module, self.rendered[i][0], graph, env, dtype)
+                env[kernel.out] = launch_gemm(module, self.rendered[i][0], graph, env, dtype, poison=self.poison)
             else:
                 for part in self.rendered[i]:
                     self._launch(module, part, graph, env, dtype)
