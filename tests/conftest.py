@@ -4,6 +4,8 @@ import os
 
 # Verify the IR after every pass of every compile in the suite (a broken pass fails at the pass).
 os.environ.setdefault("PIGEON_VERIFY", "1")
+# Fill every output a generated kernel writes with NaN before it runs: an element it skips fails.
+os.environ.setdefault("PIGEON_POISON", "1")
 
 # Without a GPU, Triton kernels run through Triton's interpreter on CPU tensors. It must be
 # on before anything imports triton (torch_geometric does, in test_reference.py): kernels

@@ -103,7 +103,7 @@ def test_node_parallel_traversal_has_no_atomics_and_walks_the_csr():
     traversals = [k for k in plan.forward_kernels.kernels if isinstance(k, TraversalKernel)]
     assert traversals and all(k.softmax for k in traversals)
     (rendered,) = render_traversal(traversals[0], "k")
-    assert rendered.mode == "csr"
+    assert rendered.mode is TraversalLayout.CSR
     assert "tl.atomic" not in rendered.source
     assert "for start in range(begin, end, BLOCK)" in rendered.source
     # Online softmax: a running maximum rescales the running sum, then a second sweep normalises.
@@ -114,7 +114,7 @@ def test_edge_parallel_traversal_scatters_with_atomics():
     plan = _plan(_rgat, _graph(), layout="coo")
     backward = [k for k in plan.backward_kernels.kernels if isinstance(k, TraversalKernel) and k.layout is TraversalLayout.COO]
     rendered = [part for k in backward for part in render_traversal(k, "k")]
-    assert any(part.mode == "rows" and "tl.atomic_add" in part.source for part in rendered)
+    assert any(part.mode is TraversalLayout.ROWS and "tl.atomic_add" in part.source for part in rendered)
 
 
 def test_every_kernel_is_generated_and_the_module_is_a_content_hashed_file(tmp_path, monkeypatch):
@@ -151,5 +151,5 @@ def test_a_template_error_names_the_template_and_line():
     from pigeon.codegen.templates import TemplateError, render
 
     with pytest.raises(TemplateError, match=r"template traversal\.py\.jinja line \d+: 'name' is undefined"):
-        render("traversal.py.jinja", title="t", params=[], top=[], mode="rows", sweeps=[{"body": []}],
+        render("traversal.py.jinja", title="t", params=[], grouped=False, sweeps=[{"body": []}],
                group_init=[], group_store=[])

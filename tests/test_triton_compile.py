@@ -28,9 +28,6 @@ from pigeon import nn as pnn
 from pigeon.codegen.triton import TritonTraversal
 from pigeon.runtime.triton_backend import TritonExecutor
 
-_INDEX_ARGS = ("rowptr", "perm", "index", "count")
-
-
 def _layers(graph):
     return {
         "rgcn": (pnn.RGCN(16, 16, graph.num_etypes), {}),
@@ -43,7 +40,7 @@ def _layers(graph):
 
 
 def _signature(fn, part: TritonTraversal) -> dict[str, str]:
-    sig = {name: ("*i64" if kind in _INDEX_ARGS else "*fp32") for (kind, _), name in zip(part.args, fn.arg_names)}
+    sig = {name: ("*i64" if arg.kind.graph_array else "*fp32") for arg, name in zip(part.args, fn.arg_names)}
     return {**sig, "num": "i64", "REAL": "constexpr", "BLOCK": "constexpr"}
 
 

@@ -2,11 +2,14 @@
 
 The template (``kernels/traversal.c.jinja``) owns the structure: the node-parallel loop
 over the groups of a CSR, the sweeps over each group's rows, and where reductions are
-initialised, finished and stored. This module plans the sweeps and emits the per-row
-expression, one rule per op (``_RULES``), as lines of C the template places.
+started, finished and stored. This module plans what each sweep computes and fills the
+statements of :mod:`pigeon.codegen.c_text`, one rule per op (``_RULES``), which the
+template places.
 
-Which sweep computes which value is planned in :mod:`pigeon.codegen.sweeps`, shared with
-the Triton generator.
+What the C and Triton generators share is described once elsewhere: which sweep computes
+which value (:mod:`pigeon.codegen.sweeps`); reductions, the online softmax and the
+kernel arguments (:mod:`pigeon.codegen.rules`). Segmented GEMMs are
+:mod:`pigeon.codegen.c_gemm`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import math
 import re
 from dataclasses import dataclass
 
+from pigeon.codegen import c_text
+from pigeon.codegen.c_text import BINARY, NAME, STMT, UNARY, lines
+from pigeon.codegen.rules import (ONLINE_SOFTMAX, REDUCTIONS, ArgKind, KernelArg, OutputKind, finish, spell)
 from pigeon.codegen.sweeps import GROUP_VALUES, SweepPlan
 from pigeon.codegen.templates import CodegenError as _CodegenError
 from pigeon.codegen.templates import render
-from pigeon.ir.graph_ir import ETYPE, GLOBAL, NTYPE, NTYPE_ETYPE, Binary, IndexMap, Node, Op, Reduce, Space, Unary
-from pigeon.ir.kernel_ir import GemmKernel, TraversalKernel, TraversalLayout
-
+from pigeon.ir.graph_ir import ETYPE, GLOBAL, NTYPE, NTYPE_ETYPE, Binary, IndexMap, Node, Op, Space, Unary
+from pigeon.ir.kernel_ir import TraversalKernel, TraversalLayout
 
 
 class CodegenError(_CodegenError):
@@ -30,6 +35,8 @@ class CodegenError(_CodegenError):
 
 
 SCHEDULES = ("static", "dynamic", "guided")
+SPLIT_SPACES = (ETYPE, NTYPE, NTYPE_ETYPE, GLOBAL)   # group spaces of few, uneven groups
+PREFETCH_AHEAD = 8   # rows of a group between a row's prefetch and its use
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,9 @@ class CConfig:
         """The ``schedule(...)`` clause of the ``omp parallel for`` pragma over ``count``
         (a C expression) groups or rows."""
         if not self.chunk:
-            return f"schedule({self.schedule})"
-        return f"schedule({self.schedule}, {count} < {64 * self.chunk} ? 1 : {self.chunk})"
+            return c_text.SCHEDULE.format(schedule=self.schedule)
+        return c_text.SCHEDULE_CHUNKS.format(schedule=self.schedule, count=count, few=64 * self.chunk,
+                                             chunk=self.chunk)
 
 
 def default_config(kernel: TraversalKernel) -> CConfig:
@@ -72,124 +80,86 @@ def default_config(kernel: TraversalKernel) -> CConfig:
 
 @dataclass(frozen=True)
 class CKernel:
-    """A rendered traversal: its C source and the arguments it takes, in order.
+    """A rendered traversal: its C source and the arguments it takes, in order
+    (``args[i]`` of the C function; :class:`~pigeon.codegen.rules.KernelArg`).
 
-    ``args`` entries are ``("rowptr" | "perm" | "blocks", group map)``, ``("index", map)``,
-    ``("index_sorted", map)`` (the map's values in the order of the group's CSR),
-    ``("buffer", buffer name)``, ``("partial", width)`` (a zeroed float buffer of
-    threads x groups x width) or ``("scratch", width)`` (a float buffer of threads x
-    largest group x width). ``sizes[0]`` is the number of groups (rows when
-    ungrouped); a split kernel also takes the number of blocks and of threads.
+    ``sizes[0]`` is the number of groups (rows when ungrouped); a split kernel also takes
+    the number of blocks and of threads, a kernel with a scratch the largest group's rows
+    and the number of threads.
     """
 
     name: str
     source: str
-    args: tuple[tuple[str, object], ...]
+    args: tuple[KernelArg, ...]
     domain: Space
     group: IndexMap | None
     split: bool = False   # blocks of rows over threads (sizes: groups, blocks, threads)
     scratch: bool = False   # a per-thread scratch of rows (sizes: groups, largest group, threads)
 
 
-# ---- helpers ---------------------------------------------------------------------------
-
-def _strides(shape: tuple[int, ...]) -> list[int]:
-    strides, acc = [], 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= d
-    return list(reversed(strides))
-
-
-def _index(out_shape: tuple[int, ...], shape: tuple[int, ...]) -> str:
-    """Flat index into an operand of ``shape`` broadcast to ``out_shape`` (loop vars i0..)."""
-    offset = len(out_shape) - len(shape)
-    terms = []
-    for d, (size, stride) in enumerate(zip(shape, _strides(shape))):
-        if size != 1:
-            terms.append(f"i{d + offset}*{stride}" if stride != 1 else f"i{d + offset}")
-    return " + ".join(terms) or "0"
-
-
-def _loops(shape: tuple[int, ...], statement: str) -> list[str]:
-    lines = [f"for (int i{d} = 0; i{d} < {size}; i{d}++)" for d, size in enumerate(shape)]
-    return lines + [("    " if shape else "") + statement]
-
-
-def _real(value: float) -> str:
-    if math.isinf(value):
-        return "INFINITY" if value > 0 else "-INFINITY"
-    return f"(real){value!r}"
-
-
-_UNARY = {
-    Unary.NEG: "-({x})", Unary.RELU: "max_({x}, (real)0)", Unary.EXP: "EXP({x})", Unary.LOG: "LOG({x})",
-    Unary.SQRT: "SQRT({x})", Unary.RSQRT: "(real)1 / SQRT({x})", Unary.RECIP: "(real)1 / ({x})",
-    Unary.SIGMOID: "sigmoid_({x})", Unary.TANH: "TANH({x})", Unary.GELU: "gelu_({x})",
-    Unary.GELU_GRAD: "gelu_grad_({x})", Unary.STEP: "(({x}) > 0 ? (real)1 : (real)0)",
-    Unary.SQUARE: "({x}) * ({x})",
-}
-_BINARY = {
-    Binary.ADD: "{a} + {b}", Binary.SUB: "{a} - {b}", Binary.MUL: "{a} * {b}", Binary.DIV: "{a} / {b}",
-    Binary.MAX: "max_({a}, {b})", Binary.MIN: "min_({a}, {b})", Binary.EQ: "({a} == {b} ? (real)1 : (real)0)",
-}
+def _label(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]", "_", name)
 
 
 class _Planner(SweepPlan):
-    """Plans sweeps and emits C for one traversal kernel."""
+    """Plans sweeps and fills the C statements of one traversal kernel."""
 
     def __init__(self, kernel: TraversalKernel, name: str, config: CConfig):
         super().__init__(kernel.body, kernel.domain, kernel.group)
         self.k = kernel
         self.name = name
         self.config = config
-        self.args: list[tuple[str, object]] = []
+        self.args: list[KernelArg] = []
         self.arg_decls: list[str] = []
-        self.ptr: dict[str, str] = {}
+        self.ptr: dict[str, str] = {}         # buffers read or written, by name
         self.index_var: dict[str, str] = {}
 
     # -- arguments ---------------------------------------------------------------------
-    def add_arg(self, kind: str, key, decl: str) -> None:
-        self.arg_decls.append(decl.format(i=len(self.args)))
-        self.args.append((kind, key))
+    def declare(self, arg: KernelArg, var: str) -> str:
+        self.arg_decls.append(c_text.ARG.format(type=c_text.ARG_TYPE[arg.kind], var=var, i=len(self.args)))
+        self.args.append(arg)
+        return var
 
-    def buffer(self, name: str, writable: bool = False) -> str:
+    def graph_array(self, kind: ArgKind, index: IndexMap) -> str:
+        return self.declare(KernelArg(kind, index), c_text.ARG_VAR[kind].format(label=_label(index.name)))
+
+    def buffer(self, name: str) -> str:
         if name not in self.ptr:
-            var = f"b{len(self.ptr)}_{re.sub(r'[^0-9A-Za-z]', '_', name)}"
-            qualifier = "" if writable else "const "
-            self.add_arg("buffer", name, f"{qualifier}real *{var} = ({qualifier}real *)args[{{i}}];")
-            self.ptr[name] = var
+            var = c_text.ARG_VAR[ArgKind.BUFFER].format(n=len(self.ptr), label=_label(name))
+            self.ptr[name] = self.declare(KernelArg(ArgKind.BUFFER, name), var)
         return self.ptr[name]
 
-    def index(self, index: IndexMap) -> str:
-        if index.name not in self.index_var:
-            var = f"idx_{index.name}"
-            self.add_arg("index", index, f"const int64_t *{var} = (const int64_t *)args[{{i}}];")
-            self.index_var[index.name] = var
-        return self.index_var[index.name]
+    def output(self, node: Node, kind: OutputKind) -> str:
+        name = node.attr("name")
+        if name not in self.ptr:
+            rows = self.group.target if kind is OutputKind.GROUP else self.domain
+            var = c_text.ARG_VAR[ArgKind.OUTPUT].format(n=len(self.ptr), label=_label(name))
+            arg = KernelArg(ArgKind.OUTPUT, name, kind, rows, node.type.shape)
+            self.ptr[name] = self.declare(arg, var)
+        return self.ptr[name]
 
     def row_index(self, index: IndexMap, position: str = "p") -> str:
         """``index`` of the row at ``position``. A grouped kernel reads a copy of the map
         put in its CSR's order once per graph, so the walk reads it sequentially instead
         of at the scattered ``perm[p]``."""
         if self.group is None:
-            return f"{self.index(index)}[row]"
-        key = f"sorted:{index.name}"
+            key, kind, position = index.name, ArgKind.INDEX, "row"
+        else:
+            key, kind = f"sorted:{index.name}", ArgKind.INDEX_SORTED
         if key not in self.index_var:
-            var = f"sidx_{index.name}"
-            self.add_arg("index_sorted", index, f"const int64_t *{var} = (const int64_t *)args[{{i}}];")
-            self.index_var[key] = var
-        return f"{self.index_var[key]}[{position}]"
+            self.index_var[key] = self.graph_array(kind, index)
+        return NAME["at"].format(var=self.index_var[key], position=position)
 
-    # -- per-row emission ----------------------------------------------------------------
+    # -- per-row values ------------------------------------------------------------------
     def ref(self, i: int) -> str:
-        return f"a{i}" if self.body.nodes[i].op in GROUP_VALUES else f"v{i}"
+        kind = "group_value" if self.body.nodes[i].op in GROUP_VALUES else "row_value"
+        return NAME[kind].format(id=i)
 
-    def emit_row(self, node: Node, lines: list[str]) -> None:
+    def emit_row(self, node: Node, out: list[str]) -> None:
         rule = _RULES.get(node.op)
         if rule is None:
             raise CodegenError("not supported inside a traversal", node)
-        rule(self, node, lines)
+        rule(self, node, out)
 
     def kept(self) -> dict[int, tuple[int, int]]:
         """The softmax inputs a later sweep reads again, by node: (offset, width) in a
@@ -207,6 +177,7 @@ class _Planner(SweepPlan):
         return kept
 
     def sweep_lines(self, k: int) -> tuple[list[str], list[str]]:
+        """Sweep ``k``'s statements per row, and those after it that finish its reductions."""
         roots, row_outputs = self.sweep_roots(k)
         kept = self.kept()
         width = sum(n for _, n in kept.values())
@@ -216,36 +187,28 @@ class _Planner(SweepPlan):
         for i in nodes:
             node = self.body.nodes[i]
             if i in given:
-                body.append(f"const real *v{i} = scratch_mine + (p - begin) * {width} + {kept[i][0]};")
-                continue
-            if node.op is Op.INPUT:
+                body += lines("kept", id=i, width=width, offset=kept[i][0])
+            elif node.op is Op.INPUT:
                 if node.type.space == self.k.domain:
-                    body.append(f"const real *v{i} = {self.buffer(node.attr('name'))} + row * {node.type.numel};")
+                    body += lines("row", id=i, ptr=self.buffer(node.attr("name")), row="row", n=node.type.numel)
             elif node.op is not Op.CONST:
                 self.emit_row(node, body)
         for r in self.reductions:
             if self.phase[r.id] == k:
-                body += _accumulate(r, self.ref(r.inputs[0]))
+                body += self._reduction_step(r)
         for s in self.softmaxes:
             if self.stats_phase(s) == k:
-                n, x = s.type.numel, self.ref(s.inputs[0])
-                body += [f"for (int j = 0; j < {n}; j++) {{",
-                         f"    real t = {x}[j];",
-                         f"    if (t > m{s.id}[j]) {{ s{s.id}[j] = s{s.id}[j] * EXP(m{s.id}[j] - t) + (real)1; m{s.id}[j] = t; }}",
-                         f"    else {{ s{s.id}[j] += EXP(t - m{s.id}[j]); }}",
-                         "}"]
+                body += self._softmax_step(s)
         for i, (offset, n) in kept.items():
             if self.phase[i] == k:
-                body.append(f"for (int j = 0; j < {n}; j++) scratch_mine[(p - begin) * {width} + {offset} + j] = v{i}[j];")
+                body += lines("keep", id=i, n=n, width=width, offset=offset)
         for o in row_outputs:
-            out = self.buffer(o.attr("name"), writable=True)
-            n = o.type.numel
-            body.append(f"for (int j = 0; j < {n}; j++) {out}[row * {n} + j] = {self.ref(o.inputs[0])}[j];")
-        finish: list[str] = []
+            body += lines("store_row", ptr=self.output(o, OutputKind.ROW), n=o.type.numel, src=self.ref(o.inputs[0]))
+        finished: list[str] = []
         for r in self.reductions:
             if self.phase[r.id] == k:
-                finish += _finish(r, len(r.inputs) > 1)
-        return body, finish
+                finished += self._reduction_finish(r)
+        return body, finished
 
     def _prefetch(self, nodes: list[int]) -> list[str]:
         """Prefetch the rows this sweep gathers through an index map, ``PREFETCH_AHEAD``
@@ -253,7 +216,7 @@ class _Planner(SweepPlan):
         memory, and each gathered row would otherwise be a cache miss the loop waits for."""
         if self.group is None:
             return []
-        lines = []
+        out = []
         for i in nodes:
             node = self.body.nodes[i]
             if node.op is not Op.GATHER or node.attr("index") == self.group:
@@ -261,54 +224,82 @@ class _Planner(SweepPlan):
             source = self.body.nodes[node.inputs[0]]
             if source.op is not Op.INPUT:
                 continue
-            ahead = self.row_index(node.attr("index"), f"p + {PREFETCH_AHEAD}")
-            base = f"{self.buffer(source.attr('name'))} + {ahead} * {node.type.numel}"
-            lines.append(f"    for (int c = 0; c < (int)({node.type.numel} * sizeof(real)); c += 64) "
-                         f"__builtin_prefetch((const char *)({base}) + c);")
-        if not lines:
+            ahead = self.row_index(node.attr("index"), NAME["ahead"].format(ahead=PREFETCH_AHEAD))
+            out += lines("prefetch", ptr=self.buffer(source.attr("name")), row=ahead, n=node.type.numel)
+        if not out:
             return []
-        # Past the group's end are the next groups' rows, which this thread likely takes next.
-        return [f"if (p + {PREFETCH_AHEAD} < rowptr[num_groups]) {{", *lines, "}"]
+        return [*lines("prefetch_if", ahead=PREFETCH_AHEAD), *out, *lines("end")]
+
+    # -- reductions and softmax (rules.REDUCTIONS, rules.ONLINE_SOFTMAX) --------------------
+    def _reduction_start(self, r: Node) -> list[str]:
+        n = r.type.numel
+        out = lines("reduce_decl", id=r.id, n=n)
+        if len(r.inputs) > 1:   # a self message: the group's first row
+            init = self.buffer(self.body.nodes[r.inputs[1]].attr("name"))
+            return out + lines("reduce_self", id=r.id, n=n, ptr=init)
+        return out + lines("reduce_start", id=r.id, n=n, start=c_text.real(REDUCTIONS[r.attr("reduce")].start))
+
+    def _reduction_step(self, r: Node) -> list[str]:
+        acc = NAME["element"].format(var=self.ref(r.id))
+        x = NAME["element"].format(var=self.ref(r.inputs[0]))
+        combined = BINARY[REDUCTIONS[r.attr("reduce")].combine].format(a=acc, b=x)
+        return lines("reduce_step", id=r.id, n=r.type.numel, combined=combined)
+
+    def _reduction_finish(self, r: Node) -> list[str]:
+        rule, out = finish(r.attr("reduce"), len(r.inputs) > 1), []
+        if rule.divide:
+            out += lines("reduce_mean", id=r.id, n=r.type.numel, rows=c_text.group_rows(rule.extra))
+        if rule.empty is not None:
+            out += lines("reduce_empty", id=r.id, n=r.type.numel, empty=c_text.real(rule.empty))
+        return out
+
+    def softmax_names(self, s: Node) -> dict[str, str]:
+        return {"m": NAME["element"].format(var=NAME["running_max"].format(id=s.id)),
+                "s": NAME["element"].format(var=NAME["running_sum"].format(id=s.id))}
+
+    def _softmax_step(self, s: Node) -> list[str]:
+        names = self.softmax_names(s)
+        rescale = spell(ONLINE_SOFTMAX.rescale, UNARY, BINARY, {**names, "t": "t"})   # a new maximum, t
+        term = spell(ONLINE_SOFTMAX.term, UNARY, BINARY, {"x": "t", "t": names["m"]})   # the maximum kept
+        return lines("softmax_step", id=s.id, n=s.type.numel, x=self.ref(s.inputs[0]), rescale=rescale, term=term)
 
     # -- whole kernel --------------------------------------------------------------------
     def render(self) -> CKernel:
         grouped = self.group is not None
         if grouped:
-            self.add_arg("rowptr", self.group, "const int64_t *rowptr = (const int64_t *)args[{i}];")
-            self.add_arg("perm", self.group, "const int64_t *perm = (const int64_t *)args[{i}];")
+            self.graph_array(ArgKind.ROWPTR, self.group)
+            self.graph_array(ArgKind.PERM, self.group)
         elif self.reductions or self.softmaxes or any(n.op is Op.DEGREE for n in self.body.nodes):
             raise CodegenError("a traversal with reductions needs a group map")
-        top = [f"const real v{n.id}[1] = {{{_real(n.attr('value'))}}};" for n in self.body.nodes if n.op is Op.CONST]
+        top = [line for n in self.body.nodes if n.op is Op.CONST
+               for line in lines("const", id=n.id, value=c_text.real(n.attr("value")))]
         for n in self.body.nodes:
             if n.op is Op.INPUT and n.type.space == GLOBAL:
-                top.append(f"const real *v{n.id} = {self.buffer(n.attr('name'))};")
-        last = self.last_sweep()
+                top += lines("alias", id=n.id, src=self.buffer(n.attr("name")))
         sweeps = []
-        for k in range(last + 1):
-            body, finish = self.sweep_lines(k)
-            sweeps.append({"body": body, "finish": finish})
+        for k in range(self.last_sweep() + 1):
+            body, finished = self.sweep_lines(k)
+            sweeps.append({"body": body, "finish": finished})
         group_init: list[str] = []
         for r in self.reductions:
-            init = self.buffer(self.body.nodes[r.inputs[1]].attr("name")) if len(r.inputs) > 1 else None
-            group_init += _init(r, init)
+            group_init += self._reduction_start(r)
         for d in self.body.nodes:
             if d.op is Op.DEGREE:
-                group_init.append(f"real a{d.id}[1] = {{(real)count}};")
+                group_init += lines("degree", id=d.id)
         kept = self.kept()
         if kept:
             width = sum(n for _, n in kept.values())
-            self.add_arg("scratch", width, "real *scratch = (real *)args[{i}];")
-            group_init.append(f"real *scratch_mine = scratch + (int64_t)omp_get_thread_num() * sizes[1] * {width};")
+            self.declare(KernelArg(ArgKind.SCRATCH, width), c_text.ARG_VAR[ArgKind.SCRATCH])
+            group_init += lines("scratch_mine", width=width)
         for s in self.softmaxes:
-            n = s.type.numel
-            group_init += [f"real m{s.id}[{n}], s{s.id}[{n}];",
-                           f"for (int j = 0; j < {n}; j++) {{ m{s.id}[j] = -INFINITY; s{s.id}[j] = 0; }}"]
+            group_init += lines("softmax_start", id=s.id, n=s.type.numel,
+                                max_start=c_text.real(ONLINE_SOFTMAX.maximum.start),
+                                sum_start=c_text.real(ONLINE_SOFTMAX.total.start))
         group_store = []
         for o in self.outputs:
             source = self.body.nodes[o.inputs[0]]
             if source.op in GROUP_VALUES:
-                out, n = self.buffer(o.attr("name"), writable=True), o.type.numel
-                group_store.append(f"for (int j = 0; j < {n}; j++) {out}[g * {n} + j] = a{source.id}[j];")
+                group_store += lines("store_group", ptr=self.output(o, OutputKind.GROUP), n=o.type.numel, id=source.id)
             elif not self.is_row(source):
                 raise CodegenError(f"output {o.attr('name')} is neither per-row nor a reduction", o)
         split = self._split() if grouped else None
@@ -316,201 +307,149 @@ class _Planner(SweepPlan):
         source = render("traversal.c.jinja", title=title, name=self.name, arg_decls=self.arg_decls + top,
                         grouped=grouped, sweeps=sweeps, group_init=group_init, group_store=group_store,
                         schedule=self.config.clause("num_groups" if grouped else "num_rows"), split=split,
-                        threads="num_threads(sizes[2]) " if kept else "")
+                        scratch=bool(kept))
         return CKernel(self.name, source, tuple(self.args), self.k.domain, self.group, split is not None,
                        bool(kept))
 
     def _split(self) -> dict | None:
-        """The split form's lines, for a one-sweep traversal of sums into a few groups
-        (edge types, node types); None for any other."""
+        """The split form's statements, for a one-sweep traversal of sums into a few
+        groups (edge types, node types); None for any other."""
         if self.group.target not in SPLIT_SPACES or self.last_sweep() != 0 or self.softmaxes:
             return None
-        if any(n.op is Op.DEGREE for n in self.body.nodes) or any(r.attr("reduce") is not Reduce.SUM
-                                                                 for r in self.reductions):
+        if any(n.op is Op.DEGREE for n in self.body.nodes):
+            return None
+        # The slices are added in any order and need no finishing: sums only.
+        if any(not REDUCTIONS[r.attr("reduce")].scatters or finish(r.attr("reduce"), False).needed
+               for r in self.reductions):
             return None
         offsets, width = {}, 0
         for r in self.reductions:
             offsets[r.id], width = width, width + r.type.numel
-        self.add_arg("blocks", self.group, "const int64_t *blocks = (const int64_t *)args[{i}];")
-        self.add_arg("partial", width, "real *partial = (real *)args[{i}];")
-        init = [f"real a{r.id}[{r.type.numel}] = {{0}};" for r in self.reductions]
-        add = [f"for (int j = 0; j < {r.type.numel}; j++) mine[g * {width} + {offsets[r.id]} + j] += a{r.id}[j];"
-               for r in self.reductions]
+        self.graph_array(ArgKind.BLOCKS, self.group)
+        self.declare(KernelArg(ArgKind.PARTIAL, width), c_text.ARG_VAR[ArgKind.PARTIAL])
+        init = [line for r in self.reductions for line in lines("split_start", id=r.id, n=r.type.numel)]
+        add = [line for r in self.reductions
+               for line in lines("split_add", id=r.id, n=r.type.numel, width=width, offset=offsets[r.id])]
         store = []
         for o in self.outputs:
             r = self.body.nodes[o.inputs[0]]
             if r.op is not Op.AGGREGATE:
                 continue
-            n, out = r.type.numel, self.buffer(o.attr("name"), writable=True)
-            start = f"{self.buffer(self.body.nodes[r.inputs[1]].attr('name'))}[g * {n} + j]" if len(r.inputs) > 1 else "0"
-            store.append(f"for (int j = 0; j < {n}; j++) {{ real t = {start}; "
-                         f"for (int64_t th = 0; th < threads; th++) t += partial[(th * num_groups + g) * {width} + {offsets[r.id]} + j]; "
-                         f"{out}[g * {n} + j] = t; }}")
+            n, ptr = r.type.numel, self.output(o, OutputKind.GROUP)
+            if len(r.inputs) > 1:
+                start = NAME["group_element"].format(ptr=self.buffer(self.body.nodes[r.inputs[1]].attr("name")), n=n)
+            else:
+                start = c_text.real(REDUCTIONS[r.attr("reduce")].start)
+            store += lines("split_store", n=n, start=start, width=width, offset=offsets[r.id], ptr=ptr)
         return {"width": width, "init": init, "add": add, "store": store}
 
 
-def _init(r: Node, init: str | None) -> list[str]:
-    n, how = r.type.numel, r.attr("reduce")
-    lines = [f"real a{r.id}[{n}];"]
-    if init is not None:
-        lines.append(f"for (int j = 0; j < {n}; j++) a{r.id}[j] = {init}[g * {n} + j];")
-    else:
-        start = {Reduce.SUM: "0", Reduce.MEAN: "0", Reduce.MAX: "-INFINITY", Reduce.MIN: "INFINITY"}[how]
-        lines.append(f"for (int j = 0; j < {n}; j++) a{r.id}[j] = {start};")
-    return lines
+# ---- rules: one per op ----------------------------------------------------------------------
+
+def _at(pl: _Planner, i: int, out_shape: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    """Node ``i``'s element at the loop position of ``out_shape`` (broadcast from ``shape``)."""
+    return NAME["at"].format(var=pl.ref(i), position=c_text.index(out_shape, shape))
 
 
-def _accumulate(r: Node, x: str) -> list[str]:
-    n, how = r.type.numel, r.attr("reduce")
-    update = {
-        Reduce.SUM: f"a{r.id}[j] += {x}[j];", Reduce.MEAN: f"a{r.id}[j] += {x}[j];",
-        Reduce.MAX: f"a{r.id}[j] = max_(a{r.id}[j], {x}[j]);", Reduce.MIN: f"a{r.id}[j] = min_(a{r.id}[j], {x}[j]);",
-    }[how]
-    return [f"for (int j = 0; j < {n}; j++) {update}"]
-
-
-def _finish(r: Node, has_init: bool) -> list[str]:
-    n, how = r.type.numel, r.attr("reduce")
-    total = "(count + 1)" if has_init else "count"
-    if how is Reduce.MEAN:
-        return [f"if ({total} > 0) for (int j = 0; j < {n}; j++) a{r.id}[j] /= (real){total};"]
-    if how in (Reduce.MAX, Reduce.MIN) and not has_init:
-        return [f"if (count == 0) for (int j = 0; j < {n}; j++) a{r.id}[j] = 0;"]
-    return []
-
-
-# ---- lowering rules: one per op ------------------------------------------------------------
-
-def _gather(pl: _Planner, node: Node, lines: list[str]) -> None:
+def _gather(pl: _Planner, node: Node, out: list[str]) -> None:
     index = node.attr("index")
     source = pl.body.nodes[node.inputs[0]]
-    n = node.type.numel
-    if source.op in GROUP_VALUES:
-        lines.append(f"const real *v{node.id} = a{source.id};")  # this group's own reduction
+    if source.op in GROUP_VALUES:   # this group's own reduction
+        out += lines("alias", id=node.id, src=pl.ref(source.id))
         return
     if source.op is not Op.INPUT:
         raise CodegenError("gathers read buffers or this pass's own reductions", node)
     row = "g" if pl.group is not None and index == pl.group else pl.row_index(index)
-    lines.append(f"const real *v{node.id} = {pl.buffer(source.attr('name'))} + {row} * {n};")
+    out += lines("row", id=node.id, ptr=pl.buffer(source.attr("name")), row=row, n=node.type.numel)
 
 
-def _elementwise(pl: _Planner, node: Node, lines: list[str]) -> None:
+def _elementwise(pl: _Planner, node: Node, out: list[str]) -> None:
     shape = node.type.shape
-    ops = [pl.body.nodes[i] for i in node.inputs]
-    args = [f"{pl.ref(o.id)}[{_index(shape, o.type.shape)}]" for o in ops]
+    args = [_at(pl, i, shape, pl.body.nodes[i].type.shape) for i in node.inputs]
     if node.op is Op.UNARY:
         fn = node.attr("fn")
         if fn is Unary.LEAKY_RELU:
-            expr = f"({args[0]} > 0 ? {args[0]} : {_real(node.attr('alpha'))} * {args[0]})"
+            expr = c_text.LEAKY_RELU.format(x=args[0], alpha=c_text.real(node.attr("alpha")))
         else:
-            expr = _UNARY[fn].format(x=args[0])
+            expr = UNARY[fn].format(x=args[0])
     else:
-        expr = _BINARY[node.attr("fn")].format(a=args[0], b=args[1])
-    lines.append(f"real v{node.id}[{node.type.numel}];")
-    lines += _loops(shape, f"v{node.id}[{_index(shape, shape)}] = {expr};")
-
-
-SPLIT_SPACES = (ETYPE, NTYPE, NTYPE_ETYPE, GLOBAL)   # group spaces of few, uneven groups
-PREFETCH_AHEAD = 8   # rows of a group between a row's prefetch and its use
-_LANES = 8   # partial sums of a long reduction: one AVX register of floats
-
-
-def _lane_sum(k: int, size: int, term: str, store: str) -> str:
-    """A block that sums ``term`` over ``i{k} < size`` and runs ``store`` (which reads
-    the sum as ``t``).
-
-    A long sum keeps ``_LANES`` partial sums, lane ``l`` adding the terms ``l``,
-    ``l + _LANES``, ...: the lanes are independent, so the compiler vectorises them
-    without reassociating floating-point adds (which it may not do without
-    ``-ffast-math``), where one running sum would be a chain of dependent adds.
-    """
-    if size < 2 * _LANES:
-        return f"{{ real t = 0; for (int i{k} = 0; i{k} < {size}; i{k}++) t += {term}; {store} }}"
-    full = size - size % _LANES
-    return (f"{{ real lane[{_LANES}] = {{0}}; "
-            f"for (int b_ = 0; b_ < {full}; b_ += {_LANES}) for (int l_ = 0; l_ < {_LANES}; l_++) "
-            f"{{ const int i{k} = b_ + l_; lane[l_] += {term}; }} "
-            f"real t = 0; for (int l_ = 0; l_ < {_LANES}; l_++) t += lane[l_]; "
-            f"for (int i{k} = {full}; i{k} < {size}; i{k}++) t += {term}; {store} }}")
+        expr = BINARY[node.attr("fn")].format(a=args[0], b=args[1])
+    out += lines("decl", id=node.id, n=node.type.numel)
+    out += c_text.loops(shape, STMT["assign"].format(id=node.id, at=c_text.index(shape, shape), expr=expr))
 
 
 def _sum_over_last(node: Node, size: int, term: str) -> list[str]:
     """``v[...] = sum over i{k} < size of term``, ``term`` indexed with the loop variables."""
-    k = len(node.type.shape)
-    out = _index(node.type.shape, node.type.shape)
-    return [f"real v{node.id}[{node.type.numel}];"] + _loops(
-        node.type.shape, _lane_sum(k, size, term, f"v{node.id}[{out}] = t;"))
+    shape = node.type.shape
+    store = STMT["sum_store"].format(id=node.id, at=c_text.index(shape, shape))
+    return lines("decl", id=node.id, n=node.type.numel) + c_text.loops(
+        shape, c_text.sum_block(len(shape), size, term, store))
 
 
-def _dot(pl: _Planner, node: Node, lines: list[str]) -> None:
+def _dot(pl: _Planner, node: Node, out: list[str]) -> None:
     a, b = (pl.body.nodes[i] for i in node.inputs)
     full = node.type.shape + (a.type.shape[-1],)
-    term = f"{pl.ref(a.id)}[{_index(full, a.type.shape)}] * {pl.ref(b.id)}[{_index(full, b.type.shape)}]"
-    lines += _sum_over_last(node, a.type.shape[-1], term)
+    term = BINARY[Binary.MUL].format(a=_at(pl, a.id, full, a.type.shape), b=_at(pl, b.id, full, b.type.shape))
+    out += _sum_over_last(node, a.type.shape[-1], term)
 
 
-def _sum_last(pl: _Planner, node: Node, lines: list[str]) -> None:
+def _sum_last(pl: _Planner, node: Node, out: list[str]) -> None:
     x = pl.body.nodes[node.inputs[0]]
-    lines += _sum_over_last(node, x.type.shape[-1], f"{pl.ref(x.id)}[{_index(x.type.shape, x.type.shape)}]")
+    out += _sum_over_last(node, x.type.shape[-1], _at(pl, x.id, x.type.shape, x.type.shape))
 
 
-def _sum_dims(pl: _Planner, node: Node, lines: list[str]) -> None:
+def _sum_dims(pl: _Planner, node: Node, out: list[str]) -> None:
     x = pl.body.nodes[node.inputs[0]]
-    out = node.type
-    lines.append(f"real v{node.id}[{out.numel}];")
-    lines.append(f"for (int j = 0; j < {out.numel}; j++) v{node.id}[j] = 0;")
+    shape, kept = x.type.shape, node.type.shape
+    out += lines("decl", id=node.id, n=node.type.numel) + lines("zero", id=node.id, n=node.type.numel)
     # Walk the operand; each element adds into the output element its kept dims select.
-    target = f"v{node.id}[{_index(x.type.shape, out.shape)}]"
-    term = f"{pl.ref(x.id)}[{_index(x.type.shape, x.type.shape)}]"
-    if out.shape[-1] == 1 and x.type.shape[-1] > 1:   # the last dim is summed: lanes
-        last = len(x.type.shape) - 1
-        lines += _loops(x.type.shape[:-1], _lane_sum(last, x.type.shape[-1], term, f"{target} += t;"))
+    target = NAME["at"].format(var=pl.ref(node.id), position=c_text.index(shape, kept))
+    term = _at(pl, x.id, shape, shape)
+    if kept[-1] == 1 and shape[-1] > 1:   # the last dim is summed: lanes
+        store = STMT["sum_add"].format(target=target)
+        out += c_text.loops(shape[:-1], c_text.sum_block(len(shape) - 1, shape[-1], term, store))
     else:
-        lines += _loops(x.type.shape, f"{target} += {term};")
+        out += c_text.loops(shape, STMT["add_to"].format(target=target, term=term))
 
 
-def _expand_last(pl: _Planner, node: Node, lines: list[str]) -> None:
+def _expand_last(pl: _Planner, node: Node, out: list[str]) -> None:
     x = pl.body.nodes[node.inputs[0]]
-    lines.append(f"real v{node.id}[{node.type.numel}];")
-    lines += _loops(node.type.shape, f"v{node.id}[{_index(node.type.shape, node.type.shape)}] = "
-                    f"{pl.ref(x.id)}[{_index(node.type.shape[:-1], x.type.shape)}];")
+    shape = node.type.shape
+    out += lines("decl", id=node.id, n=node.type.numel)
+    out += c_text.loops(shape, STMT["assign"].format(id=node.id, at=c_text.index(shape, shape),
+                                                     expr=_at(pl, x.id, shape[:-1], x.type.shape)))
 
 
-def _reshape(pl: _Planner, node: Node, lines: list[str]) -> None:
-    lines.append(f"const real *v{node.id} = {pl.ref(node.inputs[0])};")
+def _reshape(pl: _Planner, node: Node, out: list[str]) -> None:
+    out += lines("alias", id=node.id, src=pl.ref(node.inputs[0]))
 
 
-def _last_dim_copy(pl: _Planner, node: Node, lines: list[str]) -> None:
+def _last_dim_copy(pl: _Planner, node: Node, out: list[str]) -> None:
     """concat / slice_last / pad_last: copies along the last dim."""
     shape = node.type.shape
-    lead = math.prod(shape[:-1])
-    width = shape[-1]
-    lines.append(f"real v{node.id}[{node.type.numel}];")
+    lead, width = math.prod(shape[:-1]), shape[-1]
+    out += lines("decl", id=node.id, n=node.type.numel)
     if node.op is Op.CONCAT:
         start = 0
         for i in node.inputs:
-            w = pl.body.nodes[i].type.shape[-1]
-            lines.append(f"for (int r = 0; r < {lead}; r++) for (int c = 0; c < {w}; c++) "
-                         f"v{node.id}[r * {width} + {start} + c] = {pl.ref(i)}[r * {w} + c];")
-            start += w
+            part = pl.body.nodes[i].type.shape[-1]
+            out += lines("concat_part", id=node.id, lead=lead, part=part, width=width, start=start, src=pl.ref(i))
+            start += part
         return
     x = pl.body.nodes[node.inputs[0]]
-    xw = x.type.shape[-1]
+    fields = dict(id=node.id, lead=lead, width=width, src=pl.ref(x.id), src_width=x.type.shape[-1])
     if node.op is Op.SLICE_LAST:
-        lines.append(f"for (int r = 0; r < {lead}; r++) for (int c = 0; c < {width}; c++) "
-                     f"v{node.id}[r * {width} + c] = {pl.ref(x.id)}[r * {xw} + {node.attr('start')} + c];")
+        out += lines("slice_last", start=node.attr("start"), **fields)
         return
-    before = node.attr("before")
-    lines.append(f"for (int j = 0; j < {node.type.numel}; j++) v{node.id}[j] = 0;")
-    lines.append(f"for (int r = 0; r < {lead}; r++) for (int c = 0; c < {xw}; c++) "
-                 f"v{node.id}[r * {width} + {before} + c] = {pl.ref(x.id)}[r * {xw} + c];")
+    out += lines("zero", id=node.id, n=node.type.numel)
+    out += lines("pad_last", before=node.attr("before"), **fields)
 
 
-def _softmax(pl: _Planner, node: Node, lines: list[str]) -> None:
-    x = pl.ref(node.inputs[0])
-    n = node.type.numel
-    lines.append(f"real v{node.id}[{n}];")
-    lines.append(f"for (int j = 0; j < {n}; j++) v{node.id}[j] = EXP({x}[j] - m{node.id}[j]) / s{node.id}[j];")
+def _softmax(pl: _Planner, node: Node, out: list[str]) -> None:
+    names = {**pl.softmax_names(node), "x": NAME["element"].format(var=pl.ref(node.inputs[0]))}
+    normalised = spell(ONLINE_SOFTMAX.normalise, UNARY, BINARY, names)
+    out += lines("decl", id=node.id, n=node.type.numel)
+    out += lines("softmax", id=node.id, n=node.type.numel, normalised=normalised)
 
 
 _RULES = {
@@ -539,47 +478,7 @@ def render_traversal(kernel: TraversalKernel, name: str, config: CConfig | None 
     return _Planner(kernel, name, config or default_config(kernel)).render()
 
 
-# ---- segmented GEMMs ---------------------------------------------------------------------
-
-GEMM_ROW_TILE = 4     # rows per register tile of the forward micro-kernel
-GEMM_COL_TILE = 32    # output columns per tile: RB x NB accumulators fill the AVX2 registers
-GEMM_BLOCK_ROWS = 64  # rows per block a thread takes (one type's rows in segment order)
-
-
-@dataclass(frozen=True)
-class CGemm:
-    """A rendered segmented GEMM: its C source and the widths it was specialised for.
-
-    Called with ``args = (A, rows or NULL, W or B, blocks, out, place or NULL)`` and
-    ``sizes = (number of blocks, number of types, threads)``; see ``kernels/gemm.c.jinja``.
-    """
-
-    name: str
-    source: str
-    k: int
-    n: int
-    weight_grad: bool
-
-
-def gemm_supported(kernel: GemmKernel, a_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
-    """Whether the C template takes this GEMM: typed, one vector per row, one matrix per
-    type (the batched, per-head form stays on torch)."""
-    if kernel.segment is None or kernel.batched or len(a_shape) != 1:
-        return False
-    return len(w_shape) == 1 if kernel.weight_grad else len(w_shape) == 2
-
-
-def render_gemm(kernel: GemmKernel, name: str, k: int, n: int) -> CGemm:
-    """Render one segmented GEMM as a C function ``name`` for A rows of width ``k`` and
-    outputs of width ``n`` (the weight, transposed by the caller if ``transpose_w``, is
-    ``[types, k, n]``)."""
-    tiles = [(start, min(GEMM_COL_TILE, n - start)) for start in range(0, n, GEMM_COL_TILE)]
-    k_tile = next(t for t in (4, 2, 1) if k % t == 0)
-    source = render("gemm.c.jinja", title=kernel.describe(), name=name, K=k, N=n, RB=GEMM_ROW_TILE,
-                    KB=k_tile, tiles=tiles, weight_grad=kernel.weight_grad)
-    return CGemm(name, source, k, n, kernel.weight_grad)
-
-
-def render_library(kernels: list[CKernel], real: str, version: str) -> str:
-    """The whole C file for one program's traversal kernels."""
+def render_library(kernels: list, real: str, version: str) -> str:
+    """The whole C file of one program: its traversal kernels and segmented GEMMs
+    (anything with a ``source``)."""
     return render("library.c.jinja", kernels=[k.source for k in kernels], real=real, version=version)

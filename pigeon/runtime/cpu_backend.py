@@ -32,12 +32,14 @@ from typing import Mapping
 
 import torch
 
-from pigeon.codegen.c import (GEMM_BLOCK_ROWS, CConfig, CGemm, CKernel, gemm_supported, render_gemm,
-                              render_library, render_traversal)
+from pigeon.codegen.c import CConfig, CKernel, render_library, render_traversal
+from pigeon.codegen.c_gemm import GEMM_BLOCK_ROWS, CGemm, gemm_supported, render_gemm
+from pigeon.codegen.rules import ArgKind
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import Op
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, ViewKernel, TraversalKernel
 from pigeon.paths import cache_dir
+from pigeon.runtime import kernel_args
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import run, space_size
 from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_view
@@ -101,10 +103,15 @@ class CpuExecutor:
         configs (mapping of str to CConfig, optional): per traversal kernel, by name
             (``"k3"`` is ``program.kernels[3]``), its OpenMP schedule; kernels not named
             keep :func:`pigeon.codegen.c.default_config`. Default: none.
+        poison (bool, optional): fill every output a generated kernel writes with NaN
+            before it runs, so an element it skips shows. Default: the ``PIGEON_POISON``
+            environment variable (:mod:`pigeon.runtime.kernel_args`).
     """
 
-    def __init__(self, program: KernelProgram, configs: Mapping[str, CConfig] | None = None):
+    def __init__(self, program: KernelProgram, configs: Mapping[str, CConfig] | None = None,
+                 poison: bool | None = None):
         self.program = program
+        self.poison = kernel_args.poison_requested() if poison is None else poison
         self.gemms = TorchExecutor(program)
         self.index = GRAPH_INDEX
         self.dead = DeadBuffers(program)
@@ -141,46 +148,34 @@ class CpuExecutor:
 
     def _launch(self, library, kernel: CKernel, traversal: TraversalKernel, graph: HeteroGraph,
                 env: dict, dtype: torch.dtype) -> None:
-        outputs = {n.attr("name"): n for n in traversal.body.nodes if n.op is Op.OUTPUT}
-        pointers, keep = [], []
         if kernel.group is not None:
-            rowptr, perm = self.index.group_csr(graph, kernel.group)
-            size = rowptr.numel() - 1
+            size = self.index.group_csr(graph, kernel.group)[0].numel() - 1
         else:
             size = graph_rows(graph, traversal)
-        for kind, key in kernel.args:
-            if kind == "rowptr":
-                tensor = rowptr
-            elif kind == "perm":
-                tensor = perm
-            elif kind == "index":
-                tensor = self.index.index(graph, key)[0]
-            elif kind == "index_sorted":
-                tensor = self.index.sorted_index(graph, kernel.group, key)
-            elif kind == "blocks":
-                tensor = self.index.group_blocks(graph, key, SPLIT_BLOCK_ROWS)
-            elif kind == "partial":
-                tensor = torch.zeros(torch.get_num_threads() * size * key, dtype=dtype)
-            elif kind == "scratch":
-                tensor = torch.empty(torch.get_num_threads() * self.index.largest(graph, kernel.group) * key,
-                                     dtype=dtype)
-            elif key in outputs:
-                node = outputs[key]
-                rows = size if kernel.group is not None and node.type.space == kernel.group.target else graph_rows(graph, traversal)
-                tensor = torch.empty(rows, *node.type.shape, dtype=dtype)
-                env[key] = tensor
+        threads = torch.get_num_threads()
+        pointers, keep = [], []
+        for arg in kernel.args:
+            if arg.kind.graph_array:
+                tensor = kernel_args.graph_array(graph, arg, kernel.group, SPLIT_BLOCK_ROWS)
+            elif arg.kind is ArgKind.PARTIAL:
+                tensor = torch.zeros(threads * size * arg.key, dtype=dtype)
+            elif arg.kind is ArgKind.SCRATCH:
+                tensor = torch.empty(threads * self.index.largest(graph, kernel.group) * arg.key, dtype=dtype)
+            elif arg.kind is ArgKind.OUTPUT:
+                tensor = kernel_args.output(graph, arg, size, dtype, poison=self.poison)
+                env[arg.key] = tensor
             else:
-                tensor = env[key].contiguous()
+                tensor = env[arg.key].contiguous()
                 if tensor.dtype != dtype:
-                    raise ValueError(f"buffer {key}: expected {dtype}, got {tensor.dtype}")
+                    raise ValueError(f"buffer {arg.key}: expected {dtype}, got {tensor.dtype}")
             keep.append(tensor)
             pointers.append(tensor.data_ptr())
         args = (ctypes.c_void_p * len(pointers))(*pointers)
         if kernel.split:
             blocks = self.index.group_blocks(graph, kernel.group, SPLIT_BLOCK_ROWS).shape[0]
-            sizes = (ctypes.c_int64 * 3)(size, blocks, torch.get_num_threads())
+            sizes = (ctypes.c_int64 * 3)(size, blocks, threads)
         elif kernel.scratch:
-            sizes = (ctypes.c_int64 * 3)(size, self.index.largest(graph, kernel.group), torch.get_num_threads())
+            sizes = (ctypes.c_int64 * 3)(size, self.index.largest(graph, kernel.group), threads)
         else:
             sizes = (ctypes.c_int64 * 1)(size)
         getattr(library, kernel.name)(args, sizes)
@@ -207,7 +202,7 @@ class CpuExecutor:
             out = torch.zeros(torch.get_num_threads(), types, rendered.k, rendered.n, dtype=dtype)
             place, w = perm, w.contiguous()
         else:
-            out = torch.empty(bounds[-1], rendered.n, dtype=dtype)
+            out = kernel_args.new_output((bounds[-1], rendered.n), dtype, poison=self.poison)
             place = perm if k.scatter is None else None
             w = (w.transpose(-1, -2) if k.transpose_w else w).contiguous()
         pointers = [a.data_ptr(), 0 if rows is None else rows.data_ptr(), w.data_ptr(), blocks.data_ptr(),

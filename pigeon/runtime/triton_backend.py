@@ -18,12 +18,13 @@ from typing import Mapping
 
 import torch
 
+from pigeon.codegen.rules import ArgKind
 from pigeon.codegen.triton import TritonConfig, TritonTraversal, render_dense, render_traversal
 from pigeon.codegen.triton_gemm import GemmConfig, render_gemm
 from pigeon.data.graph import HeteroGraph
-from pigeon.ir.graph_ir import GLOBAL
-from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, ViewKernel, TraversalKernel
+from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, TraversalKernel, TraversalLayout, ViewKernel
 from pigeon.paths import cache_dir
+from pigeon.runtime import kernel_args
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import space_size
 from pigeon.runtime.torch_backend import DeadBuffers, run_view
@@ -73,10 +74,16 @@ class TritonExecutor:
     Every kernel is rendered when the executor is built (no GPU needed); the module is
     imported on the first call. Graph-side arrays (index maps, CSR of each group, tile
     tables) come from the per-graph cache and live on the graph's device.
+
+    ``poison`` (optional) fills every output a kernel writes in full with NaN before it
+    runs, so an element it skips shows; default: the ``PIGEON_POISON`` environment
+    variable (:mod:`pigeon.runtime.kernel_args`).
     """
 
-    def __init__(self, program: KernelProgram, configs: Mapping[str, object] | None = None):
+    def __init__(self, program: KernelProgram, configs: Mapping[str, object] | None = None,
+                 poison: bool | None = None):
         self.program = program
+        self.poison = kernel_args.poison_requested() if poison is None else poison
         self.index = GRAPH_INDEX
         self.dead = DeadBuffers(program)
         self.rendered: dict[int, list] = {}
@@ -115,35 +122,25 @@ class TritonExecutor:
 
     def _launch(self, module: ModuleType, t: TritonTraversal, graph: HeteroGraph, env: dict,
                 dtype: torch.dtype) -> None:
-        device = graph.device
-        if t.mode == "csr":
-            rowptr, perm = self.index.group_csr(graph, t.group)
-            num_groups = rowptr.shape[0] - 1
-            num, grid = num_groups, num_groups
+        if t.mode is TraversalLayout.CSR:
+            num = grid = self.index.group_csr(graph, t.group)[0].shape[0] - 1   # groups
         else:
             num = space_size(graph, t.domain)
             grid = -(-num // t.block)
         args = []
-        for kind, key in t.args:
-            if kind == "rowptr":
-                args.append(rowptr)
-            elif kind == "perm":
-                args.append(perm)
-            elif kind == "index":
-                args.append(self.index.index(graph, key)[0])
-            elif kind == "count":
-                args.append(self.index.counts(graph, key))
-            elif kind == "buffer":
-                tensor = env[key]
+        for arg in t.args:
+            if arg.kind.graph_array:
+                args.append(kernel_args.graph_array(graph, arg, t.group))
+            elif arg.kind is ArgKind.BUFFER:
+                tensor = env[arg.key]
                 if tensor.dtype != dtype:
-                    raise ValueError(f"buffer {key}: expected {dtype}, got {tensor.dtype}")
+                    raise ValueError(f"buffer {arg.key}: expected {dtype}, got {tensor.dtype}")
                 args.append(tensor.contiguous())
+            elif arg.kind is ArgKind.OUTPUT:
+                env[arg.key] = kernel_args.output(graph, arg, num, dtype, graph.device, self.poison)
+                args.append(env[arg.key])
             else:
-                name, out_kind, space, shape = next(o for o in t.outputs if o[0] == key)
-                rows = () if space == GLOBAL else (num_groups if out_kind == "group" else space_size(graph, space),)
-                make = torch.zeros if out_kind == "atomic" else torch.empty
-                env[name] = make((*rows, *shape), dtype=dtype, device=device)
-                args.append(env[name])
+                raise ValueError(f"Triton kernel {t.name}: no launcher for a {arg.kind} argument")
         if grid > 0:
             c = t.config
             getattr(module, t.name)[(grid,)](*args, num, REAL=_real(dtype), BLOCK=c.block,
@@ -161,7 +158,7 @@ class TritonExecutor:
         env = dict(tensors)
         for i, (kernel, dead) in enumerate(zip(self.program.kernels, self.dead(keep))):
             if isinstance(kernel, GemmKernel):
-                env[kernel.out] = launch_gemm(module, self.rendered[i][0], graph, env, dtype)
+                env[kernel.out] = launch_gemm(module, self.rendered[i][0], graph, env, dtype, poison=self.poison)
             elif isinstance(kernel, ViewKernel):
                 env[kernel.out] = run_view(kernel, graph, self.program, env)
             else:

@@ -23,6 +23,7 @@ from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import GLOBAL, TensorType
 from pigeon.ir.kernel_ir import GemmKernel
 from pigeon.runtime.graph_index import GRAPH_INDEX, PerGraphCache
+from pigeon.runtime.kernel_args import new_output
 
 __all__ = ["launch_gemm"]
 
@@ -108,11 +109,12 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def launch_gemm(module, gemm: TritonGemm, graph: HeteroGraph, env: dict[str, torch.Tensor], dtype: torch.dtype,
-                config: GemmConfig | dict[str, int] | None = None) -> torch.Tensor:
+                config: GemmConfig | dict[str, int] | None = None, poison: bool = False) -> torch.Tensor:
     """Run ``gemm`` (from :func:`render_gemm`, loaded in ``module``) on ``env``'s buffers;
     return its output, as :meth:`TorchExecutor.gemm` does. ``config`` (a
     :class:`GemmConfig` or its ``as_dict()``) overrides the one ``gemm`` was rendered
-    with, else :func:`default_config` (tile sizes, ``num_warps``, ``num_stages``)."""
+    with, else :func:`default_config` (tile sizes, ``num_warps``, ``num_stages``).
+    ``poison`` fills an output the kernel writes in full with NaN before it runs."""
     _check_dtype(dtype)
     if isinstance(config, dict):
         config = GemmConfig(**config)
@@ -129,7 +131,7 @@ def launch_gemm(module, gemm: TritonGemm, graph: HeteroGraph, env: dict[str, tor
             raise RuntimeError(f"GEMM `{kernel.describe()}` was rendered for layout {kernel.layout!r} "
                                f"{'with' if s.permuted else 'without'} a segment permutation; the graph disagrees")
     run = _launch_weight_grad if s.weight_grad else _launch_product
-    return run(fn, gemm, graph, a, w, dtype, config)
+    return run(fn, gemm, graph, a, w, dtype, config, poison)
 
 
 def _launch_options(config: dict[str, int]) -> dict:
@@ -138,7 +140,7 @@ def _launch_options(config: dict[str, int]) -> dict:
 
 
 def _launch_product(fn, gemm: TritonGemm, graph: HeteroGraph, a: torch.Tensor, w: torch.Tensor,
-                    dtype: torch.dtype, config: dict[str, int] | None) -> torch.Tensor:
+                    dtype: torch.dtype, config: dict[str, int] | None, poison: bool) -> torch.Tensor:
     kernel, s = gemm.kernel, gemm.structure
     a_global = s.a_type.space == GLOBAL
     mid = tuple(a.shape[1:-1])
@@ -181,8 +183,10 @@ def _launch_product(fn, gemm: TritonGemm, graph: HeteroGraph, a: torch.Tensor, w
 
     # Half-precision scatters accumulate in fp32 (atomics in fp16/bf16 lose sums).
     out_dtype = torch.float32 if kernel.scatter is not None and dtype in (torch.float16, torch.bfloat16) else dtype
-    alloc = torch.zeros if kernel.scatter is not None else torch.empty
-    out = alloc(out_rows, *mid, n, dtype=out_dtype, device=a.device)
+    if kernel.scatter is not None:
+        out = torch.zeros(out_rows, *mid, n, dtype=out_dtype, device=a.device)
+    else:
+        out = new_output((out_rows, *mid, n), out_dtype, a.device, poison)
 
     config = config or default_config(False, n, k, dtype)
     a3 = a.view(a.shape[0], batch, k)
@@ -213,7 +217,7 @@ def _launch_product(fn, gemm: TritonGemm, graph: HeteroGraph, a: torch.Tensor, w
 
 
 def _launch_weight_grad(fn, gemm: TritonGemm, graph: HeteroGraph, a: torch.Tensor, b: torch.Tensor,
-                        dtype: torch.dtype, config: dict[str, int] | None) -> torch.Tensor:
+                        dtype: torch.dtype, config: dict[str, int] | None, poison: bool) -> torch.Tensor:
     kernel, s = gemm.kernel, gemm.structure
     index = GRAPH_INDEX
     k, n = a.shape[-1], b.shape[-1]
@@ -238,7 +242,7 @@ def _launch_weight_grad(fn, gemm: TritonGemm, graph: HeteroGraph, a: torch.Tenso
                 raise ValueError(f"Expected `{name}` in `{kernel.describe()}` to have {positions} rows (got {count})")
 
     out_mid = mid if kernel.batched else ()
-    out = torch.empty(num_segments, *out_mid, k, n, dtype=dtype, device=a.device)
+    out = new_output((num_segments, *out_mid, k, n), dtype, a.device, poison)
     batch = math.prod(mid)
 
     config = config or default_config(True, n, k, dtype)

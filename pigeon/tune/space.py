@@ -24,7 +24,8 @@ from pigeon.codegen import c as c_codegen
 from pigeon.codegen.triton import TritonConfig, pad, traversal_mode
 from pigeon.codegen.triton import default_config as triton_default
 from pigeon.data.graph import HeteroGraph
-from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, KernelProgram, TraversalKernel, format_kernel_program
+from pigeon.ir.kernel_ir import (DenseKernel, GemmKernel, KernelProgram, TraversalKernel, TraversalLayout,
+                                 format_kernel_program)
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.compiled import TRAVERSAL_LAYOUTS, Compiled, resolve_backend
 from pigeon.runtime.interpret import space_size
@@ -94,7 +95,7 @@ def triton_space(kernel: TraversalKernel | DenseKernel, rows: int, longest_group
     """Blocks x warps x stages for a Triton traversal or dense kernel. A ``csr``-mode
     block walks one group, so it is clamped to the longest group; a ``rows``-mode block
     to the rows of the domain (both padded, at least 16)."""
-    size = longest_group if traversal_mode(kernel) == "csr" else rows
+    size = longest_group if traversal_mode(kernel) is TraversalLayout.CSR else rows
     generated = (TritonConfig(_clamp_pow2(block, size, 16), warps, stages)
                  for block, warps, stages in itertools.product(TRITON_BLOCKS, TRITON_WARPS, TRITON_STAGES))
     return finish(triton_default(kernel), generated, keep)

@@ -1,0 +1,138 @@
+"""The C and Triton generators against the torch backend on what the model tests do not
+reach: non-finite constants, a shared bias of one element, and kernels that leave
+outputs unwritten (caught by poisoning fresh outputs with NaN).
+
+float64 throughout, held to 1e-10 as elsewhere; NaNs compare equal where the layer makes
+them on purpose. Triton runs through its interpreter without a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pigeon
+from pigeon.codegen.rules import ArgKind
+from pigeon.frontend import PerEtype, Shared, aggregate, concat, layer, linear, maximum, minimum
+from pigeon.ir.kernel_ir import GemmKernel, TraversalKernel
+from pigeon.runtime.cpu_backend import CpuExecutor
+from pigeon.runtime.torch_backend import TorchExecutor
+from pigeon.runtime.triton_backend import TritonExecutor
+
+F64 = dict(rtol=1e-10, atol=1e-10)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@layer
+def nonfinite(g, x, w: PerEtype):
+    m = linear(g.src(x), w)
+    # NaN and inf propagate through sums in any order; max and min keep finite values
+    # (their NaN handling would depend on the order of the rows).
+    return concat(aggregate(g, m * float("nan"), "sum"),
+                  aggregate(g, maximum(m, float("-inf")), "max"),
+                  aggregate(g, minimum(m, float("inf")), "min"),
+                  aggregate(g, m + float("inf"), "sum"),
+                  x * float("-inf"))
+
+
+@layer
+def shared_bias(g, x, w: PerEtype, bias: Shared):
+    return aggregate(g, linear(g.src(x), w), "sum") + bias
+
+
+def _graph():
+    return pigeon.data.load("aifb", scale=0.01, seed=3).graph.to(DEVICE)
+
+
+def _leaves(graph, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return {name: torch.randn(shape, dtype=torch.float64, generator=gen).to(DEVICE).requires_grad_()
+            for name, shape in shapes.items()}
+
+
+def _against_torch(fn, backend: str, graph, leaves: dict[str, torch.Tensor]) -> None:
+    """Output and every gradient of ``fn`` on ``backend`` against the torch backend."""
+    got = pigeon.compile(fn, backend=backend)(graph, **leaves)
+    want = pigeon.compile(fn, backend="torch")(graph, **leaves)
+    torch.testing.assert_close(got, want, **F64, equal_nan=True)
+    upstream = torch.randn(want.shape, dtype=want.dtype, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    got_grads = torch.autograd.grad(got, list(leaves.values()), upstream)
+    want_grads = torch.autograd.grad(want, list(leaves.values()), upstream)
+    for name, a, b in zip(leaves, got_grads, want_grads):
+        torch.testing.assert_close(a, b, **F64, equal_nan=True, msg=lambda m: f"gradient of {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_non_finite_constants(backend):
+    if backend == "cpu" and DEVICE != "cpu":
+        pytest.skip("backend='cpu' runs on CPU tensors")
+    graph = _graph()
+    leaves = _leaves(graph, {"x": (graph.num_nodes, 3), "w": (graph.num_etypes, 3, 2)})
+    out = pigeon.compile(nonfinite, backend="torch")(graph, **leaves)
+    # The layer makes every kind of value, so the comparison below sees each one.
+    assert out.isnan().any() and out.isposinf().any() and out.isneginf().any() and out.isfinite().any()
+    _against_torch(nonfinite, backend, graph, leaves)
+
+
+@pytest.mark.parametrize("out_dim", [1, 4])
+def test_triton_shared_bias_of_one_element(out_dim):
+    # The bias gradient sums every node's row into one global row of shape [1] (a row
+    # shape of ones), scatter-added with atomics.
+    graph = _graph()
+    leaves = _leaves(graph, {"x": (graph.num_nodes, 3), "w": (graph.num_etypes, 3, out_dim), "bias": (1,)})
+    _against_torch(shared_bias, "triton", graph, leaves)
+
+
+# ---- poisoned outputs -----------------------------------------------------------------------
+
+class _WritesNothing:
+    """Stands in for a generated kernel: a ctypes function, or a Triton kernel's launcher."""
+
+    def __call__(self, *args, **kwargs):
+        return None
+
+    def __getitem__(self, grid):
+        return self
+
+
+def _rgcn(graph):
+    module = pigeon.nn.RGCN(5, 6, graph.num_etypes, compact=True).double()
+    gen = torch.Generator().manual_seed(2)
+    tensors = {"x": torch.randn(graph.num_nodes, 5, dtype=torch.float64, generator=gen),
+               **{n: p.detach() for n, p in module.named_parameters()}}
+    return module.compiled.plan(graph, tensors), tensors
+
+
+def _kernel_to_break(executor, kind) -> tuple[str, object, list[str]]:
+    """The first kernel of ``kind`` the executor generated: its function's name, where
+    the function lives (the C library or the Triton module), and the buffers it writes."""
+    i, rendered = next((i, r) for i, r in executor.rendered.items() if isinstance(executor.program.kernels[i], kind))
+    if isinstance(executor, TritonExecutor):
+        (rendered,) = rendered
+        home = executor.module()
+    else:
+        home = executor.library(torch.float64)
+    if kind is GemmKernel and isinstance(executor, CpuExecutor):
+        return rendered.name, home, [executor.program.kernels[i].out]
+    return rendered.name, home, [a.key for a in rendered.args if a.kind is ArgKind.OUTPUT]
+
+
+@pytest.mark.parametrize("backend, kind", [("cpu", TraversalKernel), ("cpu", GemmKernel),
+                                           ("triton", TraversalKernel)])
+def test_poison_catches_a_kernel_that_writes_nothing(backend, kind, monkeypatch):
+    if backend == "cpu" and DEVICE != "cpu":
+        pytest.skip("backend='cpu' runs on CPU tensors")
+    graph = pigeon.data.load("aifb", scale=0.05, seed=5).graph.to(DEVICE)
+    plan, tensors = _rgcn(graph)
+    tensors = {k: v.to(DEVICE) for k, v in tensors.items()}
+    program = plan.forward_kernels
+    (want,) = TorchExecutor(program)(graph, tensors, torch.float64)[0].values()
+    executor = (CpuExecutor if backend == "cpu" else TritonExecutor)(program, poison=True)
+    name, home, written = _kernel_to_break(executor, kind)
+    monkeypatch.setattr(home, name, _WritesNothing())
+    outputs, kept = executor(graph, tensors, torch.float64, keep=tuple(written))
+    for buffer in written:
+        assert kept[buffer].isnan().all(), f"{buffer}, written by nobody, should hold the poison"
+    (got,) = outputs.values()
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(got, want, **F64)
