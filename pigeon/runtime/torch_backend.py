@@ -18,6 +18,7 @@ from pigeon.ir.graph_ir import GLOBAL, IndexMap, Op
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import run
+from pigeon.runtime.profiling import kernel_ranges
 
 
 class TorchExecutor:
@@ -112,13 +113,16 @@ class TorchExecutor:
         return out
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
-                 keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Run the program: (outputs by name, the buffers named in ``keep``)."""
+                 keep: tuple[str, ...] = (), scope: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run the program: (outputs by name, the buffers named in ``keep``). Under a
+        profiler each kernel is a range named ``{scope}/k{i}: ...``."""
         env = dict(tensors)
-        for kernel in self.program.kernels:
-            if isinstance(kernel, GemmKernel):
-                env[kernel.out] = self.gemm(kernel, graph, env)
-                continue
-            body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
-            env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+        ranges = kernel_ranges(self, self.program, scope)
+        for i, kernel in enumerate(self.program.kernels):
+            with ranges(i):
+                if isinstance(kernel, GemmKernel):
+                    env[kernel.out] = self.gemm(kernel, graph, env)
+                    continue
+                body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
+                env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}
