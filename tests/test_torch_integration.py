@@ -4,7 +4,7 @@
   ``torch.library`` operators there), forward and backward match the reference, and
   graphs of new sizes do not recompile after the first size change;
 - ``torch.profiler`` sees one range per kernel of the plan, forward and backward, on
-  every backend;
+  every backend; ``pigeon bench --profile`` tabulates them;
 - the backward runs only the kernels the gradients asked for;
 - a second backward through a compiled layer's backward is an error.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import warnings
 
 import pytest
@@ -25,6 +26,9 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import pigeon
 from pigeon import nn as pnn
 from pigeon import reference
+from pigeon.bench import Case, run_cases
+from pigeon.bench.report import format_profiles
+from pigeon.bench.worker import prepare
 from pigeon.codegen.c import CConfig
 from pigeon.data.graph import find_graph
 from pigeon.ir.kernel_ir import GemmKernel, TraversalKernel
@@ -256,6 +260,34 @@ def test_without_a_profiler_no_labels_are_made():
     plan = model.first.compiled.plan(graph, {"x": _features(graph, 5), **dict(model.first.named_parameters())})
     assert plan.run_forward not in profiling._LABELS and plan.run_backward not in profiling._LABELS
     assert profiling.kernel_ranges(plan.run_forward, plan.forward_kernels)(0) is profiling._NO_RANGE
+
+
+def test_bench_profile_tabulates_each_kernel(tmp_path):
+    case = Case("pigeon-cpu", "rgcn", "aifb", "train", dim=8, scale=0.02, repeat=2, warmup=0, profile=True)
+    (result,) = run_cases([case], progress=False)
+    assert result["status"] == "ok", result
+    _, workload, runner, _ = prepare(case)
+    plan = runner.module.compiled.plan(workload.graph, {"x": workload.x, **dict(runner.module.named_parameters())})
+    names = [row["name"] for row in result["profile"]]
+    for scope, program in (("rgcn.forward", plan.forward_kernels), ("rgcn.backward", plan.backward_kernels)):
+        assert f"pigeon.{scope}" in names
+        assert sorted(n for n in names if n.startswith(f"pigeon.{scope}/")) == sorted(_expected_ranges(scope, program))
+    assert all(row["calls"] == 1 and row["cpu_s"] > 0 for row in result["profile"])
+    table = format_profiles({"results": [result]})
+    assert "profile: pigeon-cpu rgcn aifb train" in table and "  k0: " in table
+    assert json.loads(json.dumps(result))["profile"] == result["profile"]
+
+
+def test_bench_profile_is_spelled_in_the_recorded_command():
+    from pigeon.bench.command import _command_line, _config
+    from pigeon.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--models", "rgcn", "--profile"])
+    config = _config(args)
+    assert config.profile and all(case.profile for case in config.cases())
+    assert "--profile" in _command_line(config, args)
+    plain = build_parser().parse_args(["bench", "--models", "rgcn"])
+    assert "--profile" not in _command_line(_config(plain), plain)
 
 
 # ---- gradients only for what needs them --------------------------------------------------------
