@@ -10,7 +10,8 @@ from typing import Callable, Sequence
 
 from pigeon.bench.floor import add_floor
 from pigeon.bench.harness import Config, new_report, run_cases
-from pigeon.bench.report import format_compare, format_markdown, format_table, load_report, save_report, write_plot
+from pigeon.bench.report import (format_compare, format_markdown, format_profiles, format_table, load_report,
+                                 save_report, write_plot)
 from pigeon.bench.systems import DEVICES, MODELS, MODES, BACKEND_DEVICES, available_systems, default_systems
 
 EXAMPLE = """\
@@ -18,6 +19,7 @@ example:
   pigeon bench --models rgcn,rgat --datasets aifb --systems pigeon-torch,dgl,pyg \\
       --dim 64 --repeat 5 --json out.json --markdown out.md --plot out.png
   pigeon bench --from-json new.json --compare old.json   # ratios per case, nothing run
+  pigeon bench --models hgt --systems pigeon-cpu --profile   # time per generated kernel
 
 Each case (system x model x dataset x mode) runs in its own process under a memory cap
 and a time limit; one that runs out of memory, crashes or hangs is recorded as OOM,
@@ -90,7 +92,7 @@ def _config(args: argparse.Namespace) -> Config:
         systems=args.systems or tuple(default_systems(args.device)),
         dim=args.dim, heads=args.heads, scale=args.scale, seed=args.seed, repeat=args.repeat,
         warmup=args.warmup, memory_gb=args.memory_gb, timeout_s=args.timeout_s, device=args.device,
-        threads=args.threads,
+        threads=args.threads, profile=args.profile,
     )
 
 
@@ -99,9 +101,12 @@ def _command_line(config: Config, args: argparse.Namespace) -> list[str]:
     argv = ["bench"]
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if value is None:
+        if value is None or value is False:
             continue
         flag = "--" + field.name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+            continue
         argv += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
     for flag in ("json", "markdown", "plot", "compare"):
         if getattr(args, flag):
@@ -164,6 +169,10 @@ def run_bench(args: argparse.Namespace) -> int:
             save_report(report, args.json)
 
     print(format_table(report))
+    profiles = format_profiles(report)
+    if profiles:
+        print()
+        print(profiles)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(format_markdown(report))
@@ -209,6 +218,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
     parser.add_argument("--threads", type=positive(int), default=None,
                         help="torch and OpenMP threads per case (default: torch's choice, one per core)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile Pigeon's systems (torch.profiler, the timed step --repeat times) and "
+                             "print the time of each generated kernel, forward and backward, per case")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="write every result, the machine and the command here (default: none); "
                              "rewritten after each case")

@@ -65,6 +65,9 @@ class Case:
         timeout_s (float): wall-clock limit of the worker, start-up included. Default: 600.
         device (str): ``cpu`` or ``cuda``. Default: ``cpu``.
         threads (int, optional): torch and OpenMP threads. Default: torch's own choice.
+        profile (bool): for Pigeon's systems, also run the timed step ``repeat`` times
+            under ``torch.profiler`` and record the time of each kernel (its
+            ``record_function`` range). Default: False.
     """
 
     system: str
@@ -81,6 +84,7 @@ class Case:
     timeout_s: float = 600.0
     device: str = "cpu"
     threads: int | None = None
+    profile: bool = False
 
     @property
     def label(self) -> str:
@@ -113,6 +117,7 @@ class Config:
     timeout_s: float = 600.0
     device: str = "cpu"
     threads: int | None = None
+    profile: bool = False
 
     def cases(self) -> list[Case]:
         """Grouped as the table prints them: dataset, model, mode, then system."""

@@ -229,6 +229,46 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_profiles(report: dict) -> str:
+    """Per profiled case (``--profile``), the time of each range Pigeon opened, per step:
+    the layer's forward and backward, and indented under each, its kernels with their
+    share of it. Empty when no case was profiled."""
+    blocks = []
+    for r in report["results"]:
+        rows = r.get("profile")
+        if not rows:
+            continue
+        device = any(row["device_s"] > 0 for row in rows)
+        key = "device_s" if device else "cpu_s"
+        header = f"{'range':<72} {'calls':>5} {'ms/step':>9} {'share':>6}"
+        lines = [f"profile: {r['system']} {r['model']} {r['dataset']} {r['mode']} "
+                 f"({'device' if device else 'host'} time per step, mean of {r['repeat']} steps)", header,
+                 "-" * len(header)]
+        scopes: dict[str, list[dict]] = {}
+        for row in rows:
+            scopes.setdefault(row["name"].partition("/")[0], [])
+            if "/" in row["name"]:
+                scopes[row["name"].partition("/")[0]].append(row)
+        totals = {row["name"]: row for row in rows if "/" not in row["name"]}
+        for scope, kernels in scopes.items():
+            total = totals.get(scope)
+            if total is not None:
+                lines.append(f"{scope[:72]:<72} {total['calls']:>5g} {total[key] * 1e3:>9.3f}")
+            for row in sorted(kernels, key=_kernel_index):
+                share = f"{row[key] / total[key]:.0%}" if total and total[key] > 0 else ""
+                name = "  " + row["name"].partition("/")[2]
+                lines.append(f"{name[:72]:<72} {row['calls']:>5g} {row[key] * 1e3:>9.3f} {share:>6}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _kernel_index(row: dict) -> int:
+    """3 for ``pigeon.rgcn.forward/k3: ...``."""
+    label = row["name"].partition("/")[2]
+    number = label[1:].partition(":")[0]
+    return int(number) if number.isdigit() else -1
+
+
 def format_markdown(report: dict) -> str:
     """The report as Markdown: how it was made, then one table per dataset."""
     results = report["results"]

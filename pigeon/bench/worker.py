@@ -18,7 +18,9 @@ The steps, in order:
    Beside the times goes how many cores other processes kept busy meanwhile: on a
    shared machine, OpenMP threads that wait for a descheduled peer at every barrier
    can make a layer of many small kernels ten times slower, and this says when.
-7. the work of the case: ``flops`` and ``bytes`` of the kernels Pigeon's plan runs
+7. with ``--profile``, for Pigeon's systems: ``repeat`` more runs under
+   ``torch.profiler``, and the time of each kernel's range (:func:`profile_kernels`);
+8. the work of the case: ``flops`` and ``bytes`` of the kernels Pigeon's plan runs
    for this model and graph (:func:`pigeon.bench.floor.kernel_work`), whatever the
    system, so that every system of a case is measured against the same floor.
 
@@ -395,6 +397,9 @@ def measure(case: Case, record=lambda result: None) -> dict:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result.update(status="ok", times_s=times, median_s=statistics.median(times), min_s=min(times),
                       max_s=max(times), peak_mib=peak, peak_source=peak_source)
+        if case.profile and system.library == "pigeon":
+            reached("profile")
+            result["profile"] = profile_kernels(step, reset_grads, case.repeat, clock)
         reached("floor")
         try:
             work = case_work(case, workload, runner)
@@ -408,6 +413,37 @@ def measure(case: Case, record=lambda result: None) -> dict:
     result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["stage"] = "done"
     return result
+
+
+def profile_kernels(step, reset, repeat: int, clock) -> list[dict]:
+    """Run ``step`` ``repeat`` times under ``torch.profiler`` and return one row per
+    Pigeon range (a layer's forward or backward, and each kernel inside it: see
+    :mod:`pigeon.runtime.profiling`), in the order they first ran: ``name``,
+    ``calls`` per step, and per step the host time ``cpu_s`` and, on a GPU, the device
+    time ``device_s`` of the kernels the range launched."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pigeon.runtime.profiling import RANGE_PREFIX
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if clock.cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeat):
+            reset()
+            step()
+        clock.sync()
+    rows: dict[str, dict] = {}
+    for event in prof.events():
+        if not event.name.startswith(RANGE_PREFIX):
+            continue
+        row = rows.setdefault(event.name, {"name": event.name, "calls": 0, "cpu_s": 0.0, "device_s": 0.0})
+        row["calls"] += 1
+        row["cpu_s"] += event.cpu_time_total / 1e6
+        row["device_s"] += getattr(event, "device_time_total", 0.0) / 1e6
+    for row in rows.values():
+        row["calls"] /= repeat
+        row["cpu_s"] /= repeat
+        row["device_s"] /= repeat
+    return list(rows.values())
 
 
 def _write(result: dict, path: str) -> None:

@@ -20,12 +20,13 @@ running a layer many times on the same graph pays for it once.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import torch
 
-__all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "Segments", "TypePairs", "LAYOUTS"]
+__all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "Segments", "TypePairs", "LAYOUTS", "find_graph"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -270,6 +271,7 @@ class HeteroGraph:
         self._num_nodes = num_nodes
         self._num_dst_nodes = num_dst_nodes
         self._layouts: dict[str, object] = {}
+        _register(self)
 
     @staticmethod
     def _type_count(kind: str, types: torch.Tensor, given: int | None, names) -> int:
@@ -561,7 +563,13 @@ class HeteroGraph:
         moved.src, moved.dst = self.src.to(device), self.dst.to(device)
         moved.etype, moved.ntype = self.etype.to(device), self.ntype.to(device)
         moved._layouts = {name: _move(value, device) for name, value in self._layouts.items()}
+        _register(moved)
         return moved
+
+    def __setstate__(self, state: dict) -> None:
+        # Unpickled and copied graphs are found by their tensors too (see find_graph).
+        self.__dict__.update(state)
+        _register(self)
 
     def nodes_of_type(self, t: int) -> torch.Tensor:
         """Global ids of the nodes of type ``t``, ascending."""
@@ -579,3 +587,34 @@ def _move(value, device):
         return type(value)(*(_move(v, device) for v in value))
     return value
 
+
+# ---- finding a graph by its tensors ------------------------------------------------
+# Live graphs by the memory of their tensors and their counts. A graph that reaches a
+# torch.library operator under torch.compile arrives as its tensors only; this finds
+# the graph object again, with its memoized layouts. A key names the tensors' memory,
+# which cannot be reused while the graph (holding the tensors) lives; a later graph
+# made of the same tensors replaces an earlier one (they are the same graph).
+_LIVE: "weakref.WeakValueDictionary[tuple, HeteroGraph]" = weakref.WeakValueDictionary()
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
+
+
+def graph_key(src: torch.Tensor, dst: torch.Tensor, etype: torch.Tensor, ntype: torch.Tensor, num_dst_nodes: int,
+              num_etypes: int, num_ntypes: int) -> tuple:
+    """What identifies a graph made of these tensors and counts (the arguments of
+    :func:`find_graph`)."""
+    return (*map(_tensor_key, (src, dst, etype, ntype)), int(num_dst_nodes), int(num_etypes), int(num_ntypes))
+
+
+def _register(graph: HeteroGraph) -> None:
+    _LIVE[graph_key(graph.src, graph.dst, graph.etype, graph.ntype, graph.num_dst_nodes, graph.num_etypes,
+                    graph.num_ntypes)] = graph
+
+
+def find_graph(src: torch.Tensor, dst: torch.Tensor, etype: torch.Tensor, ntype: torch.Tensor, num_dst_nodes: int,
+               num_etypes: int, num_ntypes: int) -> HeteroGraph | None:
+    """The live graph whose ``src``, ``dst``, ``etype`` and ``ntype`` are these very
+    tensors (the same memory, shape and strides) and whose counts are these, or None."""
+    return _LIVE.get(graph_key(src, dst, etype, ntype, num_dst_nodes, num_etypes, num_ntypes))

@@ -4,7 +4,10 @@ in :mod:`pigeon.compiler`, makes them).
 
 The pipeline per (shapes, dtype, graph row counts): trace → optimise → differentiate
 the optimised forward → optimise the backward → lower both to level 2 → bind a
-backend. Plans are cached, so a second call on the same graph does none of it.
+backend. Plans are cached, so a second call on the same graph does none of it. A
+backward that needs only some gradients runs a program specialised to them
+(:meth:`Plan.backward_for`). Under ``torch.compile`` a call is the ``torch.library``
+operators of :mod:`pigeon.runtime.ops`, which run the same plans.
 """
 
 from __future__ import annotations
@@ -15,18 +18,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from pigeon.data.graph import HeteroGraph
 from pigeon.frontend.lang import Layer
 from pigeon.ir.autodiff import backward_program, saved_name
-from pigeon.ir.graph_ir import GLOBAL, Program
-from pigeon.ir.kernel_ir import BufferRole, KernelProgram, ViewKernel, verify_kernels
-from pigeon.passes import Options, PassContext, RowCounts, optimize
+from pigeon.ir.builder import verify
+from pigeon.ir.graph_ir import GLOBAL, Op, Program
+from pigeon.ir.graph_ir import replace as replace_node
+from pigeon.ir.kernel_ir import BufferRole, GemmKernel, KernelProgram, ViewKernel, verify_kernels
+from pigeon.passes import DeadCodeElimination, Options, PassContext, RowCounts, optimize
 from pigeon.passes.base import bucket
 from pigeon.passes.choose import decide
 from pigeon.passes.lower import lower
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.cpu_backend import CpuExecutor
+from pigeon.runtime.ops import call_layer_op, register_layer
+from pigeon.runtime.profiling import RANGE_PREFIX, layer_range
 from pigeon.runtime.target import machine_target
 from pigeon.runtime.torch_backend import TorchExecutor
 
@@ -159,29 +167,115 @@ class Plan:
     run_backward: Callable
     saved: tuple[tuple[str, str], ...]   # (forward buffer, backward input) kept for backward
     choice: Choice = field(default_factory=Choice)   # what it was built with (a tuned one from the cache)
+    backend: str = "torch"                # the backend its executors run on
+    layout: str | None = None             # the traversal layout both programs were lowered with
+    name: str = "layer"                   # the layer's name, for profiler ranges
+    verify: bool = False                  # verify the programs built later (specialised backwards)
+    # Backward programs for subsets of the gradients, built on first use: by the set of
+    # gradients they compute, and by the set of inputs asked for (the lookup per call).
+    _specialised: dict = field(default_factory=dict, repr=False, compare=False)
+    _backwards: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def execute_forward(self, graph: HeteroGraph, values: Mapping[str, torch.Tensor], dtype: torch.dtype,
+                        keep: tuple[str, ...] = ()):
+        """Run the forward kernels: (outputs by name, the buffers named in ``keep``), in a
+        profiler range ``pigeon.<layer>.forward`` with one range per kernel inside."""
+        scope = f"{RANGE_PREFIX}{self.name}.forward"
+        with layer_range(scope):
+            return self.run_forward(graph, values, dtype, keep=keep, scope=scope)
+
+    def execute_backward(self, graph: HeteroGraph, values: Mapping[str, torch.Tensor], dtype: torch.dtype,
+                         needed: frozenset[str]) -> dict[str, torch.Tensor]:
+        """Run the backward kernels that the gradients of ``needed`` (names of inputs and
+        parameters) depend on: ``grad_<name>`` by name, for those of ``needed`` the outputs
+        depend on (see :meth:`backward_for`)."""
+        _, run = self.backward_for(needed)
+        scope = f"{RANGE_PREFIX}{self.name}.backward"
+        with layer_range(scope):
+            grads, _ = run(graph, values, dtype, scope=scope)
+        return grads
+
+    def backward_for(self, needed: frozenset[str]) -> tuple[KernelProgram, Callable]:
+        """The level-2 backward program computing only the gradients of ``needed``, and its
+        executor: the backward program without the other gradients' outputs, dead code
+        eliminated before lowering, so that the kernels whose results nobody reads (the
+        weight-gradient GEMMs of frozen weights, the input gradient of a first layer)
+        are not emitted. Built once per set; the full program when every gradient is needed.
+        Kernel configs tuned for the full program carry over to the kernels that
+        compute the same thing."""
+        found = self._backwards.get(needed)
+        if found is None:
+            found = self._backwards[needed] = self._specialise(needed)
+        return found
+
+    def _specialise(self, needed: frozenset[str]) -> tuple[KernelProgram, Callable]:
+        outputs = {node.attr("name") for node in self.backward.outputs()}
+        key = frozenset(outputs & {f"grad_{name}" for name in needed})
+        if key == outputs:
+            return self.backward_kernels, self.run_backward
+        if key not in self._specialised:
+            nodes = tuple(n for n in self.backward.nodes if n.op is not Op.OUTPUT or n.attr("name") in key)
+            program = DeadCodeElimination().apply(Program(nodes, self.backward.maps), PassContext())
+            kernels = lower(program, self.layout)
+            if self.verify:
+                verify(program)
+                verify_kernels(kernels)
+            configs = _carried_configs(self.backward_kernels, dict(self.choice.backward), kernels)
+            self._specialised[key] = kernels, _executor(self.backend, kernels, tuple(configs.items()))
+        return self._specialised[key]
+
+
+def _kernel_shape(program: KernelProgram, kernel) -> object:
+    """``kernel`` with its buffers' names replaced by their types: equal for kernels that
+    compute the same thing in two programs whose temporaries are numbered differently."""
+    if isinstance(kernel, GemmKernel):
+        named = {name: str(program.buffer(name).type) for name in (kernel.out, kernel.a, kernel.w)}
+        return replace(kernel, out=named[kernel.out], a=named[kernel.a], w=named[kernel.w])
+    unnamed = tuple(replace_node(n, attrs=()) if n.op in (Op.INPUT, Op.OUTPUT) else n for n in kernel.body.nodes)
+    return replace(kernel, body=Program(unnamed, kernel.body.maps))
+
+
+def _carried_configs(full: KernelProgram, configs: dict[str, Any], part: KernelProgram) -> dict[str, Any]:
+    """The configs of ``full``'s kernels (by name, ``k3``), renamed for the kernels of
+    ``part`` that compute the same thing."""
+    if not configs:
+        return {}
+    unused = [(i, _kernel_shape(full, k)) for i, k in enumerate(full.kernels) if f"k{i}" in configs]
+    carried = {}
+    for j, kernel in enumerate(part.kernels):
+        shape = _kernel_shape(part, kernel)
+        match = next((entry for entry in unused if entry[1] == shape), None)
+        if match is not None:
+            unused.remove(match)
+            carried[f"k{j}"] = configs[f"k{match[0]}"]
+    return carried
 
 
 class _Apply(torch.autograd.Function):
-    """Forward runs the forward kernels; backward runs the backward kernels."""
+    """Forward runs the forward kernels; backward runs the backward kernels that the
+    gradients asked for depend on. Once differentiable: the backward kernels are not
+    themselves differentiated, so a second backward through them is an error."""
 
     @staticmethod
     def forward(ctx, plan: Plan, graph: HeteroGraph, names: tuple[str, ...], dtype, *tensors):
         values = dict(zip(names, tensors))
-        outputs, kept = plan.run_forward(graph, values, dtype, keep=tuple(b for b, _ in plan.saved))
+        outputs, kept = plan.execute_forward(graph, values, dtype, keep=tuple(b for b, _ in plan.saved))
         ctx.plan, ctx.graph, ctx.names, ctx.dtype = plan, graph, names, dtype
         ctx.output_names = tuple(outputs)
         ctx.save_for_backward(*tensors, *(kept[b] for b, _ in plan.saved))
         return tuple(outputs.values())
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grad_outputs):
         saved = ctx.saved_tensors
         values = dict(zip(ctx.names, saved))
         values.update(zip((name for _, name in ctx.plan.saved), saved[len(ctx.names):]))
         for name, grad in zip(ctx.output_names, grad_outputs):
             values[f"grad_{name}"] = grad.contiguous()
-        grads, _ = ctx.plan.run_backward(ctx.graph, values, ctx.dtype)
-        return (None, None, None, None, *(grads.get(f"grad_{n}") for n in ctx.names))
+        needed = frozenset(name for name, need in zip(ctx.names, ctx.needs_input_grad[4:]) if need)
+        grads = ctx.plan.execute_backward(ctx.graph, values, ctx.dtype, needed)
+        return (None, None, None, None, *(grads.get(f"grad_{n}") if n in needed else None for n in ctx.names))
 
 
 class Compiled:
@@ -202,6 +296,18 @@ class Compiled:
         self._plans: dict[tuple, list[tuple[tuple, Plan]]] = {}
         # Per signature, dtype and mode, per bucket of graph sizes: the tuning lookup's answer.
         self._tuned: dict[tuple, dict[tuple, Choice]] = {}
+        # How the torch.library operators name this layer under torch.compile (pigeon.runtime.ops).
+        self.op_handle = register_layer(self)
+        self._traced: dict[tuple, Program] = {}
+
+    def __getstate__(self) -> dict:
+        # Plans hold loaded libraries, which do not pickle: a copy plans again.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_plans", "_tuned", "_traced", "op_handle")}
+
+    def __setstate__(self, state: dict) -> None:
+        # A copy (copy.deepcopy of a module, an unpickled one) is an operator's layer of its own.
+        self.__dict__.update(state, _plans={}, _tuned={}, _traced={})
+        self.op_handle = register_layer(self)
 
     # -- planning ------------------------------------------------------------------------
     def _shapes(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor]):
@@ -240,7 +346,8 @@ class Compiled:
         inputs, params = self._shapes(graph, tensors)
         return self.layer.trace(inputs, params, **self.config), RowCounts.from_graph(graph)
 
-    def plan(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor], choice: Choice | None = None) -> Plan:
+    def plan(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor], choice: Choice | None = None,
+             mode: str | None = None) -> Plan:
         """The cached plan for these shapes and this graph's row counts (built on a miss).
 
         ``choice`` builds it with those decisions and kernel configs; None asks the
@@ -248,14 +355,16 @@ class Compiled:
         :func:`pigeon.compile`) for a tuned choice for this program, graph, dtype and mode
         (training when gradients are on and a tensor requires them) and uses the cost
         model's defaults on a miss, without a lookup, or always when ``PIGEON_AUTOTUNE=0``.
-        Nothing is tuned here: :func:`pigeon.tune` fills the cache.
+        Nothing is tuned here: :func:`pigeon.tune` fills the cache. ``mode`` (``"train"`` or
+        ``"infer"``) overrides the mode read from the tensors (the operators of
+        :mod:`pigeon.runtime.ops` run below autograd, where no tensor requires a gradient).
         """
         inputs, params = self._shapes(graph, tensors)
         backend = resolve_backend(self.backend, graph.device)
         tuned = choice is None and autotune_enabled()
         if choice is None:
-            choice = self._cached_choice(inputs, params, graph, tensors, backend) if tuned else Choice()
-        training = _training(tensors)
+            choice = self._cached_choice(inputs, params, graph, tensors, backend, mode) if tuned else Choice()
+        training = mode == "train" if mode is not None else _training(tensors)
         key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, choice, training)
         candidates = self._plans.setdefault(key, [])
         for read, plan in candidates:
@@ -279,16 +388,17 @@ class Compiled:
         return plan
 
     def _cached_choice(self, inputs: dict, params: dict, graph: HeteroGraph, tensors: dict[str, torch.Tensor],
-                       backend: str) -> Choice:
+                       backend: str, mode: str | None = None) -> Choice:
         """The lookup's answer, asked once per signature, dtype, mode and bucket of the
         graph's sizes (nodes, destinations, edges, types): the lookup's own key reads
         statistics that cost a sort, which the sampled blocks of a mini-batch run must not
-        pay batch after batch."""
+        pay batch after batch. ``mode`` None: training when a tensor requires gradients."""
         if self.lookup is None:
             return Choice()
         floats = [v for v in tensors.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
         dtype = floats[0].dtype if floats else torch.get_default_dtype()
-        mode = "train" if _training(tensors) else "infer"
+        if mode is None:
+            mode = "train" if _training(tensors) else "infer"
         memo = self._tuned.setdefault((tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend,
                                        dtype, mode), {})
         sizes = tuple(bucket(n) for n in (graph.num_nodes, graph.num_dst_nodes, graph.num_edges,
@@ -337,7 +447,8 @@ class Compiled:
             verify_kernels(backward_kernels)
         return Plan(forward, backward, forward_kernels, backward_kernels, ctx.decisions,
                     _executor(backend, forward_kernels, choice.forward),
-                    _executor(backend, backward_kernels, choice.backward), saved, choice)
+                    _executor(backend, backward_kernels, choice.backward), saved, choice,
+                    backend=backend, layout=layout, name=self.layer.name, verify=options.verify)
 
     @staticmethod
     def _backward(forward: Program, written: frozenset[int], ctx: PassContext, options: Options, layout):
@@ -355,9 +466,27 @@ class Compiled:
         return self.call(graph, tensors)
 
     def call(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor], choice: Choice | None = None):
-        """``fn(graph, **tensors)``, with the plan built for ``choice`` (see :meth:`plan`)."""
+        """``fn(graph, **tensors)``, with the plan built for ``choice`` (see :meth:`plan`).
+
+        Under ``torch.compile`` the call is the torch.library operators of
+        :mod:`pigeon.runtime.ops`, which plan and check at run time, as here."""
+        if torch.compiler.is_compiling():
+            if choice is not None:
+                raise ValueError("Expected no `choice` under torch.compile (got one): tuned choices come from the "
+                                 "tuning cache there")
+            return call_layer_op(self, graph, tensors)
         if not isinstance(graph, HeteroGraph):
             raise TypeError(f"Expected `graph` to be a pigeon.HeteroGraph (got {type(graph).__name__})")
+        dtype = self.check_call(graph, tensors)
+        plan = self.plan(graph, tensors, choice)
+        names = tuple(tensors)
+        outputs = _Apply.apply(plan, graph, names, dtype, *(tensors[n] for n in names))
+        names_out = [n.attr("name") for n in plan.forward.outputs()]
+        return outputs[0] if names_out == ["out"] else dict(zip(names_out, outputs))
+
+    @staticmethod
+    def check_call(graph: HeteroGraph, tensors: Mapping[str, torch.Tensor]) -> torch.dtype:
+        """The tensors' one dtype; an error unless they and the graph share one device."""
         floats = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
         dtypes = {v.dtype for v in floats.values()}
         if len(dtypes) != 1:
@@ -365,9 +494,19 @@ class Compiled:
         devices = {v.device for v in floats.values()} | {graph.device}
         if len(devices) != 1:
             raise ValueError(f"Expected the graph and every tensor on one device (got {sorted(map(str, devices))})")
-        plan = self.plan(graph, tensors, choice)
-        names = tuple(tensors)
-        dtype = dtypes.pop()
-        outputs = _Apply.apply(plan, graph, names, dtype, *(tensors[n] for n in names))
-        names_out = [n.attr("name") for n in plan.forward.outputs()]
-        return outputs[0] if names_out == ["out"] else dict(zip(names_out, outputs))
+        return dtypes.pop()
+
+    def traced_for(self, tensors: Mapping[str, torch.Tensor]) -> Program:
+        """The traced level-1 program for the row shapes of ``tensors`` (their rows are
+        not checked here: :meth:`plan` checks them against a graph). What the operators'
+        fake implementation reads the layer's outputs from."""
+        inputs = {n: tuple(int(d) for d in tensors[n].shape[1:]) for n in self.layer.input_names if n in tensors}
+        params = {}
+        for name, kind in self.layer.param_kinds.items():
+            if name in tensors:
+                shape = tensors[name].shape if kind.space == GLOBAL else tensors[name].shape[1:]
+                params[name] = tuple(int(d) for d in shape)
+        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())))
+        if key not in self._traced:
+            self._traced[key] = self.layer.trace(inputs, params, **self.config)
+        return self._traced[key]

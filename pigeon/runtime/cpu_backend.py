@@ -42,6 +42,7 @@ from pigeon.paths import cache_dir
 from pigeon.runtime import kernel_args
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import run, space_size
+from pigeon.runtime.profiling import kernel_ranges
 from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_view
 from pigeon.version import __version__
 
@@ -217,26 +218,29 @@ class CpuExecutor:
         return out
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
-                 keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Run the program: (outputs by name, the buffers named in ``keep``)."""
+                 keep: tuple[str, ...] = (), scope: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run the program: (outputs by name, the buffers named in ``keep``). Under a
+        profiler each kernel is a range named ``{scope}/k{i}: ...``."""
         if graph.device.type != "cpu":
             raise ValueError(f"backend='cpu' runs on CPU tensors (the graph is on {graph.device})")
         library = self.library(dtype) if self.rendered else None
         if library is not None:
             library.pigeon_set_threads(torch.get_num_threads())
         env = dict(tensors)
+        ranges = kernel_ranges(self, self.program, scope)
         for i, (kernel, dead) in enumerate(zip(self.program.kernels, self.dead(keep))):
-            if isinstance(kernel, GemmKernel):
-                rendered = self.rendered.get(i)
-                out = None if rendered is None else self._gemm(library, rendered, kernel, graph, env, dtype)
-                env[kernel.out] = self.gemms.gemm(kernel, graph, env) if out is None else out
-            elif isinstance(kernel, TraversalKernel):
-                self._launch(library, self.rendered[i], kernel, graph, env, dtype)
-            elif isinstance(kernel, ViewKernel):
-                env[kernel.out] = run_view(kernel, graph, self.program, env)
-            else:
-                body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
-                env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+            with ranges(i):
+                if isinstance(kernel, GemmKernel):
+                    rendered = self.rendered.get(i)
+                    out = None if rendered is None else self._gemm(library, rendered, kernel, graph, env, dtype)
+                    env[kernel.out] = self.gemms.gemm(kernel, graph, env) if out is None else out
+                elif isinstance(kernel, TraversalKernel):
+                    self._launch(library, self.rendered[i], kernel, graph, env, dtype)
+                elif isinstance(kernel, ViewKernel):
+                    env[kernel.out] = run_view(kernel, graph, self.program, env)
+                else:
+                    body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
+                    env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
             for name in dead:
                 del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}

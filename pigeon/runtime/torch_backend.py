@@ -18,6 +18,7 @@ from pigeon.ir.graph_ir import GLOBAL, IndexMap, Op
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, View, ViewKernel, dead_after
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import pad_rows, run
+from pigeon.runtime.profiling import kernel_ranges
 
 
 class DeadBuffers:
@@ -139,17 +140,20 @@ class TorchExecutor:
         return out
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
-                 keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Run the program: (outputs by name, the buffers named in ``keep``)."""
+                 keep: tuple[str, ...] = (), scope: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run the program: (outputs by name, the buffers named in ``keep``). Under a
+        profiler each kernel is a range named ``{scope}/k{i}: ...``."""
         env = dict(tensors)
-        for kernel, dead in zip(self.program.kernels, self.dead(keep)):
-            if isinstance(kernel, GemmKernel):
-                env[kernel.out] = self.gemm(kernel, graph, env)
-            elif isinstance(kernel, ViewKernel):
-                env[kernel.out] = run_view(kernel, graph, self.program, env)
-            else:
-                body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
-                env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+        ranges = kernel_ranges(self, self.program, scope)
+        for i, (kernel, dead) in enumerate(zip(self.program.kernels, self.dead(keep))):
+            with ranges(i):
+                if isinstance(kernel, GemmKernel):
+                    env[kernel.out] = self.gemm(kernel, graph, env)
+                elif isinstance(kernel, ViewKernel):
+                    env[kernel.out] = run_view(kernel, graph, self.program, env)
+                else:
+                    body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
+                    env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
             for name in dead:
                 del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}

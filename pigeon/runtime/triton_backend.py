@@ -27,6 +27,7 @@ from pigeon.paths import cache_dir
 from pigeon.runtime import kernel_args
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import space_size
+from pigeon.runtime.profiling import kernel_ranges
 from pigeon.runtime.torch_backend import DeadBuffers, run_view
 from pigeon.runtime.triton_gemm import interpreted, launch_gemm
 from pigeon.version import __version__
@@ -147,8 +148,9 @@ class TritonExecutor:
                                              num_warps=c.num_warps, num_stages=c.num_stages)
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
-                 keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Run the program: (outputs by name, the buffers named in ``keep``)."""
+                 keep: tuple[str, ...] = (), scope: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run the program: (outputs by name, the buffers named in ``keep``). Under a
+        profiler each kernel (all its launches) is a range named ``{scope}/k{i}: ...``."""
         if graph.device.type != "cuda" and not interpreted():
             raise ValueError(f"backend='triton' runs on CUDA tensors (the graph is on {graph.device}); "
                              "set TRITON_INTERPRET=1 before importing triton to run it on CPU tensors "
@@ -156,14 +158,16 @@ class TritonExecutor:
         _real(dtype)
         module = self.module()
         env = dict(tensors)
+        ranges = kernel_ranges(self, self.program, scope)
         for i, (kernel, dead) in enumerate(zip(self.program.kernels, self.dead(keep))):
-            if isinstance(kernel, GemmKernel):
-                env[kernel.out] = launch_gemm(module, self.rendered[i][0], graph, env, dtype, poison=self.poison)
-            elif isinstance(kernel, ViewKernel):
-                env[kernel.out] = run_view(kernel, graph, self.program, env)
-            else:
-                for part in self.rendered[i]:
-                    self._launch(module, part, graph, env, dtype)
+            with ranges(i):
+                if isinstance(kernel, GemmKernel):
+                    env[kernel.out] = launch_gemm(module, self.rendered[i][0], graph, env, dtype, poison=self.poison)
+                elif isinstance(kernel, ViewKernel):
+                    env[kernel.out] = run_view(kernel, graph, self.program, env)
+                else:
+                    for part in self.rendered[i]:
+                        self._launch(module, part, graph, env, dtype)
             for name in dead:
                 del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}
