@@ -43,6 +43,9 @@ def cmd_show_ir(args: argparse.Namespace) -> int:
     from pigeon.ir.autodiff import backward_program
     from pigeon.ir.kernel_ir import format_kernel_program
     from pigeon.passes import PASS_NAMES, PassContext, optimize
+    from pigeon.passes.choose import decide
+    from pigeon.runtime.compiled import resolve_backend, traversal_layout
+    from pigeon.runtime.target import machine_target
 
     graph = load(args.dataset, scale=args.scale, seed=0).graph
     module, tensors = example_layer(args.layer, graph, args.dim, args.heads)
@@ -62,8 +65,14 @@ def cmd_show_ir(args: argparse.Namespace) -> int:
         if args.after not in PASS_NAMES:
             raise SystemExit(f"pigeon show-ir: --after must be one of {list(PASS_NAMES)} (got {args.after!r})")
         seen = {}
-        optimize(traced, PassContext(rows), compiled.options, hook=lambda name, p: seen.setdefault(name, p))
+        ctx = PassContext(rows)
+        backend = resolve_backend(compiled.backend, graph.device)
+        options = decide(traced, ctx, compiled.options, machine_target(backend, graph.device), training=True,
+                         layout=traversal_layout(backend, compiled.layout))
+        optimize(traced, ctx, options, hook=lambda name, p: seen.setdefault(name, p))
         program = seen[args.after]
+        for decision in ctx.decisions:
+            print(f"# {decision}")
     if args.backward:
         program = backward_program(program)
     print(format_program(program))

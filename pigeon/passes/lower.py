@@ -2,9 +2,8 @@
 
 Greedy and in program order:
 
-1. Every (typed) linear and weight-gradient product is a GEMM. A gather that only
-   feeds GEMMs' A operands is fused into each one's tile loads; a sum-aggregate that is the
-   only reader of a GEMM's result is fused into its store (scatter-add).
+1. Every (typed) linear and weight-gradient product is a GEMM, with the gathers and
+   scatters :mod:`pigeon.passes.fusion` plans for it in its loads and stores.
 2. Every other op over a graph space with grouping (edges, compact rows) joins the
    open *traversal* of that space: gathers become loads, elementwise ops and dots the
    per-row expression, softmaxes and aggregates along one group the reductions. A
@@ -12,13 +11,9 @@ Greedy and in program order:
 3. What remains (node-wise and per-type work) joins an open *dense* kernel of its space
    the same way.
 
-Constants are copied into every body that reads them, and so are cheap per-row values
-(gathers and elementwise ops on them, at most ``_RECOMPUTE_LIMIT`` ops): a traversal
-that reads one computed in another traversal recomputes it from the rows it gathers
-rather than reading a buffer of one value per edge. (The backward of NBFNet's layer
-would otherwise write the gathered source rows, relation vectors and messages,
-``[edges, batch, dim]`` each, to read them back in its other traversals.) Such a value
-still gets a buffer when a GEMM or the program's output reads it.
+Constants are copied into every body that reads them, and so are the cheap per-row
+values the fusion plan recomputes where they are read. Moves between node and
+destination rows, and reshapes of values in memory, are views.
 
 The layout a traversal walks (:class:`~pigeon.ir.kernel_ir.TraversalLayout`) is chosen per
 kernel: ``layout="csr"`` walks the CSR of its group (node-parallel, no atomics) whatever
@@ -34,21 +29,13 @@ import enum
 from dataclasses import dataclass, field
 
 from pigeon.ir.builder import Builder
-from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, EDGE, GLOBAL, NODE_OF_DST, Node, Op, Program, Space
+from pigeon.ir.graph_ir import GLOBAL, Node, Op, Program, Space
 from pigeon.ir.kernel_ir import (
     GROUP_CSR_LAYOUTS, SEGMENT_LAYOUTS, Buffer, BufferRole, DenseKernel, GemmKernel, KernelProgram,
     ReductionSpec, TraversalKernel, TraversalLayout, View, ViewKernel,
 )
 from pigeon.ir.rewrite import copy_node
-
-_GEMMS = (Op.LINEAR, Op.TYPED_LINEAR, Op.TYPED_OUTER)
-_TRAVERSAL_SPACES = (EDGE, COMPACT_SRC, COMPACT_DST)
-# Per-row ops a traversal may recompute instead of reading another traversal's buffer.
-_RECOMPUTE_OPS = (
-    Op.GATHER, Op.UNARY, Op.BINARY, Op.DOT, Op.SUM_LAST, Op.SUM_DIMS, Op.EXPAND_LAST, Op.RESHAPE,
-    Op.CONCAT, Op.SLICE_LAST, Op.PAD_LAST,
-)
-_RECOMPUTE_LIMIT = 48   # distinct ops in one recomputed value, its operands' included
+from pigeon.passes.fusion import GEMMS, TRAVERSAL_SPACES, moves_rows, plan_fusion
 
 
 class _Kind(enum.Enum):
@@ -74,7 +61,9 @@ class _Lowering:
         self.buffer_of: dict[int, str] = {}
         self.region_of: dict[int, _Region] = {}
         self.open: list[_Region] = []
-        self.absorbed: set[int] = set()
+        fusion = plan_fusion(program)
+        self.gemm_gather, self.gemm_scatter = fusion.gemm_gather, fusion.gemm_scatter
+        self.absorbed, self.recompute, self.leaves = fusion.absorbed, fusion.recompute, fusion.leaves
         self.layouts: list[str] = []
 
     # -- helpers -------------------------------------------------------------------------
@@ -98,42 +87,7 @@ class _Lowering:
         self.buffer_of[i] = name
         return name
 
-    # -- GEMMs ---------------------------------------------------------------------------
-    def single_user(self, i: int) -> int | None:
-        users = self.users[i]
-        return users[0] if len(users) == 1 else None
-
-    def only_gemm_a_operand(self, i: int) -> bool:
-        """Whether every reader of ``i`` is a GEMM that reads it as A (and only as A)."""
-        readers = self.users[i]
-        return bool(readers) and all(self.node(u).op in _GEMMS and self.node(u).inputs[0] == i
-                                     and self.node(u).inputs[1] != i for u in readers)
-
-    def plan_fusion(self) -> None:
-        """Mark the gathers and aggregates that GEMMs take over (not the moves between node
-        and destination rows: those are views, or a padding, of their own)."""
-        self.gemm_gather: dict[int, int] = {}
-        self.gemm_scatter: dict[int, int] = {}
-        for node in self.p.nodes:
-            if node.op not in _GEMMS:
-                continue
-            a = self.node(node.inputs[0])
-            # A gather that GEMMs read only as their A operand is each GEMM's own tile load
-            # (HGT's key and value products both read x at the edges' sources): gathering
-            # twice in registers beats writing and reading a buffer of one row per edge.
-            if a.op is Op.GATHER and not _moves_rows(a) and self.only_gemm_a_operand(a.id):
-                self.gemm_gather[node.id] = a.id
-                self.absorbed.add(a.id)
-            if node.op is Op.TYPED_OUTER:
-                continue
-            reader = self.single_user(node.id)
-            if reader is not None:
-                agg = self.node(reader)
-                if (agg.op is Op.AGGREGATE and len(agg.inputs) == 1 and agg.attr("reduce").value == "sum"
-                        and not _moves_rows(agg)):
-                    self.gemm_scatter[node.id] = agg.id
-                    self.absorbed.add(agg.id)
-
+    # -- GEMMs and views ---------------------------------------------------------------------------
     def emit_gemm(self, node: Node) -> None:
         gather_id = self.gemm_gather.get(node.id)
         a_source = self.node(gather_id).inputs[0] if gather_id is not None else node.inputs[0]
@@ -169,7 +123,7 @@ class _Lowering:
     def is_view(self, node: Node) -> bool:
         """Moves between node and destination rows, and reshapes of values that are in
         memory already (inputs, or written by a kernel that has run): viewed, not copied."""
-        if _moves_rows(node):
+        if moves_rows(node):
             return True
         if node.op is not Op.RESHAPE or node.type.space == GLOBAL:
             return False
@@ -179,45 +133,10 @@ class _Lowering:
             return False
         return source in self.buffer_of and (region is None or region not in self.open)
 
-    # -- recomputation -------------------------------------------------------------------
-    def plan_recompute(self) -> None:
-        """The per-row values of traversal spaces that readers in other traversals
-        recompute (``self.recompute``) and, for each, the values its recomputation
-        reads from buffers (``self.leaves``)."""
-        read_as_buffer = {value for node in self.p.nodes if node.op is Op.OUTPUT for value in node.inputs}
-        for node in self.p.nodes:
-            if node.op is Op.GATHER:  # read at other rows than its own
-                read_as_buffer.add(node.inputs[0])
-            elif node.op in _GEMMS:
-                gather_id = self.gemm_gather.get(node.id)
-                read_as_buffer.add(self.node(gather_id).inputs[0] if gather_id is not None else node.inputs[0])
-                read_as_buffer.add(node.inputs[1])
-        # The ops a recomputation repeats: shared operands count once (RotatE reuses its
-        # message parts many times).
-        chain: dict[int, frozenset[int]] = {}
-        self.leaves: dict[int, frozenset[int]] = {}
-        for node in self.p.nodes:
-            if node.op not in _RECOMPUTE_OPS or node.type.space not in _TRAVERSAL_SPACES or node.id in self.absorbed:
-                continue
-            ops, leaves, cheap = {node.id}, set(), True
-            for j in node.inputs:
-                source = self.node(j)
-                if node.op is Op.GATHER or source.type.space not in _TRAVERSAL_SPACES:
-                    if source.op is not Op.CONST:
-                        leaves.add(j)
-                elif j in chain:
-                    ops |= chain[j]
-                    leaves |= self.leaves[j]
-                else:
-                    cheap = False
-            if cheap and len(ops) <= _RECOMPUTE_LIMIT:
-                chain[node.id], self.leaves[node.id] = frozenset(ops), frozenset(leaves)
-        self.recompute = {i for i in chain if i not in read_as_buffer}
-
     # -- regions -------------------------------------------------------------------------
     def place(self, node: Node) -> None:
         domain, group = self.domain(node)
-        kind = _Kind.TRAVERSAL if domain in _TRAVERSAL_SPACES else _Kind.DENSE
+        kind = _Kind.TRAVERSAL if domain in TRAVERSAL_SPACES else _Kind.DENSE
         region = None
         for r in reversed(self.open):
             if r.kind == kind and r.space == domain and (group is None or r.group in (None, group)):
@@ -319,8 +238,6 @@ class _Lowering:
 
     # -- driver --------------------------------------------------------------------------
     def run(self) -> KernelProgram:
-        self.plan_fusion()
-        self.plan_recompute()
         outputs = []
         # Degrees read nothing: placing them first lets them join the traversal of their group
         # instead of opening a pass of their own later.
@@ -335,7 +252,7 @@ class _Lowering:
                 outputs.append((node.attr("name"), node.inputs[0]))
             elif node.op is Op.CONST or node.id in self.absorbed:
                 continue
-            elif node.op in _GEMMS:
+            elif node.op in GEMMS:
                 self.emit_gemm(node)
             elif self.is_view(node):
                 self.emit_view(node)
@@ -353,14 +270,6 @@ class _Lowering:
             if self.buffers[buffer].role is BufferRole.TEMP:
                 self.buffers[buffer] = Buffer(buffer, self.buffers[buffer].type, BufferRole.OUTPUT)
         return KernelProgram(tuple(self.buffers.values()), tuple(self.kernels), tuple(self.layouts), tuple(resolved))
-
-
-def _moves_rows(node: Node) -> bool:
-    """A gather of node rows onto the destinations, or its adjoint (each node receives at
-    most its own destination row): a :class:`ViewKernel`."""
-    if node.attr("index") != NODE_OF_DST:
-        return False
-    return node.op is Op.GATHER or (node.op is Op.AGGREGATE and len(node.inputs) == 1)
 
 
 def lower(program: Program, layout: str | None = None) -> KernelProgram:
