@@ -24,6 +24,7 @@ relations with one name between different node types are different edge types.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Iterator, Mapping, NamedTuple, Sequence
 
@@ -33,7 +34,7 @@ import torch
 from pigeon.data.graph import HeteroGraph
 from pigeon.interop._common import HeteroNames, hetero_names
 
-__all__ = ["MiniBatch", "NodeInputs", "FeatureStore", "NeighborSampler", "PyGNeighborSampler", "dgl_fanouts",
+__all__ = ["MiniBatch", "NodeInputs", "FeatureStore", "SamplingGraph", "NeighborSampler", "PyGNeighborSampler", "dgl_fanouts",
            "parse_fanouts"]
 
 
@@ -184,8 +185,14 @@ def _seed_ids(graph: HeteroGraph, seeds, seed_ntype, names: HeteroNames) -> torc
     return seeds
 
 
-class _TypedGraph:
-    """What both samplers keep of the full graph: names, per-type global ids."""
+class SamplingGraph:
+    """The full graph as the samplers need it, built once and shared by every sampler
+    on it (training, and each layer of layer-wise inference): the type names, each
+    type's global ids, each node's id within its type, and the DGL heterograph.
+
+    Args:
+        graph (HeteroGraph): the full graph, on the CPU.
+    """
 
     def __init__(self, graph: HeteroGraph):
         self.graph = graph
@@ -194,14 +201,31 @@ class _TypedGraph:
         self.local = torch.empty(graph.num_nodes, dtype=torch.int64)
         for nodes in self.type_nodes:
             self.local[nodes] = torch.arange(nodes.numel())
+        self._dgl = None
+
+    @property
+    def dgl_graph(self):
+        if self._dgl is None:
+            from pigeon.interop.dgl import to_dgl
+
+            self._dgl = to_dgl(self.graph, hetero=True)
+        return self._dgl
+
+
+def _sampling_graph(graph) -> SamplingGraph:
+    if isinstance(graph, SamplingGraph):
+        return graph
+    if not isinstance(graph, HeteroGraph):
+        raise ValueError(f"Expected `graph` to be a pigeon.HeteroGraph or a SamplingGraph (got {type(graph).__name__})")
+    return SamplingGraph(graph)
 
 
 class NeighborSampler:
     """Mini-batches of sampled blocks from DGL's neighbour sampler.
 
     Args:
-        graph (HeteroGraph): the full graph (on the CPU); every edge type must join one
-            pair of node types (canonical edge types).
+        graph (HeteroGraph or SamplingGraph): the full graph (on the CPU); every edge
+            type must join one pair of node types (canonical edge types).
         fanouts (list): per layer, input layer first: an int or a dict by edge type
             (:func:`dgl_fanouts`); ``-1`` takes every neighbour (deterministic).
         seeds (Tensor, optional): global ids of the nodes to compute outputs for.
@@ -220,19 +244,20 @@ class NeighborSampler:
         seed (int): seeds DGL's and NumPy's generators (the shuffle) at construction.
 
     Iterating gives :class:`MiniBatch` es; ``len()`` is the number of batches per epoch,
-    the same on every rank.
+    the same on every rank. After each batch, ``last_sample_s`` and ``last_convert_s``
+    hold the seconds DGL took to sample it and Pigeon to convert it.
     """
 
     def __init__(self, graph: HeteroGraph, fanouts: Sequence, *, seeds=None, seed_ntype=None,
                  batch_size: int = 1024, shuffle: bool = True, drop_last: bool = False,
                  use_ddp: bool | None = None, num_workers: int = 0, seed: int = 0):
-        from pigeon.interop.dgl import import_dgl, to_dgl
+        from pigeon.interop.dgl import import_dgl
 
         dgl = import_dgl()
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Expected `batch_size` to be a positive int (got {batch_size!r})")
-        self.typed = _TypedGraph(graph)
-        names = self.typed.names
+        self.typed = _sampling_graph(graph)
+        graph, names = self.typed.graph, self.typed.names
         self.num_layers = len(fanouts) if not isinstance(fanouts, (int, Mapping)) else 0
         per_layer = dgl_fanouts(fanouts, names)
         self.seeds = _seed_ids(graph, seeds, seed_ntype, names)
@@ -245,12 +270,12 @@ class NeighborSampler:
             use_ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
         dgl.seed(seed)
         np.random.seed(seed % 2**32)
-        self.dgl_graph = to_dgl(graph, hetero=True)
         sampler = dgl.dataloading.MultiLayerNeighborSampler(per_layer)
         self.loader = dgl.dataloading.DataLoader(
-            self.dgl_graph, indices, sampler, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-            use_ddp=use_ddp, ddp_seed=seed, num_workers=num_workers,
+            self.typed.dgl_graph, indices, sampler, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+            use_ddp=use_ddp, ddp_seed=seed, num_workers=num_workers, persistent_workers=num_workers > 0,
         )
+        self.last_sample_s = self.last_convert_s = 0.0
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -269,9 +294,16 @@ class NeighborSampler:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Dataloader CPU affinity opt is not enabled")
             iterator = iter(self.loader)
-        for _, _, blocks in iterator:
+        while True:
+            started = time.perf_counter()
+            batch = next(iterator, None)
+            if batch is None:
+                return
+            converting = time.perf_counter()
             converted, input_nodes, seeds = blocks_from_dgl(
-                blocks, self.typed.names, self.typed.type_nodes, etype_names=self.typed.graph.etype_names)
+                batch[2], self.typed.names, self.typed.type_nodes, etype_names=self.typed.graph.etype_names)
+            self.last_sample_s = converting - started
+            self.last_convert_s = time.perf_counter() - converting
             yield MiniBatch(converted, input_nodes, seeds)
 
 
@@ -279,7 +311,7 @@ class PyGNeighborSampler:
     """Mini-batches of blocks from PyG's ``NeighborLoader`` (or a loader like it).
 
     Args:
-        graph (HeteroGraph): the full graph.
+        graph (HeteroGraph or SamplingGraph): the full graph.
         num_layers (int): blocks per batch (PyG samples ``num_layers`` hops).
         loader (iterable, optional): yields the ``HeteroData`` batches of PyG's
             ``NeighborLoader`` over ``pigeon.interop.to_pyg_hetero(graph)`` (see
@@ -293,10 +325,10 @@ class PyGNeighborSampler:
 
     def __init__(self, graph: HeteroGraph, num_layers: int, *, loader=None, fanouts=None, seeds=None,
                  seed_ntype=None, batch_size: int = 1024, shuffle: bool = True):
-        self.typed = _TypedGraph(graph)
+        self.typed = _sampling_graph(graph)
         self.num_layers = num_layers
         if loader is None:
-            loader = self._neighbor_loader(graph, fanouts, seeds, seed_ntype, batch_size, shuffle)
+            loader = self._neighbor_loader(self.typed.graph, fanouts, seeds, seed_ntype, batch_size, shuffle)
         self.loader = loader
 
     def _neighbor_loader(self, graph, fanouts, seeds, seed_ntype, batch_size, shuffle):
