@@ -354,9 +354,10 @@ def test_ogbl_wikikg2_fixture_loads_through_ogb(tmp_path):
     assert ds.valid.tolist() == [[1, 7, 3], [2, 0, 4]] and ds.negatives["valid"]["head_neg"].shape == (2, 5)
 
 
-def test_ogbn_mag_fixture_loads_through_ogb(tmp_path):
-    rng = np.random.default_rng(23)
-    folder = tmp_path / "ogbn_mag"
+def write_ogbn_mag_fixture(root: Path, seed: int = 23):
+    """A tiny ogbn-mag in OGB's raw layout; returns what the checks need."""
+    rng = np.random.default_rng(seed)
+    folder = root / "ogbn_mag"
     folder.mkdir()
     (folder / "RELEASE_v2.txt").write_text("fixture\n")
     raw = folder / "raw"
@@ -379,7 +380,11 @@ def test_ogbn_mag_fixture_loads_through_ogb(tmp_path):
     perm = rng.permutation(12)
     for split, ids in (("train", perm[:8]), ("valid", perm[8:10]), ("test", perm[10:])):
         _csv(split_dir / "paper" / f"{split}.csv.gz", ids[:, None])
+    return sizes, counts, labels, perm
 
+
+def test_ogbn_mag_fixture_loads_through_ogb(tmp_path):
+    sizes, counts, labels, perm = write_ogbn_mag_fixture(tmp_path)
     ds = load("ogbn-mag", root=tmp_path, reverse=True)
     g = ds.graph
     assert g.num_nodes == 28 and g.ntype_names == tuple(sizes)

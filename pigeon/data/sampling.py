@@ -209,6 +209,9 @@ class SamplingGraph:
             from pigeon.interop.dgl import to_dgl
 
             self._dgl = to_dgl(self.graph, hetero=True)
+            # Sampling reads the CSC; built here once, not by the first batch (and
+            # shared by sampler workers instead of rebuilt in each).
+            self._dgl.create_formats_()
         return self._dgl
 
 
