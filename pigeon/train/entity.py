@@ -178,6 +178,9 @@ def load_entity_data(name: str, *, scale: float = 1.0, seed: int = 0, root=None)
 class EntityClassifier(nn.Module):
     """Per-type input embeddings, ``num_layers`` relational layers, a linear classifier.
 
+    Each layer is followed by ReLU and dropout; RGAT layers also get a linear skip from
+    the destination's own row (RGAT sums over in-neighbours only).
+
     Args:
         kind (str): ``"rgcn"``, ``"rgat"`` or ``"hgt"``.
         num_ntypes, num_etypes (int): type counts of the graph.
@@ -215,6 +218,11 @@ class EntityClassifier(nn.Module):
         self.layers = nn.ModuleList(
             [self._layer(kind, num_ntypes, num_etypes, hidden, heads, num_bases, backend, dtype)
              for _ in range(num_layers)])
+        # RGAT's output is a weighted sum over in-neighbours only: a node's own row enters
+        # through the attention scores alone. A linear skip from the destination's own
+        # row gives it what RGCN's self-loop and HGT's skip give theirs.
+        self.skips = (nn.ModuleList([nn.Linear(hidden, hidden, dtype=dtype) for _ in range(num_layers)])
+                      if kind == "rgat" else None)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden, num_classes, dtype=dtype)
 
@@ -257,6 +265,8 @@ class EntityClassifier(nn.Module):
                 f"{self.backend!r}) to return one row per destination of its block ({block.num_dst_nodes}) "
                 f"(got {out.shape[0]} rows): this backend does not run blocks yet; use --backend reference "
                 f"or --full-graph")
+        if self.skips is not None:
+            out = out + self.skips[index](h[: block.num_dst_nodes])
         return self.dropout(F.relu(out))
 
     def forward(self, blocks, inputs) -> torch.Tensor:
@@ -406,12 +416,15 @@ def _rank_worker(payload: dict) -> dict | None:
     config: EntityConfig = payload["config"]
     ctx = init_distributed(device=config.device, timeout_s=config.dist_timeout_s)
     try:
-        return _train_rank(config, ctx, payload)
+        return train_rank(config, ctx, payload)
     finally:
         close_distributed()
 
 
-def _train_rank(config: EntityConfig, ctx: DistContext, payload: dict) -> dict | None:
+def train_rank(config: EntityConfig, ctx: DistContext, payload: dict) -> dict | None:
+    """One rank's part of a run, in the process group ``ctx`` describes: ``payload`` holds
+    :func:`train_entity`'s ``data``, ``checkpoint``, ``resume``, ``json_path``,
+    ``show_progress`` and ``log``. Returns the report on rank 0, None elsewhere."""
     from pigeon.data.sampling import FeatureStore, NeighborSampler, SamplingGraph
     from pigeon.interop.dgl import import_dgl
 
