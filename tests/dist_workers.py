@@ -22,12 +22,16 @@ def failing_worker(payload):
 
 def runs_worker(runs):
     """Several training runs in one process group: ``runs`` is a list of ``(name,
-    EntityConfig, payload)``; returns rank 0's reports by name."""
-    from pigeon.train.entity import train_rank
+    config, payload)`` with an ``EntityConfig`` or an ``NBFNetConfig``; returns rank 0's
+    reports by name."""
+    from pigeon.train.entity import EntityConfig, train_rank
+    from pigeon.train.nbfnet import train_nbfnet_rank
 
     ctx = init_distributed(timeout_s=120)
+    quiet = {"log": lambda *a: None, "show_progress": False, "checkpoint": None, "resume": None, "json_path": None}
     try:
-        return {name: train_rank(config, ctx, {"log": lambda *a: None, "show_progress": False, **payload})
+        return {name: (train_rank if isinstance(config, EntityConfig) else train_nbfnet_rank)(
+                    config, ctx, {**quiet, **payload})
                 for name, config, payload in runs}
     finally:
         close_distributed()

@@ -24,8 +24,11 @@ import torch
 from pigeon.train.distributed import DistContext, equal_shard, free_port, launch
 from pigeon.train.entity import EntityConfig, load_entity_data, train_entity
 
+from pigeon.train.nbfnet import NBFNetConfig, load_link_data
+
 from dist_workers import failing_worker, runs_worker
 from test_train_entity import small_task
+from test_train_nbfnet import TINY, _fixture_kg
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
@@ -50,14 +53,16 @@ def test_command_line_trains_rgcn_on_two_processes_far_above_chance(tmp_path):
     assert report["seeds_per_s"] > 0 and report["steps"] > 0
 
 
-def test_two_ranks_match_one_process_and_train_rgat_and_hgt(tmp_path):
-    """One process group (spawning ranks costs seconds each) for three runs:
+def test_two_ranks_match_one_process_and_train_rgat_hgt_and_nbfnet(tmp_path):
+    """One process group (spawning ranks costs seconds each) for four runs:
 
     * one DDP step on two half-batches against one single-process step on the whole
       batch: every neighbour taken and no dropout make both deterministic, so the
       parameters agree to 1e-10 in float64;
     * RGAT and HGT trained for 2 epochs as the command line would, far above chance,
-      the ranks' parameters bit-identical at the end.
+      the ranks' parameters bit-identical at the end;
+    * NBFNet on a small knowledge graph, its query batches sharded over the ranks, every
+      valid/test query ranked once over the two ranks, parameters bit-identical.
     """
     data = small_task(7)
     data.split["train"] = data.split["train"][:16]
@@ -66,12 +71,14 @@ def test_two_ranks_match_one_process_and_train_rgat_and_hgt(tmp_path):
     single = train_entity(data=data, batch_size=16, checkpoint=tmp_path / "one.pt", show_progress=False,
                           log=lambda *a: None, **step)
     aifb = load_entity_data("aifb", scale=0.25)
+    kg = load_link_data("umls", _fixture_kg(tmp_path / "kg"))
     quick = {"fanouts": (10, 10), "batch_size": 64, "hidden": 32, "heads": 2, "lr": 0.05, "dropout": 0.0,
              "backend": "reference", "threads": 1, "epochs": 2, "nproc": 2}
     runs = [("step", EntityConfig(batch_size=8, nproc=2, **step).check(),
              {"data": data, "checkpoint": tmp_path / "two.pt"}),
             ("rgat", EntityConfig(model="rgat", **quick).check(), {"data": aifb}),
-            ("hgt", EntityConfig(model="hgt", **quick).check(), {"data": aifb})]
+            ("hgt", EntityConfig(model="hgt", **quick).check(), {"data": aifb}),
+            ("nbfnet", NBFNetConfig(nproc=2, seed=1, **TINY).check(), {"data": kg})]
     reports = launch(runs_worker, runs, 2)
 
     double = reports["step"]
@@ -87,6 +94,11 @@ def test_two_ranks_match_one_process_and_train_rgat_and_hgt(tmp_path):
         report = reports[model]
         assert report["world_size"] == 2 and report["ranks_in_sync"], model
         assert report["test"]["accuracy"] > report["chance"]["accuracy"] + 0.2, (model, report["test"])
+    nbfnet = reports["nbfnet"]
+    assert nbfnet["world_size"] == 2 and nbfnet["ranks_in_sync"]
+    assert nbfnet["valid"]["queries"] == 2 * kg.valid.shape[0] and nbfnet["test"]["queries"] == 2 * kg.test.shape[0]
+    per_rank = -(-kg.train.shape[0] // 2)
+    assert nbfnet["steps"] == TINY["epochs"] * -(-per_rank // TINY["batch_size"])
 
 
 def test_a_rank_that_raises_ends_the_run_with_its_error():

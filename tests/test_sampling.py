@@ -254,3 +254,37 @@ def test_fanout_arguments_are_checked():
         NeighborSampler(graph, [2], seeds=graph.nodes_of_type(1), seed_ntype="paper")
     with pytest.raises(ValueError, match=r"`seed_ntype` to be a node type of the graph"):
         NeighborSampler(graph, [2], seed_ntype="book")
+
+
+def test_dgl_distgraph_blocks_in_standalone_mode(tmp_path, monkeypatch):
+    """Partitioned storage (docs/ARCHITECTURE.md, "Graphs larger than one machine"):
+    ``dgl.distributed.partition_graph`` then ``DistGraph`` in DGL's standalone mode (one
+    partition, no server). Its ``DistNodeDataLoader`` yields the same heterogeneous blocks,
+    in the partitioned id space; mapped back to Pigeon's ids with the partitioner's
+    ``orig_nids``, ``blocks_from_dgl`` makes Pigeon blocks whose model output at the seeds
+    is the full graph's (every neighbour taken)."""
+    from pigeon.interop.dgl import blocks_from_dgl, import_dgl, to_dgl
+
+    dgl = import_dgl()
+    monkeypatch.setenv("DGL_DIST_MODE", "standalone")
+    graph = typed_graph(8)
+    names = hetero_names(graph)
+    x = torch.randn(graph.num_nodes, 5, generator=torch.Generator().manual_seed(9), dtype=DTYPE)
+    orig_nids, _ = dgl.distributed.partition_graph(to_dgl(graph, hetero=True), "typed", 1, str(tmp_path),
+                                                   part_method="random", return_mapping=True)
+    dgl.distributed.initialize(None)
+    dist_graph = dgl.distributed.DistGraph("typed", part_config=str(tmp_path / "typed.json"))
+    # Partition ids -> ids within the type -> Pigeon's global ids. (Standalone mode takes
+    # one partition, whose ids are the original ones; with several the map permutes.)
+    type_nodes = [graph.nodes_of_type(t)[orig_nids[name]] for t, name in enumerate(names.ntypes)]
+    seeds = torch.arange(12)
+    loader = dgl.dataloading.DistNodeDataLoader(dist_graph, {"paper": seeds},
+                                                dgl.dataloading.MultiLayerNeighborSampler([-1, -1]), batch_size=5)
+    model = full_graph_model("rgcn", graph, 10)
+    expected = model([graph, graph], x)
+    count = 0
+    for _, _, blocks in loader:
+        converted, input_nodes, out_nodes = blocks_from_dgl(blocks, names, type_nodes)
+        torch.testing.assert_close(model(converted, x[input_nodes]), expected[out_nodes], **TOL)
+        count += out_nodes.numel()
+    assert count == seeds.numel()

@@ -20,6 +20,7 @@ CPU, NCCL on CUDA), so a rank whose peers are gone fails instead of waiting fore
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import pickle
 import socket
@@ -130,7 +131,11 @@ def init_distributed(*, device: str = "cpu", timeout_s: float = 300.0) -> DistCo
 
 
 def close_distributed() -> None:
+    """Leave the process group. DDP wrappers sit in reference cycles: collected first, so
+    that none outlives the group it holds (a gloo reducer destroyed after its group can
+    abort the process at exit)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
