@@ -288,3 +288,22 @@ def test_dgl_distgraph_blocks_in_standalone_mode(tmp_path, monkeypatch):
         torch.testing.assert_close(model(converted, x[input_nodes]), expected[out_nodes], **TOL)
         count += out_nodes.numel()
     assert count == seeds.numel()
+
+
+def test_sampler_workers_give_the_batches_of_in_process_sampling():
+    """With every neighbour taken and no shuffle, a sampler worker process (one thread,
+    DGL's worker set-up) yields the blocks that sampling in this process does: the same
+    seeds, nodes and typed edges (DGL may number the source-only nodes in another order)."""
+    graph = typed_graph(3)
+    seeds = graph.nodes_of_type(0)
+    here = list(NeighborSampler(graph, [-1, -1], seeds=seeds, batch_size=16, shuffle=False))
+    there = list(NeighborSampler(graph, [-1, -1], seeds=seeds, batch_size=16, shuffle=False, num_workers=1))
+    assert len(here) == len(there) == -(-seeds.numel() // 16)
+    for a, b in zip(here, there):
+        assert torch.equal(a.seeds, b.seeds)
+        assert torch.equal(torch.sort(a.input_nodes).values, torch.sort(b.input_nodes).values)
+        for x, y in zip(a.blocks, b.blocks):
+            assert (x.num_src_nodes, x.num_dst_nodes) == (y.num_src_nodes, y.num_dst_nodes)
+            keys = [torch.sort(edge_keys(graph, m.input_nodes[g.src], m.input_nodes[g.dst], g.etype)).values
+                    for m, g in ((a, x), (b, y))]
+            assert torch.equal(*keys)
