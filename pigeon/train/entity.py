@@ -37,7 +37,7 @@ import copy
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -65,7 +65,11 @@ TIME_PARTS = ("sampling", "conversion", "forward", "backward", "optimizer", "com
 class EntityConfig:
     """Everything that decides an entity-classification run (saved in checkpoints and
     the JSON report). ``fanouts`` lists one fanout per layer, input layer first
-    (DGL's order; -1 takes every neighbour); ``full_graph`` trains without sampling."""
+    (DGL's order; -1 takes every neighbour); ``full_graph`` trains without sampling.
+
+    Batch size (per rank) and learning rate were chosen on the aifb profile's validation
+    split for short runs (2 epochs, global batches of 512 and 2048, learning rates 0.01
+    and 0.03: HGT reached 0.64 valid accuracy at 512 and 0.03, 0.55 at 0.01, 0.48 at 2048)."""
 
     model: str = "rgcn"
     dataset: str = "aifb"
@@ -74,13 +78,13 @@ class EntityConfig:
     data_seed: int = 0
     fanouts: tuple = (25, 20)
     full_graph: bool = False
-    batch_size: int = 1024
+    batch_size: int = 256
     layers: int = 2
     hidden: int = 64
     heads: int = 4
     num_bases: int | None = None
     dropout: float = 0.2
-    lr: float = 0.01
+    lr: float = 0.03
     weight_decay: float = 0.0
     epochs: int = 10
     max_steps: int | None = None
@@ -93,7 +97,6 @@ class EntityConfig:
     dist_timeout_s: float = 300.0
     seed: int = 0
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def check(self) -> "EntityConfig":
         if self.model not in MODELS:
@@ -619,7 +622,7 @@ def train_entity(config: EntityConfig | None = None, *, data: EntityData | None 
 def _command(args: argparse.Namespace) -> int:
     from pigeon.data.sampling import parse_fanouts
 
-    fields = {name for name in EntityConfig.__dataclass_fields__ if name not in ("extra", "fanouts")}
+    fields = {name for name in EntityConfig.__dataclass_fields__ if name != "fanouts"}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     if not args.full_graph:
         values["fanouts"] = tuple(parse_fanouts(args.fanouts))
