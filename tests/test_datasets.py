@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -353,9 +354,10 @@ def test_ogbl_wikikg2_fixture_loads_through_ogb(tmp_path):
     assert ds.valid.tolist() == [[1, 7, 3], [2, 0, 4]] and ds.negatives["valid"]["head_neg"].shape == (2, 5)
 
 
-def test_ogbn_mag_fixture_loads_through_ogb(tmp_path):
-    rng = np.random.default_rng(23)
-    folder = tmp_path / "ogbn_mag"
+def write_ogbn_mag_fixture(root: Path, seed: int = 23):
+    """A tiny ogbn-mag in OGB's raw layout; returns what the checks need."""
+    rng = np.random.default_rng(seed)
+    folder = root / "ogbn_mag"
     folder.mkdir()
     (folder / "RELEASE_v2.txt").write_text("fixture\n")
     raw = folder / "raw"
@@ -378,7 +380,11 @@ def test_ogbn_mag_fixture_loads_through_ogb(tmp_path):
     perm = rng.permutation(12)
     for split, ids in (("train", perm[:8]), ("valid", perm[8:10]), ("test", perm[10:])):
         _csv(split_dir / "paper" / f"{split}.csv.gz", ids[:, None])
+    return sizes, counts, labels, perm
 
+
+def test_ogbn_mag_fixture_loads_through_ogb(tmp_path):
+    sizes, counts, labels, perm = write_ogbn_mag_fixture(tmp_path)
     ds = load("ogbn-mag", root=tmp_path, reverse=True)
     g = ds.graph
     assert g.num_nodes == 28 and g.ntype_names == tuple(sizes)
@@ -390,6 +396,9 @@ def test_ogbn_mag_fixture_loads_through_ogb(tmp_path):
     assert torch.equal(ds.node_labels[paper0:], torch.tensor(labels[:, 0]))
     assert torch.all(ds.node_labels[:paper0] == -1)
     assert torch.equal(ds.node_split["test"], torch.tensor(perm[10:]) + paper0)
+    assert ds.target_ntype == 3 and ds.num_classes == int(labels.max()) + 1
+    assert [f is None for f in ds.node_features] == [True, True, True, False]
+    assert ds.node_features[3].dtype == torch.float32 and ds.node_features[3].shape == (12, 4)
 
 
 def test_missing_ogb_data_is_a_clear_error_and_never_downloads(tmp_path):
@@ -414,3 +423,49 @@ def test_ogb_evaluator_scores_mrr():
     torch.testing.assert_close(mrr, expected)
     with pytest.raises(ValueError, match=r"`name`.*ogbl-wikikg2"):
         ogb_evaluator("aifb")
+
+
+# ---- planted node labels -----------------------------------------------------------------
+@pytest.mark.parametrize("name,scale", [("aifb", 0.1), ("mag", 0.001)])
+def test_planted_node_task_is_the_documented_teacher(name, scale):
+    ds = load(name, scale=scale, seed=3, node_task=True)
+    again = load(name, scale=scale, seed=3, node_task=True)
+    g, profile = ds.graph, PROFILES[name]
+    assert ds.num_classes == profile.num_classes and ds.target_ntype == profile.target_ntype
+    assert "Planted node task (not the real labels)" in ds.description
+    targets = g.nodes_of_type(ds.target_ntype)
+    assert torch.equal(torch.sort(torch.cat(list(ds.node_split.values()))).values, targets)
+    assert bool((ds.node_labels[targets] >= 0).all()) and int((ds.node_labels >= 0).sum()) == targets.numel()
+    assert torch.equal(ds.node_labels, again.node_labels), "same seed, same task"
+    for t, width in enumerate(profile.feature_dims):
+        if width is None:
+            assert ds.node_features[t] is None
+        else:
+            assert ds.node_features[t].shape == (int((g.ntype == t).sum()), width)
+    # Recompute the teacher from the module docstring with the same draws, densely.
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
+        [3, zlib.crc32(name.encode()), zlib.crc32(b"planted")]).generate_state(1)[0]))
+    h = torch.zeros(g.num_nodes, ds.num_classes)
+    for t, width in enumerate(profile.feature_dims):
+        if width is not None:
+            x = torch.randn(int((g.ntype == t).sum()), width, generator=gen)
+            assert torch.equal(x, ds.node_features[t])
+            h[g.nodes_of_type(t)] = x @ (torch.randn(width, ds.num_classes, generator=gen) / math.sqrt(width))
+    mixing = torch.randn(g.num_etypes, ds.num_classes, ds.num_classes, generator=gen) / math.sqrt(ds.num_classes)
+    summed = torch.zeros_like(h)
+    for r in range(g.num_etypes):
+        mask = g.etype == r
+        summed.index_add_(0, g.dst[mask], h[g.src[mask]] @ mixing[r])
+    scores = h + summed / g.in_degree().clamp(min=1).unsqueeze(1)
+    agree = (scores[targets].argmax(1) == ds.node_labels[targets]).double().mean()
+    assert agree > 0.999, "float32 sums in another order may flip an exact tie only"
+    # Several classes occur: a model at chance gets the commonest class's share.
+    counts = torch.bincount(ds.node_labels[targets], minlength=ds.num_classes)
+    assert int((counts > 0).sum()) >= min(ds.num_classes, 4)
+
+
+def test_planted_node_task_only_where_a_profile_has_one():
+    with pytest.raises(ValueError, match=r"`node_task=True` only for a profile.*got 'fb15k'"):
+        load("fb15k", scale=0.01, node_task=True)
+    with pytest.raises(ValueError, match=r"ogbn-mag has its real labels"):
+        load("ogbn-mag", node_task=True)

@@ -34,7 +34,7 @@ import torch
 from pigeon.data.graph import HeteroGraph
 from pigeon.data.kg import KG_NAMES, load_kg
 from pigeon.data.ogb import OGB_NAMES, load_ogb
-from pigeon.data.profiles import PROFILES, describe, generate
+from pigeon.data.profiles import PROFILES, describe, generate, planted_node_task
 
 __all__ = ["Dataset", "Source", "load", "dataset_names", "source_of"]
 
@@ -85,7 +85,12 @@ class Dataset:
         node_labels (Tensor, optional): one int64 label per node, -1 where none
             (ogbn-mag).
         node_split (mapping, optional): ``"train"``/``"valid"``/``"test"`` to global
-            node ids (ogbn-mag).
+            node ids (ogbn-mag, and profiles loaded with ``node_task=True``).
+        node_features (tuple, optional): per node type, a float tensor whose row ``i``
+            belongs to the type's ``i``-th node by ascending global id, or None for a
+            featureless type (ogbn-mag's paper features; planted ones for profiles).
+        target_ntype (int, optional): the node type that ``node_labels`` label.
+        num_classes (int, optional): the number of node classes.
     """
 
     name: str
@@ -100,6 +105,9 @@ class Dataset:
     negatives: Mapping[str, Mapping[str, torch.Tensor]] | None = None
     node_labels: torch.Tensor | None = None
     node_split: Mapping[str, torch.Tensor] | None = None
+    node_features: tuple | None = None
+    target_ntype: int | None = None
+    num_classes: int | None = None
 
     def __repr__(self) -> str:
         kind = "synthetic" if self.synthetic else "real"
@@ -134,6 +142,7 @@ def load(
     seed: int = 0,
     root: str | os.PathLike | None = None,
     reverse: bool = False,
+    node_task: bool = False,
 ) -> Dataset:
     """Load dataset ``name``.
 
@@ -153,6 +162,11 @@ def load(
             graphs. Profiles whose published counts already include reverse edges
             (``aifb``, ``mutag``, ``bgs``, ``am``, ``fb15k``) refuse it. Default
             ``False``.
+        node_task (bool): for the synthetic profiles with an entity-classification
+            task (``aifb``, ``mutag``, ``bgs``, ``am``, ``mag``), plant features, labels
+            of the target node type and a random split on the returned graph
+            (:func:`pigeon.data.profiles.planted_node_task`; *not* the real labels).
+            ogbn-mag always has its real ones. Default ``False``.
 
     Returns:
         Dataset: the graph and, where the source has them, splits and names.
@@ -173,8 +187,17 @@ def load(
             f"only synthetic profiles ({', '.join(PROFILES)}) can be scaled"
         )
 
+    if not isinstance(node_task, bool):
+        raise ValueError(f"Expected `node_task` to be a bool (got {type(node_task).__name__}: {node_task!r})")
+    if node_task and (source is not Source.PROFILE or PROFILES[name].target_ntype is None):
+        tasks = [p.name for p in PROFILES.values() if p.target_ntype is not None]
+        raise ValueError(f"Expected `node_task=True` only for a profile with planted labels, one of {tasks} "
+                         f"(got {name!r}{'; ogbn-mag has its real labels' if name == 'ogbn-mag' else ''})")
+
     if source is Source.PROFILE:
         dataset = _load_profile(name, scale, seed, root, reverse)
+        if node_task:
+            dataset = _with_planted_task(dataset, seed)
     elif source is Source.KG:
         dataset = _load_kg(name, root)
     else:
@@ -210,6 +233,18 @@ def _load_profile(name: str, scale: float, seed: int, root, reverse: bool) -> Da
             f"{graph.num_etypes} edge types."
         )
     return Dataset(name=name, graph=graph, synthetic=True, description=description)
+
+
+def _with_planted_task(dataset: Dataset, seed: int) -> Dataset:
+    task = planted_node_task(dataset.name, dataset.graph, seed)
+    counts = torch.bincount(task.labels[task.split["test"]], minlength=task.num_classes)
+    note = (f" Planted node task (not the real labels): {task.num_classes} classes on node type "
+            f"{dataset.graph.ntype_names[task.target_ntype]!r} from a random relational teacher, "
+            f"{', '.join(f'{len(v):,} {k}' for k, v in task.split.items())} nodes; the commonest class "
+            f"is {float(counts.max()) / max(int(counts.sum()), 1):.1%} of test.")
+    return dataclasses.replace(dataset, description=dataset.description + note, node_labels=task.labels,
+                               node_split=task.split, node_features=task.features,
+                               target_ntype=task.target_ntype, num_classes=task.num_classes)
 
 
 def _load_kg(name: str, root) -> Dataset:
@@ -251,4 +286,7 @@ def _load_ogb(name: str, root) -> Dataset:
         negatives=data.negatives,
         node_labels=data.node_labels,
         node_split=data.node_split,
+        node_features=data.node_features,
+        target_ntype=data.target_ntype,
+        num_classes=data.num_classes,
     )

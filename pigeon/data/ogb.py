@@ -58,8 +58,10 @@ class OgbData(NamedTuple):
     datasets, ``graph`` holds the training edges with ``etype`` = OGB's relation id,
     ``train``/``valid``/``test`` are int64 ``[n, 3]`` rows ``(head, relation, tail)``
     and ``negatives[split]`` holds OGB's ``head_neg``/``tail_neg`` candidates. For
-    ogbn-mag, ``node_labels`` has one label per node (-1 for nodes without one) and
-    ``node_split[split]`` lists global node ids.
+    ogbn-mag, ``node_labels`` has one label per node (-1 for nodes without one),
+    ``node_split[split]`` lists global node ids, ``node_features[t]`` holds OGB's
+    features of node type ``t`` (float32, in the type's id order; None for types
+    without), ``target_ntype`` is the labelled type and ``num_classes`` its class count.
     """
 
     graph: HeteroGraph
@@ -70,6 +72,9 @@ class OgbData(NamedTuple):
     negatives: dict[str, dict[str, torch.Tensor]] | None = None
     node_labels: torch.Tensor | None = None
     node_split: dict[str, torch.Tensor] | None = None
+    node_features: tuple | None = None
+    target_ntype: int | None = None
+    num_classes: int | None = None
 
 
 def _ogb_dir() -> Path:
@@ -200,13 +205,23 @@ def _node_data(graph: dict, labels: dict, split: dict, folder: Path) -> OgbData:
     for t, values in labels.items():
         values = _int64(values).reshape(-1)
         node_labels[offset[t] : offset[t] + values.numel()] = values
+    if len(labels) != 1:
+        raise ValueError(f"ogbn node data: expected labels on one node type (got {sorted(labels)})")
+    target = types.index(next(iter(labels)))
+    feature_dict = graph.get("node_feat_dict") or {}
+    node_features = tuple(
+        torch.from_numpy(np.array(feature_dict[t], dtype=np.float32)) if feature_dict.get(t) is not None else None
+        for t in types
+    )
     node_split = {
         s: torch.cat(
             [_int64(ids) + offset[t] for t, ids in sorted(split[s].items())]
         )
         for s in _SPLITS
     }
-    return OgbData(hetero, folder, node_labels=node_labels, node_split=node_split)
+    labelled = node_labels[node_labels >= 0]
+    return OgbData(hetero, folder, node_labels=node_labels, node_split=node_split, node_features=node_features,
+                   target_ntype=target, num_classes=int(labelled.max()) + 1 if labelled.numel() else 0)
 
 
 def _link_data(name: str, graph: dict, split: dict, folder: Path) -> OgbData:

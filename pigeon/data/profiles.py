@@ -35,6 +35,28 @@ generators seeded by ``(seed, profile name)``, never from global state):
    followed by their reverses (relation ``r + R`` reverses relation ``r``).
 
 Edges come grouped by relation, as in OGB's per-relation files.
+
+**Planted node labels** (:func:`planted_node_task`, ``load(name, node_task=True)``) give
+the entity-classification profiles (``aifb``, ``mutag``, ``bgs``, ``am``, ``mag``) a
+task whose answer is known to be learnable from the graph. They are *not* the real
+labels. With ``C`` the profile's published class count:
+
+1. Every node type with a feature width gets fixed random features
+   ``X_t ~ N(0, 1)`` (``[n_t, F_t]``); the others are featureless (a model must learn
+   embeddings for them), as ogbn-mag's authors, institutions and fields are.
+2. A fixed random relational teacher maps them to class scores: ``h_v = X_v A_t /
+   sqrt(F_t)`` for a featured node of type ``t`` (0 for a featureless one), then
+   ``s_v = h_v + sum_{(u, r, v)} h_u B_r / deg(v)`` over all in-edges (``deg`` the
+   in-degree over all relations: the ``"right"`` norm of an RGCN layer), with
+   ``A_t ~ N(0, 1)`` ``[F_t, C]`` and ``B_r ~ N(0, 1) / sqrt(C)`` ``[C, C]``.
+3. The label of each node of the target type is ``argmax_c s_v``; other nodes get -1.
+   A one-layer linear RGCN represents the teacher exactly, so a model that learns
+   reaches high accuracy, while one that ignores the graph or the features stays near
+   chance (the share of the commonest class).
+4. The target nodes are split at random, 60 % train, 20 % valid, 20 % test.
+
+Every draw comes from generators seeded by ``(seed, profile name)``, separate from the
+graph's, so the same ``(profile, scale, seed)`` gives the same task.
 """
 
 from __future__ import annotations
@@ -48,7 +70,8 @@ import torch
 
 from pigeon.data.graph import HeteroGraph
 
-__all__ = ["Relation", "Profile", "PROFILES", "generate", "describe", "scaled_count"]
+__all__ = ["Relation", "Profile", "PROFILES", "NodeTask", "generate", "describe", "scaled_count",
+           "planted_node_task"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,11 @@ class Profile:
         reverse_pairs (bool): the published counts include one reverse edge per
             triple, in relations of their own.
         zipf_exponent (float): skew of the relation sizes that are not published.
+        target_ntype (int, optional): the node type an entity-classification task
+            labels (None: the profile has no node task).
+        num_classes (int): the published class count of that task.
+        feature_dims (tuple of int or None): planted feature width per node type, None
+            for a featureless type.
     """
 
     name: str
@@ -98,6 +126,9 @@ class Profile:
     relations: tuple[Relation, ...] = ()
     reverse_pairs: bool = False
     zipf_exponent: float = 1.0
+    target_ntype: int | None = None
+    num_classes: int = 0
+    feature_dims: tuple[int | None, ...] = ()
 
     @property
     def num_nodes(self) -> int:
@@ -138,6 +169,15 @@ class Profile:
                 f"Profile {self.name!r}: expected {self.num_etypes} edge types, "
                 f"the relations give {generated}"
             )
+        if self.target_ntype is not None and (
+            not 0 <= self.target_ntype < len(self.ntype_names) or self.num_classes < 2
+            or len(self.feature_dims) != len(self.ntype_names)
+        ):
+            raise ValueError(
+                f"Profile {self.name!r}: a node task needs a target node type below "
+                f"{len(self.ntype_names)}, at least 2 classes and one feature width per node type "
+                f"(got target {self.target_ntype}, {self.num_classes} classes, {len(self.feature_dims)} widths)"
+            )
         published = [r.num_edges for r in self.forward_relations]
         if all(n is not None for n in published) and sum(published) != self.num_forward_edges:
             raise ValueError(
@@ -159,7 +199,13 @@ _RDF_SOURCE = (
 )
 
 
-def _rdf(name: str, nodes: int, edges: int, etypes: int) -> Profile:
+# Entity classification on them labels the entities of one class (AIFB's research
+# groups, MUTAG's molecules...): 4, 2, 2 and 11 classes. The profiles have one node type,
+# so the planted task labels all of it, with 16 planted features per node.
+_RDF_FEATURES = 16
+
+
+def _rdf(name: str, nodes: int, edges: int, etypes: int, classes: int) -> Profile:
     return Profile(
         name=name,
         source=_RDF_SOURCE,
@@ -168,6 +214,9 @@ def _rdf(name: str, nodes: int, edges: int, etypes: int) -> Profile:
         num_edges=edges,
         num_etypes=etypes,
         reverse_pairs=True,
+        target_ntype=0,
+        num_classes=classes,
+        feature_dims=(_RDF_FEATURES,),
     )
 
 
@@ -197,10 +246,10 @@ _BIOKG_RELATIONS = (
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        _rdf("aifb", nodes=7_262, edges=48_810, etypes=104),
-        _rdf("mutag", nodes=27_163, edges=148_100, etypes=50),
-        _rdf("bgs", nodes=94_806, edges=672_884, etypes=122),
-        _rdf("am", nodes=881_680, edges=5_668_682, etypes=108),
+        _rdf("aifb", nodes=7_262, edges=48_810, etypes=104, classes=4),
+        _rdf("mutag", nodes=27_163, edges=148_100, etypes=50, classes=2),
+        _rdf("bgs", nodes=94_806, edges=672_884, etypes=122, classes=2),
+        _rdf("am", nodes=881_680, edges=5_668_682, etypes=108, classes=11),
         Profile(
             name="mag",
             source="ogbn-mag (Hu et al., 2020, Open Graph Benchmark), without reverse edges",
@@ -214,6 +263,10 @@ PROFILES: dict[str, Profile] = {
                 Relation("cites", _PAPER, _PAPER, 5_416_271),
                 Relation("has_topic", _PAPER, _FIELD, 7_505_078),
             ),
+            # ogbn-mag's task: the venue of each paper (349 classes) from 128 paper features.
+            target_ntype=_PAPER,
+            num_classes=349,
+            feature_dims=(128, None, None, None),
         ),
         Profile(
             name="wikikg2",
@@ -557,3 +610,93 @@ def describe(profile: Profile, graph: HeteroGraph, scale: float, seed: int) -> s
         f"Generated at scale={scale}, seed={seed}: {graph.num_nodes:,} nodes, "
         f"{graph.num_edges:,} edges, {graph.num_etypes} edge types."
     )
+
+
+# ---- planted node labels ------------------------------------------------------------
+_SPLIT_SHARES = (0.6, 0.2)  # train, valid; test is the rest
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """An entity-classification task on a graph.
+
+    Attributes:
+        target_ntype (int): the node type whose nodes carry labels.
+        num_classes (int): the number of classes.
+        labels (Tensor): int64, one per node of the graph, -1 for nodes without a label.
+        split (dict): ``"train"``/``"valid"``/``"test"`` to int64 global node ids.
+        features (tuple): per node type, a float tensor ``[nodes of the type, width]``
+            whose row ``i`` belongs to the type's ``i``-th node by ascending global id,
+            or None for a featureless type.
+    """
+
+    target_ntype: int
+    num_classes: int
+    labels: torch.Tensor
+    split: dict
+    features: tuple
+
+
+def planted_node_task(profile: Profile | str, graph: HeteroGraph, seed: int = 0) -> NodeTask:
+    """The planted features, labels and split of ``profile`` on ``graph`` (the profile's
+    generated graph; see the module docstring for the teacher).
+
+    Raises:
+        ValueError: the profile has no node task (``target_ntype`` None).
+    """
+    if isinstance(profile, str):
+        profile = PROFILES[profile]
+    if profile.target_ntype is None:
+        tasks = [p.name for p in PROFILES.values() if p.target_ntype is not None]
+        raise ValueError(f"Expected a profile with a node classification task, one of {tasks} "
+                         f"(got {profile.name!r})")
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
+        [seed, zlib.crc32(profile.name.encode()), zlib.crc32(b"planted")]).generate_state(1)[0]))
+    num_classes = profile.num_classes
+    ntype = graph.ntype
+    local = torch.empty(graph.num_nodes, dtype=torch.int64)  # a node's rank within its type
+    features, projections = [], []
+    for t, width in enumerate(profile.feature_dims):
+        nodes = graph.nodes_of_type(t)
+        local[nodes] = torch.arange(nodes.numel())
+        if width is None:
+            features.append(None)
+            projections.append(None)
+            continue
+        features.append(torch.randn(nodes.numel(), width, generator=gen))
+        projections.append(torch.randn(width, num_classes, generator=gen) / math.sqrt(width))
+    mixing = torch.randn(graph.num_etypes, num_classes, num_classes, generator=gen) / math.sqrt(num_classes)
+
+    # Only target nodes need scores; a message is linear in the sender's features, so
+    # each (relation, sender type) sums raw features into the targets first and
+    # multiplies by A_t B_r once (never an [edges, classes] tensor: ogbn-mag has 349).
+    target_type = profile.target_ntype
+    targets = graph.nodes_of_type(target_type)
+    x_target = features[target_type]
+    scores = (x_target @ projections[target_type] if x_target is not None
+              else torch.zeros(targets.numel(), num_classes))
+    into_target = ntype.index_select(0, graph.dst) == target_type
+    degree = torch.bincount(local[graph.dst[into_target]], minlength=targets.numel()).clamp(min=1)
+    sender_type = ntype.index_select(0, graph.src)
+    for r in range(graph.num_etypes):
+        on_relation = into_target & (graph.etype == r)
+        for t, x in enumerate(features):
+            if x is None:
+                continue
+            eids = torch.nonzero(on_relation & (sender_type == t)).flatten()
+            if eids.numel() == 0:
+                continue
+            summed = torch.zeros(targets.numel(), x.shape[1])
+            for chunk in eids.split(1 << 20):
+                rows = x.index_select(0, local.index_select(0, graph.src[chunk]))
+                summed.index_add_(0, local.index_select(0, graph.dst[chunk]), rows)
+            scores += (summed / degree.unsqueeze(1)) @ (projections[t] @ mixing[r])
+
+    labels = torch.full((graph.num_nodes,), -1, dtype=torch.int64)
+    labels[targets] = scores.argmax(1)
+    order = targets[torch.randperm(targets.numel(), generator=gen)]
+    num_train = int(_SPLIT_SHARES[0] * targets.numel())
+    num_valid = int(_SPLIT_SHARES[1] * targets.numel())
+    split = {"train": order[:num_train], "valid": order[num_train:num_train + num_valid],
+             "test": order[num_train + num_valid:]}
+    return NodeTask(profile.target_ntype, num_classes, labels, split, tuple(features))

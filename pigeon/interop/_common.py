@@ -354,3 +354,44 @@ def _features_by_type(features, names: tuple, own_names, counts: list[int], what
     if missing:
         raise ValueError(f"Expected `features` to cover every {what} type with {what}s (missing {missing})")
     return by_type
+
+
+def assemble_block(
+    rows: Sequence[torch.Tensor],
+    relations: Sequence[tuple[int, int, int, torch.Tensor, torch.Tensor]],
+    num_src: int,
+    num_dst: int,
+    *,
+    num_etypes: int,
+    ntype_names: Sequence[str],
+    etype_names: Sequence | None,
+) -> HeteroGraph:
+    """A block of a sampled mini-batch, from its nodes numbered per type.
+
+    ``rows[t][i]`` is the row (global id in the block) of the ``i``-th node of type
+    ``t`` in the sampler's numbering; rows below ``num_dst`` are the destinations.
+    Each relation is ``(etype, src_type, dst_type, src, dst)`` with ``src``/``dst`` in
+    that per-type numbering.
+    """
+    device = rows[0].device if rows else torch.device("cpu")
+    ntype = torch.empty(num_src, dtype=torch.int64, device=device)
+    for t, r in enumerate(rows):
+        ntype[r] = t
+    src, dst, etype = [], [], []
+    for t, s, d, u, v in relations:
+        src.append(rows[s].index_select(0, u.to(torch.int64)))
+        dst.append(rows[d].index_select(0, v.to(torch.int64)))
+        etype.append(torch.full((u.numel(),), t, dtype=torch.int64, device=device))
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    return HeteroGraph(
+        torch.cat(src) if src else empty,
+        torch.cat(dst) if dst else empty,
+        torch.cat(etype) if etype else empty,
+        num_nodes=num_src,
+        ntype=ntype,
+        num_dst_nodes=num_dst,
+        num_etypes=num_etypes,
+        num_ntypes=len(ntype_names),
+        etype_names=etype_names,
+        ntype_names=ntype_names,
+    )

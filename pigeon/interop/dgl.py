@@ -19,7 +19,9 @@ from typing import Sequence
 import torch
 
 from pigeon.data.graph import HeteroGraph
-from pigeon.interop._common import Relation, check_type_vector, join_relations, split_relations
+from pigeon.interop._common import (
+    HeteroNames, Relation, assemble_block, check_type_vector, join_relations, split_relations,
+)
 
 
 def import_dgl():
@@ -200,3 +202,70 @@ def _dgl_type_order(arg: str, names, dgl_types: list, resolve) -> list:
         missing = [t for t in dgl_types if t not in ordered]
         raise ValueError(f"Expected `{arg}` to name every type of `g` (missing {missing})")
     return ordered
+
+
+# ---- sampled blocks -------------------------------------------------------------------
+def blocks_from_dgl(
+    blocks: Sequence,
+    names: HeteroNames,
+    type_nodes: Sequence[torch.Tensor],
+    *,
+    etype_names: Sequence | None = None,
+) -> tuple[list[HeteroGraph], torch.Tensor, torch.Tensor]:
+    """DGL's sampled heterogeneous blocks (input layer first) as Pigeon blocks.
+
+    The blocks come from a DGL graph built by :func:`to_dgl` (``hetero=True``) from a
+    Pigeon graph whose type names are ``names`` (:func:`~pigeon.interop.hetero_names`)
+    and whose type ``t`` has global ids ``type_nodes[t]`` (ascending). Type ids follow
+    ``names``, so they are the same in every batch, whatever DGL's sorted order.
+
+    Rows are numbered from the last layer back: the last block's destinations (the
+    seeds) by node type, then each block's source-only nodes by node type after its
+    destinations. So block ``l``'s destinations are block ``l + 1``'s sources in the
+    same order (no permutation between layers), and every block's destinations are a
+    prefix of its sources, as DGL guarantees per node type.
+
+    Returns ``(pigeon_blocks, input_nodes, seeds)``: the global ids (in the Pigeon
+    graph) of the first block's sources and of the last block's destinations, in row
+    order. No feature is read or copied.
+    """
+    dgl = import_dgl()
+    ntype_ids = {name: t for t, name in enumerate(names.ntypes)}
+    etype_ids = {canonical: t for t, canonical in enumerate(names.canonical_etypes)}
+    out: list[HeteroGraph | None] = [None] * len(blocks)
+    dst_rows = None
+    for layer in reversed(range(len(blocks))):
+        block = blocks[layer]
+        if not block.is_block:
+            raise ValueError(f"Expected `blocks[{layer}]` to be a DGL block (got a graph)")
+        dst_counts = [block.num_dst_nodes(n) for n in names.ntypes]
+        if dst_rows is None:
+            starts = torch.cumsum(torch.tensor([0] + dst_counts[:-1]), 0).tolist()
+            dst_rows = [torch.arange(s, s + c) for s, c in zip(starts, dst_counts)]
+        elif [r.numel() for r in dst_rows] != dst_counts:
+            raise ValueError(f"Expected the destinations of `blocks[{layer}]` to be the sources of "
+                             f"`blocks[{layer + 1}]` (got {dst_counts} destinations per node type, "
+                             f"{[r.numel() for r in dst_rows]} sources)")
+        num_dst = sum(dst_counts)
+        rows, next_row = [], num_dst
+        for t, name in enumerate(names.ntypes):
+            extra = block.num_src_nodes(name) - dst_counts[t]
+            rows.append(torch.cat([dst_rows[t], torch.arange(next_row, next_row + extra)]))
+            next_row += extra
+        relations = []
+        for canonical in block.canonical_etypes:
+            src, dst = block.edges(etype=canonical, order="eid")
+            relations.append((etype_ids[canonical], ntype_ids[canonical[0]], ntype_ids[canonical[2]], src, dst))
+        out[layer] = assemble_block(rows, relations, next_row, num_dst, num_etypes=len(names.canonical_etypes),
+                                    ntype_names=names.ntypes, etype_names=etype_names)
+        if layer == len(blocks) - 1:
+            seed_rows = dst_rows
+        dst_rows = rows
+
+    first, last = blocks[0], blocks[-1]
+    input_nodes = torch.empty(out[0].num_src_nodes, dtype=torch.int64)
+    seeds = torch.empty(out[-1].num_dst_nodes, dtype=torch.int64)
+    for t, name in enumerate(names.ntypes):
+        input_nodes[dst_rows[t]] = type_nodes[t][first.srcnodes[name].data[dgl.NID].cpu()]
+        seeds[seed_rows[t]] = type_nodes[t][last.dstnodes[name].data[dgl.NID].cpu()]
+    return out, input_nodes, seeds

@@ -18,9 +18,11 @@ from typing import Sequence
 import torch
 
 from pigeon.data.graph import HeteroGraph
-from pigeon.interop._common import Relation, check_type_vector, join_relations, split_relations
+from pigeon.interop._common import (
+    HeteroNames, Relation, assemble_block, check_type_vector, join_relations, split_relations,
+)
 
-__all__ = ["to_pyg", "from_pyg", "to_pyg_hetero", "from_pyg_hetero"]
+__all__ = ["to_pyg", "from_pyg", "to_pyg_hetero", "from_pyg_hetero", "blocks_from_pyg"]
 
 
 def to_pyg(graph: HeteroGraph) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,3 +160,72 @@ def from_pyg_hetero(data) -> HeteroGraph:
     return join_relations(
         node_counts, relations, relation_labels=etypes, ntype_names=ntypes, etype_names=etypes
     )
+
+
+def blocks_from_pyg(
+    batch,
+    names: HeteroNames,
+    type_nodes: Sequence[torch.Tensor],
+    num_layers: int,
+    *,
+    etype_names: Sequence | None = None,
+) -> tuple[list[HeteroGraph], torch.Tensor, torch.Tensor]:
+    """A heterogeneous mini-batch of PyG's ``NeighborLoader`` as one Pigeon block per layer.
+
+    ``batch`` is the ``HeteroData`` the loader yields (``disjoint=False``): per node type
+    ``n_id`` (ids within the type) and ``num_sampled_nodes`` (per hop, seeds first);
+    per edge type ``edge_index`` (batch-local ids, sources in row 0) and
+    ``num_sampled_edges`` (per hop); the seed type's ``batch_size``. The edges of hop
+    ``k`` enter the nodes of hop ``k``. Rows are numbered by (hop, node type), so the
+    nodes within ``h`` hops are a prefix; layer ``l`` of ``num_layers`` gets the nodes
+    within ``num_layers - l`` hops as sources, those within ``num_layers - l - 1`` as
+    destinations, and the edges of hops below that (trimming the sampled subgraph
+    layer by layer, as PyG's ``trim_to_layer`` does). ``names`` and ``type_nodes`` are
+    as in :func:`pigeon.interop.dgl.blocks_from_dgl`, whose return value this matches.
+    """
+    ntype_ids = {name: t for t, name in enumerate(names.ntypes)}
+    etype_ids = {canonical: t for t, canonical in enumerate(names.canonical_etypes)}
+    hops = num_layers + 1
+    counts = torch.zeros(hops, len(names.ntypes), dtype=torch.int64)
+    for name in batch.node_types:
+        sampled = [int(c) for c in batch[name].num_sampled_nodes]
+        if len(sampled) > hops:
+            raise ValueError(f"Expected `batch[{name!r}].num_sampled_nodes` to cover at most {hops} hops "
+                             f"for {num_layers} layers (got {len(sampled)})")
+        counts[: len(sampled), ntype_ids[name]] = torch.tensor(sampled, dtype=torch.int64)
+    # Row of the first node of (hop, type), hop-major.
+    starts = (torch.cumsum(counts.flatten(), 0) - counts.flatten()).view(hops, -1)
+    rows = []
+    for t in range(len(names.ntypes)):
+        hop_of = torch.repeat_interleave(torch.arange(hops), counts[:, t])
+        first_of_hop = torch.cumsum(counts[:, t], 0) - counts[:, t]
+        local = torch.arange(hop_of.numel())
+        rows.append(starts[hop_of, t] + local - first_of_hop[hop_of])
+    within = torch.cumsum(counts.sum(1), 0)  # nodes within h hops, h = 0 .. num_layers
+
+    edge_hops = {}
+    for canonical in batch.edge_types:
+        sampled = [int(c) for c in batch[canonical].num_sampled_edges]
+        edge_hops[canonical] = torch.cumsum(torch.tensor([0] + sampled, dtype=torch.int64), 0)
+    blocks = []
+    for layer in range(num_layers):
+        keep_hops = num_layers - layer  # edges of hops 0 .. keep_hops - 1
+        relations = []
+        for canonical in batch.edge_types:
+            ends = edge_hops[canonical]
+            kept = int(ends[min(keep_hops, ends.numel() - 1)])
+            edge_index = batch[canonical].edge_index[:, :kept]
+            relations.append((etype_ids[tuple(canonical)], ntype_ids[canonical[0]], ntype_ids[canonical[2]],
+                              edge_index[0], edge_index[1]))
+        num_src, num_dst = int(within[keep_hops]), int(within[keep_hops - 1])
+        block_rows = [r[r < num_src] for r in rows]
+        blocks.append(assemble_block(block_rows, relations, num_src, num_dst,
+                                     num_etypes=len(names.canonical_etypes), ntype_names=names.ntypes,
+                                     etype_names=etype_names))
+
+    input_nodes = torch.empty(blocks[0].num_src_nodes, dtype=torch.int64)
+    for t, name in enumerate(names.ntypes):
+        if name in batch.node_types:
+            keep = rows[t] < input_nodes.numel()
+            input_nodes[rows[t][keep]] = type_nodes[t][batch[name].n_id[keep]]
+    return blocks, input_nodes, input_nodes[: blocks[-1].num_dst_nodes].clone()

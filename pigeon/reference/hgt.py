@@ -56,7 +56,10 @@ class HGT(nn.Module):
     * every node gets an output: one with no in-edges (so every node of a type that is no
       edge type's destination) has :math:`\tilde{\mathbf{h}} = 0`. PyG leaves node types
       that are no edge type's destination out of its output;
-    * no dropout and no layer norm (DGL's options); evaluation semantics only.
+    * no dropout and no layer norm (DGL's options); evaluation semantics only;
+    * on a block, :math:`t` runs over the destinations: the query projection, the
+      A-linear and the skip read only the destination rows ``x[:num_dst_nodes]`` (and
+      their types), K and V every source row, as DGL's ``HGTConv`` does on blocks.
 
     Args:
         in_dim (int): input feature size (shared by all node types).
@@ -74,8 +77,9 @@ class HGT(nn.Module):
     ``rel_pri`` ``[num_etypes, heads]``; ``skip`` ``[num_ntypes]`` only if
     ``in_dim == out_dim``. Head ``h`` of a K/Q/V/output row is columns ``h*d:(h+1)*d``.
 
-    Shapes: ``forward(graph, x)`` with ``x`` ``[graph.num_nodes, in_dim]`` and node types
-    from ``graph.ntype`` returns ``[graph.num_nodes, out_dim]``.
+    Shapes: ``forward(graph, x)`` with ``x`` ``[graph.num_src_nodes, in_dim]`` and node
+    types from ``graph.ntype`` returns ``[graph.num_dst_nodes, out_dim]`` (both
+    ``graph.num_nodes`` on a plain graph).
     """
 
     def __init__(
@@ -139,12 +143,13 @@ class HGT(nn.Module):
     def forward(self, graph, x: torch.Tensor) -> torch.Tensor:
         graph = check_graph(graph, num_etypes=self.num_etypes, num_ntypes=self.num_ntypes)
         check_graph_device(graph, self.k_weight)
-        x = check_features("x", x, (graph.num_nodes, self.in_dim), self.k_weight)
-        num_nodes, heads, d = graph.num_nodes, self.heads, self.head_dim
+        x = check_features("x", x, (graph.num_src_nodes, self.in_dim), self.k_weight)
+        num_src, num_dst, heads, d = graph.num_src_nodes, graph.num_dst_nodes, self.heads, self.head_dim
+        x_dst, dst_ntype = x[:num_dst], graph.ntype[:num_dst]
 
-        k = self._project("k", x, graph.ntype).view(num_nodes, heads, d)
-        q = self._project("q", x, graph.ntype).view(num_nodes, heads, d)
-        v = self._project("v", x, graph.ntype).view(num_nodes, heads, d)
+        k = self._project("k", x, graph.ntype).view(num_src, heads, d)
+        q = self._project("q", x_dst, dst_ntype).view(num_dst, heads, d)
+        v = self._project("v", x, graph.ntype).view(num_src, heads, d)
 
         scores, messages, dsts = [], [], []
         for r, eids in edges_by_relation(graph):
@@ -155,17 +160,17 @@ class HGT(nn.Module):
             messages.append(torch.einsum("ehi,hij->ehj", v.index_select(0, src), self.rel_msg[r]))
             dsts.append(dst)
 
-        aggregated = x.new_zeros(num_nodes, heads, d)
+        aggregated = x.new_zeros(num_dst, heads, d)
         if scores:
             dst = torch.cat(dsts)
-            alpha = segment_softmax(torch.cat(scores), dst, num_nodes)
+            alpha = segment_softmax(torch.cat(scores), dst, num_dst)
             aggregated = aggregated.index_add(0, dst, alpha.unsqueeze(-1) * torch.cat(messages))
-        aggregated = aggregated.reshape(num_nodes, self.out_dim)
+        aggregated = aggregated.reshape(num_dst, self.out_dim)
 
-        out = self._project("a", F.gelu(aggregated), graph.ntype)
+        out = self._project("a", F.gelu(aggregated), dst_ntype)
         if self.skip is not None:
-            gate = torch.sigmoid(self.skip).index_select(0, graph.ntype).unsqueeze(-1)
-            out = gate * out + (1 - gate) * x
+            gate = torch.sigmoid(self.skip).index_select(0, dst_ntype).unsqueeze(-1)
+            out = gate * out + (1 - gate) * x_dst
         return out
 
     def extra_repr(self) -> str:

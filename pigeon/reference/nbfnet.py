@@ -95,9 +95,16 @@ class NBFNetLayer(nn.Module):
     Parameters (the state_dict contract): ``linear`` = ``nn.Linear(13 * dim if pna else
     2 * dim, dim)``; ``layer_norm`` = ``nn.LayerNorm(dim)`` if ``layer_norm``.
 
+    On a block, :math:`v` runs over the destinations: the boundary (self) message and
+    the :math:`\mathbf{x}_v` of the update and the short cut read the destination rows
+    ``[:, :num_dst_nodes]`` only, and pna's mean log-degree is taken over the
+    destinations (so on a block, unlike the other aggregates, pna is not the plain
+    graph's output cut to those rows: that mean is a statistic of the whole graph).
+
     Shapes: ``forward(graph, x, boundary, relation)`` with ``x`` and ``boundary``
-    ``[batch, graph.num_nodes, dim]`` and ``relation`` ``[batch, num_relations, dim]``
-    returns ``[batch, graph.num_nodes, dim]``. ``graph.etype`` indexes ``relation``.
+    ``[batch, graph.num_src_nodes, dim]`` and ``relation`` ``[batch, num_relations, dim]``
+    returns ``[batch, graph.num_dst_nodes, dim]`` (``graph.num_nodes`` rows each on a
+    plain graph). ``graph.etype`` indexes ``relation``.
     """
 
     def __init__(
@@ -171,27 +178,28 @@ class NBFNetLayer(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(
-                f"Expected `x` to have shape [batch, {graph.num_nodes}, {self.dim}] (got {shape})"
+                f"Expected `x` to have shape [batch, {graph.num_src_nodes}, {self.dim}] (got {shape})"
             )
-        batch, num_nodes = x.shape[0], graph.num_nodes
-        x = check_features("x", x, (batch, num_nodes, self.dim), like)
-        boundary = check_features("boundary", boundary, (batch, num_nodes, self.dim), like)
+        batch, num_src, num_dst = x.shape[0], graph.num_src_nodes, graph.num_dst_nodes
+        x = check_features("x", x, (batch, num_src, self.dim), like)
+        boundary = check_features("boundary", boundary, (batch, num_src, self.dim), like)
         relation = check_features("relation", relation, (batch, self.num_relations, self.dim), like)
 
         edge_messages = nbf_message(
             self.message, x.index_select(1, graph.src), relation.index_select(1, graph.etype)
         )
-        # The boundary is one more message per node, received from itself.
-        messages = torch.cat([edge_messages, boundary], dim=1)
-        index = torch.cat([graph.dst, torch.arange(num_nodes, device=graph.device)])
-        update = self._aggregate(messages, index, num_nodes)
+        # The boundary is one more message per destination, received from itself.
+        messages = torch.cat([edge_messages, boundary[:, :num_dst]], dim=1)
+        index = torch.cat([graph.dst, torch.arange(num_dst, device=graph.device)])
+        update = self._aggregate(messages, index, num_dst)
 
-        out = self.linear(torch.cat([x, update], dim=-1))
+        x_dst = x[:, :num_dst]
+        out = self.linear(torch.cat([x_dst, update], dim=-1))
         if self.layer_norm is not None:
             out = self.layer_norm(out)
         out = F.relu(out)
         if self.short_cut:
-            out = out + x
+            out = out + x_dst
         return out
 
     def extra_repr(self) -> str:

@@ -36,7 +36,8 @@ class RGAT(nn.Module):
     The softmax runs over *all* in-edges of :math:`v`, across relations ("across-relation"
     attention with additive self-attention in PyG's ``RGATConv``). The destination term
     projects :math:`\mathbf{x}_v` with the edge's own :math:`\mathbf{W}_r`. A node with
-    no in-edges outputs the bias alone. Heads are concatenated, head-major:
+    no in-edges outputs the bias alone. On a block, ``v`` runs over the destinations and
+    the destination term reads their rows ``x[:num_dst_nodes]``. Heads are concatenated, head-major:
     ``out[:, h * out_dim:(h + 1) * out_dim]`` is head ``h``.
 
     Args:
@@ -52,8 +53,8 @@ class RGAT(nn.Module):
     heads * out_dim]``; ``att_src`` and ``att_dst`` ``[num_etypes, heads, out_dim]``;
     ``bias`` ``[heads * out_dim]`` if ``bias``.
 
-    Shapes: ``forward(graph, x)`` with ``x`` ``[graph.num_nodes, in_dim]`` returns
-    ``[graph.num_nodes, heads * out_dim]``.
+    Shapes: ``forward(graph, x)`` with ``x`` ``[graph.num_src_nodes, in_dim]`` returns
+    ``[graph.num_dst_nodes, heads * out_dim]`` (both ``graph.num_nodes`` on a plain graph).
     """
 
     def __init__(
@@ -97,27 +98,29 @@ class RGAT(nn.Module):
     def forward(self, graph, x: torch.Tensor) -> torch.Tensor:
         graph = check_graph(graph, num_etypes=self.num_etypes)
         check_graph_device(graph, self.weight)
-        x = check_features("x", x, (graph.num_nodes, self.in_dim), self.weight)
+        x = check_features("x", x, (graph.num_src_nodes, self.in_dim), self.weight)
         heads, width = self.heads, self.out_dim
+        x_dst = x[: graph.num_dst_nodes]
 
         # Per relation: source values, their scores, and the destinations, in relation order.
         values, scores, dsts = [], [], []
         for r, eids in edges_by_relation(graph):
             src, dst = graph.src[eids], graph.dst[eids]
             z_src = (x.index_select(0, src) @ self.weight[r]).view(-1, heads, width)
-            z_dst = (x.index_select(0, dst) @ self.weight[r]).view(-1, heads, width)
+            z_dst = (x_dst.index_select(0, dst) @ self.weight[r]).view(-1, heads, width)
             score = (z_src * self.att_src[r]).sum(-1) + (z_dst * self.att_dst[r]).sum(-1)
             values.append(z_src)
             scores.append(score)
             dsts.append(dst)
 
-        out = x.new_zeros(graph.num_nodes, heads, width)
+        num_dst = graph.num_dst_nodes
+        out = x.new_zeros(num_dst, heads, width)
         if values:
             dst = torch.cat(dsts)
             score = F.leaky_relu(torch.cat(scores), self.negative_slope)
-            alpha = segment_softmax(score, dst, graph.num_nodes)
+            alpha = segment_softmax(score, dst, num_dst)
             out = out.index_add(0, dst, alpha.unsqueeze(-1) * torch.cat(values))
-        out = out.reshape(graph.num_nodes, heads * width)
+        out = out.reshape(num_dst, heads * width)
         if self.bias is not None:
             out = out + self.bias
         return out

@@ -32,7 +32,7 @@ def rgcn_edge_norm(graph, norm: str | None, dtype: torch.dtype) -> torch.Tensor 
     if norm is None:
         return None
     if norm == "right":
-        degree = torch.bincount(graph.dst, minlength=graph.num_nodes)
+        degree = torch.bincount(graph.dst, minlength=graph.num_dst_nodes)
         return 1.0 / degree.index_select(0, graph.dst).to(dtype)
     # Count edges per (dst, relation) pair without an N x R table: unique over the pair key.
     key = graph.dst * graph.num_etypes + graph.etype
@@ -53,6 +53,11 @@ class RGCN(nn.Module):
     paper's :math:`c_{v,r}` and PyG's ``RGCNConv`` mean aggregation) or 1 (``norm=None``).
     A node with no in-edges receives no messages: its output is the self-loop plus bias.
 
+    On a block (``graph.num_dst_nodes < graph.num_src_nodes``) the sum runs over the
+    block's edges and ``v`` over its destinations: ``x`` has a row per source node, the
+    output a row per destination, and the self-loop reads the destination rows
+    ``x[:num_dst_nodes]`` only.
+
     Args:
         in_dim (int): input feature size.
         out_dim (int): output feature size.
@@ -70,8 +75,9 @@ class RGCN(nn.Module):
         ``loop_weight`` ``[in_dim, out_dim]`` if ``self_loop``; ``bias`` ``[out_dim]`` if
         ``bias``.
 
-    Shapes: ``forward(graph, x)`` with ``x`` ``[graph.num_nodes, in_dim]`` returns
-    ``[graph.num_nodes, out_dim]`` in the dtype of the parameters.
+    Shapes: ``forward(graph, x)`` with ``x`` ``[graph.num_src_nodes, in_dim]`` returns
+    ``[graph.num_dst_nodes, out_dim]`` in the dtype of the parameters (on a plain graph
+    both are ``graph.num_nodes``).
     """
 
     def __init__(
@@ -137,18 +143,18 @@ class RGCN(nn.Module):
         like = self._any_param()
         graph = check_graph(graph, num_etypes=self.num_etypes)
         check_graph_device(graph, like)
-        x = check_features("x", x, (graph.num_nodes, self.in_dim), like)
+        x = check_features("x", x, (graph.num_src_nodes, self.in_dim), like)
 
         weight = self.relation_weights()
         norm = rgcn_edge_norm(graph, self.norm, x.dtype)
-        out = x.new_zeros(graph.num_nodes, self.out_dim)
+        out = x.new_zeros(graph.num_dst_nodes, self.out_dim)
         for r, eids in edges_by_relation(graph):
             message = x.index_select(0, graph.src[eids]) @ weight[r]
             if norm is not None:
                 message = message * norm[eids].unsqueeze(-1)
             out = out.index_add(0, graph.dst[eids], message)
         if self.self_loop:
-            out = out + x @ self.loop_weight
+            out = out + x[: graph.num_dst_nodes] @ self.loop_weight
         if self.bias is not None:
             out = out + self.bias
         return out

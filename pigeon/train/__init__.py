@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-TRAIN_MODULES = ("pigeon.train.nbfnet", "pigeon.train.fno", "pigeon.train.deeponet")
+TRAIN_MODULES = ("pigeon.train.entity", "pigeon.train.nbfnet", "pigeon.train.fno", "pigeon.train.deeponet")
 
 
 def add_train_parsers(subparsers) -> None:

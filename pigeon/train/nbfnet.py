@@ -16,11 +16,19 @@ the candidates: all entities minus the other true answers of the query in any sp
 (the *filtered* setting), or the dataset's own candidates when it ships them (OGB).
 A rank counts ties as half (the mean of the optimistic and the pessimistic rank),
 which is how OGB's ``Evaluator`` computes it; the tests check the two agree.
+
+Data-parallel training (``--nproc N`` or torchrun, :mod:`pigeon.train.distributed`), as
+the NBFNet paper trained on 4 GPUs: every rank draws the epoch's order of training
+triples from the same seed and takes an equal shard of it (``DistributedSampler``'s
+rule), so each step every rank scores its own batch of queries and all take the same
+number of steps; the model is wrapped in ``DistributedDataParallel``; negatives are
+drawn per rank; evaluation splits the queries among the ranks and sums the metrics.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +40,9 @@ import torch.nn.functional as F
 from pigeon.data.graph import HeteroGraph
 from pigeon.train.common import (
     add_common_arguments, load_checkpoint, progress, save_checkpoint, start_run, write_json,
+)
+from pigeon.train.distributed import (
+    DistContext, close_distributed, equal_shard, init_distributed, launch, threads_per_rank,
 )
 
 __all__ = ["NBFNetConfig", "LinkData", "load_link_data", "TripleFilter", "EdgeRemover",
@@ -66,6 +77,8 @@ class NBFNetConfig:
     eval_batch_size: int = 64
     remove_batch_edges: bool = True
     backend: str = "auto"
+    nproc: int = 1
+    dist_timeout_s: float = 300.0
     seed: int = 0
     threads: int | None = None
     extra: dict = field(default_factory=dict)
@@ -73,7 +86,7 @@ class NBFNetConfig:
     def check(self) -> "NBFNetConfig":
         positive = {"dim": self.dim, "num_layers": self.num_layers, "batch_size": self.batch_size,
                     "num_negative": self.num_negative, "epochs": self.epochs,
-                    "eval_batch_size": self.eval_batch_size}
+                    "eval_batch_size": self.eval_batch_size, "nproc": self.nproc}
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Expected `{name}` to be a positive int (got {value!r})")
@@ -203,24 +216,27 @@ def rank_metrics(positive: torch.Tensor, negative: torch.Tensor) -> dict[str, to
     return out
 
 
-def _summarise(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    joined = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-    summary = {"mrr": float(joined["mrr"].mean())}
-    summary.update({f"hits@{k}": float(joined[f"hits@{k}"].mean()) for k in HITS})
-    summary["mean_rank"] = float(joined["rank"].mean())
-    summary["queries"] = int(joined["rank"].numel())
-    return summary
+def _summarise(parts: list[dict[str, torch.Tensor]], ctx: DistContext) -> dict[str, float]:
+    """Means over the queries of every rank (sums and counts added over the ranks)."""
+    keys = ["mrr", *(f"hits@{k}" for k in HITS), "rank"]
+    sums = [sum(float(p[key].sum()) for p in parts) for key in keys]
+    queries = sum(int(p["rank"].numel()) for p in parts)
+    *sums, queries = ctx.sum(sums + [float(queries)])
+    means = {key: value / max(queries, 1) for key, value in zip(keys, sums)}
+    return {"mrr": means["mrr"], **{f"hits@{k}": means[f"hits@{k}"] for k in HITS}, "mean_rank": means["rank"],
+            "queries": int(queries)}
 
 
 @torch.no_grad()
 def evaluate(model, data: LinkData, split: str, *, known: TripleFilter | None = None, batch_size: int = 64,
-             show_progress: bool = False) -> dict[str, float]:
+             show_progress: bool = False, ctx: DistContext | None = None) -> dict[str, float]:
     """Filtered MRR, hits@1/3/10 and mean rank of ``split``'s tail and head queries.
 
     Without OGB candidates every entity competes except the query's other true answers
     (``known``, built from all splits when None); with them (``data.negatives``) the
     answer competes against the dataset's ``head_neg``/``tail_neg`` rows, as OGB's
-    ``Evaluator`` does.
+    ``Evaluator`` does. Under ``ctx`` each rank ranks a contiguous share of the triples
+    and the sums are added over the ranks.
     """
     triples = {"valid": data.valid, "test": data.test, "train": data.train}.get(split)
     if triples is None:
@@ -231,22 +247,23 @@ def evaluate(model, data: LinkData, split: str, *, known: TripleFilter | None = 
     model.eval()
     device = model.query.weight.device
     graph = data.graph.to(device)
-    count = triples.shape[0]
+    ctx = ctx or DistContext()
+    first, last = (triples.shape[0] * r // ctx.world_size for r in (ctx.rank, ctx.rank + 1))
     parts = []
-    starts = range(0, count, batch_size)
+    starts = range(first, last, batch_size)
     for direction in ("tail", "head"):
         for start in progress(starts, desc=f"{split} {direction}s", enabled=show_progress):
-            rows = triples[start:start + batch_size]
+            rows = triples[start:min(start + batch_size, last)]
             nodes, relations, answers = as_queries(rows, data.num_relations, 0 if direction == "head" else len(rows))
             scores = model(graph, nodes.to(device), relations.to(device)).float().cpu()
             positive = scores.gather(1, answers.view(-1, 1))
             if candidates is None:
                 negative = scores.masked_fill(known.mask(nodes, relations), -math.inf)
             else:
-                chosen = candidates[f"{direction}_neg"][start:start + batch_size]
+                chosen = candidates[f"{direction}_neg"][start:start + rows.shape[0]]
                 negative = scores.gather(1, chosen)
             parts.append(rank_metrics(positive, negative))
-    return _summarise(parts)
+    return _summarise(parts, ctx)
 
 
 # -- training -----------------------------------------------------------------------------
@@ -290,76 +307,122 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
     Args:
         config (NBFNetConfig, optional): the run's settings; keyword ``overrides``
             replace its fields (``train_nbfnet(dataset="kinships", epochs=3)``).
+            ``nproc > 1`` spawns that many data-parallel ranks; under torchrun this
+            process is one rank.
         data (LinkData, optional): the dataset, instead of loading ``config.dataset``.
-        checkpoint (path, optional): saved after every epoch (model, optimizer, best
-            model, history, config).
+        checkpoint (path, optional): saved by rank 0 after every epoch (model,
+            optimizer, best model, history, config).
         resume (path, optional): a checkpoint to continue from.
-        json_path (path, optional): where to write the final metrics.
-        show_progress (bool): progress bars on stderr. Default: True.
-        log (callable): where the per-epoch lines go. Default: ``print``.
+        json_path (path, optional): where rank 0 writes the final metrics.
+        show_progress (bool): progress bars on stderr (rank 0). Default: True.
+        log (callable): where rank 0's per-epoch lines go. Default: ``print``.
 
     Returns ``{"valid": {...}, "test": {...}, "seconds": ..., "epochs": ..., "history":
-    [...], "config": {...}}`` with MRR, hits@1/3/10 and mean rank per split.
+    [...], "config": {...}, "world_size": ..., "steps": ...}`` with MRR, hits@1/3/10 and
+    mean rank per split (None on torchrun ranks other than 0).
     """
     config = NBFNetConfig(**{**asdict(config or NBFNetConfig()), **overrides}).check()
+    payload = {"config": config, "data": data, "checkpoint": checkpoint, "resume": resume, "json_path": json_path,
+               "show_progress": show_progress, "log": log if config.nproc == 1 else print}
+    return launch(_nbfnet_rank, payload, config.nproc)
+
+
+def _nbfnet_rank(payload: dict) -> dict[str, Any] | None:
+    config: NBFNetConfig = payload["config"]
+    ctx = init_distributed(timeout_s=config.dist_timeout_s)
+    try:
+        return train_nbfnet_rank(config, ctx, payload)
+    finally:
+        close_distributed()
+
+
+def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> dict[str, Any] | None:
+    """One rank's part of a run, in the process group ``ctx`` describes: ``payload`` holds
+    :func:`train_nbfnet`'s ``data``, ``checkpoint``, ``resume``, ``json_path``,
+    ``show_progress`` and ``log``. Returns the report on rank 0, None elsewhere."""
+    log = payload["log"] if ctx.is_main else (lambda *_: None)
+    show_progress = payload["show_progress"] and ctx.is_main
+    checkpoint, resume = payload["checkpoint"], payload["resume"]
+    if config.threads is None and ctx.distributed:
+        torch.set_num_threads(threads_per_rank(ctx.local_world_size))
     generator = start_run(config)
-    data = data or load_link_data(config.dataset, config.root)
+    # One order of the training triples for every rank; negatives drawn per rank.
+    order_generator = generator
+    if ctx.distributed:
+        order_generator = torch.Generator().manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed * 7919 + ctx.rank + 1)
+    data = payload["data"] or load_link_data(config.dataset, config.root)
     model = build_model(config, data.num_relations)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     known_train = TripleFilter(data.train, data.num_relations, data.num_nodes)
     known_all = TripleFilter(torch.cat([data.train, data.valid, data.test]), data.num_relations, data.num_nodes)
     remover = EdgeRemover(data.graph, data.graph.num_etypes)
 
-    first_epoch, history, best, elapsed = 0, [], None, 0.0
+    first_epoch, history, best, elapsed, steps = 0, [], None, 0.0, 0
     if resume is not None:
         state = load_checkpoint(resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        if ctx.distributed:
+            order_generator.set_state(state["order_generator"])
         first_epoch, history, best, elapsed = state["epoch"], state["history"], state["best"], state["seconds"]
+        steps = state.get("steps", sum(h["steps"] for h in history))
         log(f"resumed from {resume} after epoch {first_epoch}")
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model)
+    else:
+        trained = model
 
     log(f"NBFNet on {data.name}: {data.num_nodes} entities, {data.num_relations} relations, "
         f"{data.train.shape[0]} / {data.valid.shape[0]} / {data.test.shape[0]} triples; "
-        f"{config.backend} backend, {torch.get_num_threads()} threads")
+        f"{config.backend} backend, {ctx.world_size} rank(s) x {torch.get_num_threads()} threads")
     started = time.perf_counter() - elapsed
     out_of_time = False
     for epoch in range(first_epoch, config.epochs):
-        model.train()
-        order = torch.randperm(data.train.shape[0], generator=generator)
+        trained.train()
+        order = equal_shard(torch.randperm(data.train.shape[0], generator=order_generator), ctx)
         starts = range(0, order.numel(), config.batch_size)
-        total, steps = 0.0, 0
+        total, epoch_steps = 0.0, 0
         bar = progress(starts, desc=f"epoch {epoch + 1}/{config.epochs}", enabled=show_progress)
         for start in bar:
             batch = data.train[order[start:start + config.batch_size]]
             nodes, relations, answers = as_queries(batch, data.num_relations, head_from=(batch.shape[0] + 1) // 2)
             graph = remover.without(batch) if config.remove_batch_edges else data.graph
-            scores = model(graph, nodes, relations)
+            scores = trained(graph, nodes, relations)
             loss = adversarial_loss(scores, answers, known_train.mask(nodes, relations), config.num_negative,
                                     config.adversarial_temperature, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total, steps = total + loss.item(), steps + 1
+            total, epoch_steps, steps = total + loss.item(), epoch_steps + 1, steps + 1
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total / steps:.4f}")
-            if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
-                out_of_time = True
-                break
+                bar.set_postfix(loss=f"{total / epoch_steps:.4f}")
+            # Every rank stops at the same step: rank 0's clock decides for all.
+            if config.time_budget_s is not None:
+                over = time.perf_counter() - started > config.time_budget_s
+                if ctx.sum([float(over and ctx.is_main)])[0] > 0:
+                    out_of_time = True
+                    break
+        loss_sum, loss_steps = ctx.sum([total, epoch_steps])
         valid = evaluate(model, data, "valid", known=known_all, batch_size=config.eval_batch_size,
-                         show_progress=show_progress)
+                         show_progress=show_progress, ctx=ctx)
         seconds = time.perf_counter() - started
-        history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "steps": steps,
-                        "valid": valid, "seconds": seconds})
-        log(f"epoch {epoch + 1}: loss {total / max(steps, 1):.4f}, valid MRR {valid['mrr']:.4f}, "
+        mean_loss = loss_sum / max(loss_steps, 1)
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "steps": epoch_steps, "valid": valid,
+                        "seconds": seconds})
+        log(f"epoch {epoch + 1}: loss {mean_loss:.4f}, valid MRR {valid['mrr']:.4f}, "
             f"hits@1 {valid['hits@1']:.4f}, hits@10 {valid['hits@10']:.4f} ({seconds:.0f} s)")
         if best is None or valid["mrr"] > best["valid"]["mrr"]:
             best = {"epoch": epoch + 1, "valid": valid,
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        if checkpoint is not None:
+        if checkpoint is not None and ctx.is_main:
+            extra = {"order_generator": order_generator.get_state()} if ctx.distributed else {}
             save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             generator=generator.get_state(), epoch=epoch + 1, history=history, best=best,
-                            seconds=seconds, config=asdict(config))
+                            seconds=seconds, steps=steps, config=asdict(config), **extra)
         if out_of_time:
             log(f"time budget of {config.time_budget_s:.0f} s reached during epoch {epoch + 1}")
             break
@@ -368,16 +431,28 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
     if best is None:
         raise ValueError(f"Expected at least one epoch to train (got epochs={config.epochs} and a checkpoint "
                          f"that had finished them)")
+    in_sync = len(set(ctx.gather_objects(_digest(model)))) == 1
     model.load_state_dict(best["model"])
     test = evaluate(model, data, "test", known=known_all, batch_size=config.eval_batch_size,
-                    show_progress=show_progress)
+                    show_progress=show_progress, ctx=ctx)
     result = {"valid": best["valid"], "test": test, "seconds": train_seconds, "best_epoch": best["epoch"],
               "epochs": len(history), "history": history, "config": asdict(config),
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "world_size": ctx.world_size, "steps": steps,
+              "ranks_in_sync": in_sync}
+    if not ctx.is_main:
+        return None
     log(format_metrics(result))
-    if json_path is not None:
-        write_json(json_path, result)
+    if payload["json_path"] is not None:
+        write_json(payload["json_path"], result)
     return result
+
+
+def _digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def format_metrics(result: dict[str, Any]) -> str:
@@ -440,5 +515,10 @@ def add_parsers(subparsers) -> None:
                         help="do not remove each batch's triples from the graph during training")
     parser.add_argument("--backend", default=defaults.backend, choices=BACKENDS,
                         help=f"Pigeon backend of the layers (default: {defaults.backend})")
+    parser.add_argument("--nproc", type=int, default=defaults.nproc,
+                        help="data-parallel processes to start on this machine, gloo between them (1 under "
+                             "torchrun, which starts them) (default: 1)")
+    parser.add_argument("--dist-timeout-s", type=float, default=defaults.dist_timeout_s,
+                        help=f"timeout of the process group's collectives (default: {defaults.dist_timeout_s:.0f})")
     add_common_arguments(parser)
     parser.set_defaults(func=_command)
