@@ -85,13 +85,20 @@ def test_the_check_reports_a_layer_that_computes_something_else(system_name, mod
 
 
 def test_systems_follow_the_compiled_backends(monkeypatch):
-    monkeypatch.setattr(pigeon.runtime.compiled, "BACKENDS", ("torch", "cpu", "triton", "auto"))
     systems = available_systems()
     assert list(systems) == ["pigeon-torch", "pigeon-cpu", "pigeon-triton", "dgl", "pyg", "reference"]
     assert systems["pigeon-triton"].device == "cuda" and systems["pigeon-torch"].device is None
     assert default_systems("cpu") == ["pigeon-torch", "pigeon-cpu", "dgl", "pyg"]
     assert default_systems("cuda") == ["pigeon-torch", "pigeon-triton", "dgl", "pyg"]
     assert [s for s in systems.values() if s.is_baseline] == [systems["dgl"], systems["pyg"]]
+    # A backend list that differs (torch and triton gone, a new backend for any device,
+    # the selector kept): the systems and the defaults follow it, with no change to the bench.
+    monkeypatch.setattr(pigeon.runtime.compiled, "BACKENDS", ("cpu", "vulkan", "auto"))
+    systems = available_systems()
+    assert list(systems) == ["pigeon-cpu", "pigeon-vulkan", "dgl", "pyg", "reference"]
+    assert systems["pigeon-cpu"].device == "cpu" and systems["pigeon-vulkan"].device is None
+    assert default_systems("cpu") == ["pigeon-cpu", "pigeon-vulkan", "dgl", "pyg"]
+    assert default_systems("cuda") == ["pigeon-vulkan", "dgl", "pyg"]
 
 
 # ---- failures are results -------------------------------------------------------------
