@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
+
+import pytest
+import torch
+
+from pigeon.cli import main
 
 
 def _pigeon(*args: str) -> subprocess.CompletedProcess:
@@ -51,7 +57,7 @@ def test_show_ir_level_1_after_a_pass_and_backward():
     assert "compact_src" not in traced.stdout and "typed_linear[compact_src_etype]" in after.stdout
     assert 'input "grad_out"' in backward.stdout and 'output "grad_weight"' in backward.stdout
     bad = _pigeon("show-ir", "rgcn", "--after", "fusion")
-    assert bad.returncode != 0 and "--after must be one of" in bad.stderr
+    assert bad.returncode == 2 and "argument --after: invalid choice: 'fusion'" in bad.stderr
 
 
 def test_show_kernels_cpu_prints_the_openmp_c_file_forward_and_backward():
@@ -79,3 +85,130 @@ def test_show_kernels_rejects_a_backend_without_generated_source():
     result = _pigeon("show-kernels", "rgcn", "--backend", "torch")
     assert result.returncode != 0
     assert "invalid choice: 'torch'" in result.stderr and "triton" in result.stderr
+
+
+# ---- a user's mistake is one line naming the argument, and status 2 ----------------------
+def _one_line_error(stderr: str) -> str:
+    """The error line of a usage error: the last line, the only one saying "error:",
+    after nothing but the command's usage."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert lines[0].startswith("usage: pigeon") and "Traceback" not in stderr, stderr
+    assert all(line.startswith((" ", "usage:")) for line in lines[:-1]), stderr
+    return errors[0]
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    """An isolated cache, a text file that is no checkpoint, a checkpoint of another
+    model (an empty one), a folder, and a path that does not exist."""
+    monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "generator": torch.Generator().get_state(),
+                "epoch": 1, "step": 1, "history": [], "best": None, "seconds": 1.0}, tmp_path / "other.pt")
+    (tmp_path / "folder").mkdir()
+    return {"TEXT": str(tmp_path / "notes.txt"), "OTHER": str(tmp_path / "other.pt"),
+            "FOLDER": str(tmp_path / "folder"), "MISSING": str(tmp_path / "missing.pt")}
+
+
+# Each command and train sub-command: unknown names, bad numbers, numbers wrong beside
+# another, files that are missing or are not what the argument needs. (argv, what the
+# error line must name, a piece of the message.)
+MISTAKES = [
+    ("demo --models gcn", "argument --models", "unknown model 'gcn'"),
+    ("demo --dim 0", "argument --dim", "expected a positive int (got '0')"),
+    ("demo --timeout-s nan", "argument --timeout-s", "expected a positive number"),
+    ("demo --out TEXT", "argument --out", "a file"),
+    ("show-ir rgcn --dataset nope", "argument --dataset", "unknown dataset 'nope'; valid: kinships"),
+    ("show-ir rgcn --scale 2", "argument --scale", "expected a number in (0, 1]"),
+    ("show-ir rgat --dim 10 --heads 3", "--dim must be divisible by --heads", "heads 3"),
+    ("show-ir rgcn --dataset umls --scale 0.5", "argument --scale", "'umls' is a real dataset"),
+    ("show-ir rgcn --level 2 --after cse", "argument --after", "level-1"),
+    ("show-kernels rgcn --dataset ogbl-biokg", "argument --dataset", "--root"),
+    ("show-kernels rgcn --heads x", "argument --heads", "expected a positive int (got 'x')"),
+    ("bench --datasets nope", "argument --datasets", "unknown dataset 'nope'"),
+    ("bench --repeat 0", "argument --repeat", "expected a positive int"),
+    ("bench --datasets umls --scale 0.5", "--scale applies to synthetic profiles only", "umls"),
+    ("bench --from-json MISSING", "argument --from-json", "does not exist"),
+    ("bench --compare TEXT", "argument --compare", "results file"),
+    ("bench --json FOLDER", "argument --json", "a folder"),
+    ("tune", "argument model", "rgcn, rgat, hgt"),
+    ("tune rgcn --dataset nope", "argument --dataset", "unknown dataset 'nope'"),
+    ("tune rgcn --budget-s 0", "argument --budget-s", "expected a positive number"),
+    ("train nbfnet --dataset nope", "argument --dataset", "unknown link dataset 'nope'; valid: kinships"),
+    ("train nbfnet --dataset aifb", "argument --dataset", "no train/valid/test triples"),
+    ("train nbfnet --dataset ogbl-biokg", "argument --root", "never downloaded"),
+    ("train nbfnet --root MISSING", "argument --root", "expected an existing folder"),
+    ("train nbfnet --epochs 0", "argument --epochs", "expected a positive int"),
+    ("train nbfnet --lr 0", "argument --lr", "expected a positive number"),
+    ("train nbfnet --seed -1", "argument --seed", "expected a non-negative int"),
+    ("train nbfnet --resume MISSING", "argument --resume", "does not exist"),
+    ("train nbfnet --dim 4 --num-layers 1 --resume TEXT", "--resume", "torch cannot read"),
+    ("train nbfnet --dim 4 --num-layers 1 --resume OTHER", "--resume", "this run's model"),
+    ("train nbfnet --checkpoint FOLDER", "argument --checkpoint", "a folder"),
+    ("train fno --problem nope", "argument --problem", "invalid choice: 'nope'"),
+    ("train fno --width 0", "argument --width", "expected a positive int"),
+    ("train fno --coarse-fraction 1", "argument --coarse-fraction", "expected a number in [0, 1)"),
+    ("train fno --problem darcy --padding 10", "--padding", "odd or 0"),
+    ("train fno --resolution 2 --n-train 2 --n-test 1", "--resolution", "int >= 4"),
+    ("train fno --resume MISSING", "argument --resume", "does not exist"),
+    ("train fno --threads 0", "argument --threads", "expected a positive int"),
+    ("train deeponet --problem nope", "argument --problem", "invalid choice: 'nope'"),
+    ("train deeponet --n-train 0", "argument --n-train", "expected a positive int"),
+    ("train deeponet --time-budget-s -5", "argument --time-budget-s", "expected a positive number"),
+    ("train deeponet --resume MISSING", "argument --resume", "does not exist"),
+    ("train deeponet --width 4 --n-train 4 --n-test 2 --resume TEXT", "--resume", "torch cannot read"),
+    ("train deeponet --width 4 --n-train 4 --n-test 2 --resume OTHER", "--resume", "this run's model"),
+]
+
+
+@pytest.mark.parametrize("command, names, says", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_a_mistake_is_one_line_naming_the_argument_and_status_2(command, names, says, files, capsys):
+    argv = [files.get(word, word) for word in command.split()]
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    line = _one_line_error(captured.err)
+    prog = " ".join(["pigeon", *argv[:2 if argv[0] == "train" else 1]])
+    assert line.startswith(f"{prog}: error: "), line
+    assert names in line and says in line, line
+
+
+def test_train_nbfnet_with_an_unknown_dataset_is_one_line_from_the_shell():
+    # The report that started this: a traceback where argparse gives one line.
+    result = _pigeon("train", "nbfnet", "--dataset", "nope")
+    assert result.returncode == 2
+    assert _one_line_error(result.stderr).startswith("pigeon train nbfnet: error: argument --dataset: unknown")
+
+
+def test_a_checkpoint_of_another_model_is_one_line_from_the_shell(files):
+    result = _pigeon("train", "deeponet", "--width", "4", "--n-train", "4", "--n-test", "2", "--resume", files["OTHER"])
+    assert result.returncode == 2
+    line = _one_line_error(result.stderr)
+    assert line.startswith("pigeon train deeponet: error: Expected --resume to be a checkpoint of this run's model")
+
+
+_BUG = textwrap.dedent("""
+    import sys
+    import pigeon.train.nbfnet as nbfnet
+    from pigeon.cli import main
+
+    def broken(*args, **kwargs):
+        raise ValueError("Expected `dim` to agree with the weights (a bug, not the user's dim)")
+
+    nbfnet.train_nbfnet = broken
+    sys.exit(main(["train", "nbfnet", "--dim", "4"]))
+""")
+
+
+def test_a_bug_keeps_its_traceback():
+    # Raised during the run, the error names an argument and is still a bug: only the
+    # checks of the settings become one-line usage errors.
+    result = subprocess.run([sys.executable, "-c", _BUG], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "in broken" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("ValueError: Expected `dim` to agree")
