@@ -131,6 +131,7 @@ def test_a_worker_that_died_is_classified_from_its_exit(returncode, output, stat
 
 
 # ---- the command line -----------------------------------------------------------------
+@pytest.mark.xdist_group("bench-cli-run")  # one worker runs the module fixture, once
 def test_bench_command_writes_results_markdown_and_chart(cli_run):
     result, out = cli_run
     assert result.returncode == 0, result.stderr
@@ -165,6 +166,7 @@ def test_bench_command_writes_results_markdown_and_chart(cli_run):
     assert "case/s" not in result.stderr
 
 
+@pytest.mark.xdist_group("bench-cli-run")  # one worker runs the module fixture, once
 def test_compare_prints_the_ratio_of_each_case(cli_run, tmp_path, capsys):
     _, out = cli_run
     old = load_report(out / "run.json")
