@@ -189,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeat", type=positive_int, default=3,
                       help="timed runs per case after warm-up (default: 3)")
     demo.add_argument("--timeout-s", type=positive_float, default=30.0,
-                      help="time limit per case, recorded as a timeout when hit (default: 30)")
+                      help="seconds each case has to its first call; after it, the rest of the case has "
+                           "as long as the first call predicts, so a machine doing other work slows a case "
+                           "without timing it out. Recorded as a timeout when hit (default: 30)")
     demo.add_argument("--memory-gb", type=positive_float, default=8.0,
                       help="address-space cap per case, recorded as OOM when hit (default: 8)")
     demo.set_defaults(func=cmd_demo, command_parser=demo)

@@ -166,7 +166,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory cap per case in GiB: address space on the CPU, a share of the "
                              "GPU's memory with --device cuda; a case over it is recorded as OOM (default: 12)")
     parser.add_argument("--timeout-s", type=positive_float, default=600.0,
-                        help="time limit per case in seconds, start-up included; recorded as timeout "
+                        help="seconds each case has to its first call, start-up included; after it, the "
+                             "rest of the case has as long as the first call predicts (at least until the "
+                             "limit). Recorded as timeout, with how busy other processes kept the machine "
                              "(default: 600)")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
     parser.add_argument("--threads", type=positive_int, default=None,
