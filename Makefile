@@ -1,12 +1,16 @@
-# Two commands: `make demo` and `make test`. Both create .venv and install
-# everything first (only Python >= 3.10 with venv and a C compiler are assumed).
+# Three commands: `make demo`, `make test` and `make test-all`. Each creates .venv and
+# installs everything first (only Python >= 3.10 with venv and a C compiler are assumed).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pigeon-installed
 PYTEST_ARGS ?=
+# pytest-xdist: one worker per core, at most 8 (each imports torch). Tests sharing a
+# module fixture run on one worker (their xdist_group). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= auto
+XDIST  := -n $(TEST_WORKERS) --maxprocesses=8 --dist loadgroup
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-all clean
 
 setup: $(STAMP)
 
@@ -33,8 +37,14 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/python -m pigeon demo
 
+# Everything but the tests marked nightly (Triton's ahead-of-time compile of every kernel;
+# `make test` compiles one kernel of each template).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not nightly" $(PYTEST_ARGS)
+
+# The nightly job: every test.
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -4,32 +4,34 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
+from pigeon.arguments import (UsageError, graph_datasets, load_graph, one_name, positive_float, positive_int, scale,
+                              why_not_a_graph_dataset)
 from pigeon.nn.examples import EXAMPLE_LAYERS, example_layer
+from pigeon.passes import PASS_NAMES
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``pigeon bench`` with the demo's settings, writing a report folder."""
-    from pathlib import Path
-
-    import torch
-
     from pigeon.bench.command import run_bench
     from pigeon.bench.systems import default_systems
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"argument --out: expected a folder for the report (got {args.out!r}, a file)")
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    systems = args.systems or ",".join(s for s in default_systems(device) if s != "pigeon-torch")
-    argv = ["bench", "--models", args.models, "--datasets", "aifb", "--modes", "infer,train",
+    systems = ",".join(args.systems or [s for s in default_systems(device) if s != "pigeon-torch"])
+    argv = ["bench", "--models", ",".join(args.models), "--datasets", "aifb", "--modes", "infer,train",
             "--device", device, "--systems", systems, "--dim", str(args.dim), "--scale", str(args.scale), "--repeat", str(args.repeat),
             "--timeout-s", str(args.timeout_s), "--memory-gb", str(args.memory_gb),
             "--json", str(out / "report.json"), "--markdown", str(out / "report.md"),
             "--plot", str(out / "speedups.png")]
     bench_args = build_parser().parse_args(argv)
-    print(f"pigeon demo: {args.models} on the aifb profile (synthetic, scale {args.scale}), hidden {args.dim}, "
+    print(f"pigeon demo: {','.join(args.models)} on the aifb profile (synthetic, scale {args.scale}), hidden {args.dim}, "
           f"on {device}: {systems}, each case in its own process. Report: {out}/", flush=True)
     return run_bench(bench_args)
 
@@ -37,20 +39,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
 LAYERS = EXAMPLE_LAYERS
 
 
+def _check_heads(args: argparse.Namespace) -> None:
+    """RGAT and HGT split the hidden size over the heads."""
+    if args.layer in ("rgat", "hgt") and args.dim % args.heads:
+        raise UsageError(f"--dim must be divisible by --heads for {args.layer} (got dim {args.dim}, heads {args.heads})")
+
+
+def _graph(args: argparse.Namespace):
+    """The graph of ``--dataset`` at ``--scale`` (0.02 of a synthetic profile unless given)."""
+    return load_graph(args.dataset, args.scale, default_scale=0.02).graph
+
+
+def _scale_text(args: argparse.Namespace) -> str:
+    from pigeon.data.datasets import Source, source_of
+
+    return f" x{0.02 if args.scale is None else args.scale}" if source_of(args.dataset) is Source.PROFILE else ""
+
+
 def cmd_show_ir(args: argparse.Namespace) -> int:
-    from pigeon.data import load
     from pigeon.ir import format_program
     from pigeon.ir.autodiff import backward_program
     from pigeon.ir.kernel_ir import format_kernel_program
-    from pigeon.passes import PASS_NAMES, PassContext, optimize
+    from pigeon.passes import PassContext, optimize
     from pigeon.passes.choose import decide
     from pigeon.runtime.compiled import resolve_backend, traversal_layout
     from pigeon.runtime.target import machine_target
 
-    graph = load(args.dataset, scale=args.scale, seed=0).graph
+    _check_heads(args)
+    if args.level == 2 and args.after is not None:
+        raise UsageError(f"argument --after: shows a level-1 program after a pass (got --level 2 and "
+                         f"--after {args.after})")
+    graph = _graph(args)
     module, tensors = example_layer(args.layer, graph, args.dim, args.heads)
     compiled = module.compiled
-    print(f"# {args.layer} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "
+    print(f"# {args.layer} on {args.dataset}{_scale_text(args)}: {graph.num_nodes} nodes, "
           f"{graph.num_edges} edges, {graph.num_etypes} edge types; hidden {args.dim}")
     if args.level == 2:
         plan = compiled.plan(graph, tensors)
@@ -62,8 +84,6 @@ def cmd_show_ir(args: argparse.Namespace) -> int:
     if args.after is None:
         program = traced
     else:
-        if args.after not in PASS_NAMES:
-            raise SystemExit(f"pigeon show-ir: --after must be one of {list(PASS_NAMES)} (got {args.after!r})")
         seen = {}
         ctx = PassContext(rows)
         backend = resolve_backend(compiled.backend, graph.device)
@@ -114,16 +134,15 @@ def kernel_source(layer: str, backend: str, graph, dim: int, heads: int,
 
 
 def cmd_show_kernels(args: argparse.Namespace) -> int:
-    from pigeon.data import load
-
-    graph = load(args.dataset, scale=args.scale, seed=0).graph
+    _check_heads(args)
+    graph = _graph(args)
     try:
         source = kernel_source(args.layer, args.backend, graph, args.dim, args.heads,
                                DTYPES[args.dtype], args.backward)
     except BackendUnavailable as exc:
-        raise SystemExit(f"pigeon show-kernels: {exc}") from None
+        raise UsageError(f"argument --backend: {exc}") from None
     comment = SOURCE_BACKENDS[args.backend]
-    print(f"{comment} {args.layer} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "
+    print(f"{comment} {args.layer} on {args.dataset}{_scale_text(args)}: {graph.num_nodes} nodes, "
           f"{graph.num_edges} edges, {graph.num_etypes} edge types; hidden {args.dim}, heads {args.heads}; "
           f"{args.backend} backend, {'backward' if args.backward else 'forward'} kernels, {args.dtype}")
     print(source.rstrip("\n"))
@@ -136,12 +155,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    """The graph and sizes of ``pigeon show-ir`` and ``show-kernels``."""
+    parser.add_argument("--dataset", type=one_name("dataset", graph_datasets, why_not_a_graph_dataset),
+                        default="aifb", help="graph profile or dataset (default: aifb)")
+    parser.add_argument("--scale", type=scale, default=None,
+                        help="size of a synthetic profile, in (0, 1]; real datasets load whole (default: 0.02)")
+    parser.add_argument("--dim", type=positive_int, default=16, help="hidden size (default: 16)")
+    parser.add_argument("--heads", type=positive_int, default=1, help="attention heads (default: 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pigeon",
         description="Pigeon: a compiler for relational graph neural network kernels.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from pigeon.bench.command import (EXAMPLE as BENCH_EXAMPLE, add_arguments as add_bench_arguments,
+                                      models as model_list, systems as system_list)
+
     demo = sub.add_parser(
         "demo",
         help="benchmark RGCN, RGAT and HGT on the aifb profile against DGL and PyG",
@@ -156,18 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--out", default="pigeon-demo", help="report folder (default: ./pigeon-demo)")
-    demo.add_argument("--models", default="rgcn,rgat,hgt", help="comma-separated (default: rgcn,rgat,hgt)")
-    demo.add_argument("--systems", default=None,
+    demo.add_argument("--models", type=model_list, default=("rgcn", "rgat", "hgt"),
+                      help="comma-separated (default: rgcn,rgat,hgt)")
+    demo.add_argument("--systems", type=system_list, default=None,
                       help="comma-separated, as for pigeon bench (default: the generated backends for this "
                            "device, dgl, pyg; add pigeon-torch for the unfused lowering)")
-    demo.add_argument("--dim", type=int, default=64, help="hidden size, in and out (default: 64)")
-    demo.add_argument("--scale", type=float, default=1.0, help="size of the aifb profile (default: 1.0)")
-    demo.add_argument("--repeat", type=int, default=3, help="timed runs per case after warm-up (default: 3)")
-    demo.add_argument("--timeout-s", type=float, default=30.0,
-                      help="time limit per case, recorded as a timeout when hit (default: 30)")
-    demo.add_argument("--memory-gb", type=float, default=8.0,
+    demo.add_argument("--dim", type=positive_int, default=64, help="hidden size, in and out (default: 64)")
+    demo.add_argument("--scale", type=scale, default=1.0, help="size of the aifb profile, in (0, 1] (default: 1.0)")
+    demo.add_argument("--repeat", type=positive_int, default=3,
+                      help="timed runs per case after warm-up (default: 3)")
+    demo.add_argument("--timeout-s", type=positive_float, default=30.0,
+                      help="seconds each case has to its first call; after it, the rest of the case has "
+                           "as long as the first call predicts, so a machine doing other work slows a case "
+                           "without timing it out. Recorded as a timeout when hit (default: 30)")
+    demo.add_argument("--memory-gb", type=positive_float, default=8.0,
                       help="address-space cap per case, recorded as OOM when hit (default: 8)")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, command_parser=demo)
 
     show = sub.add_parser(
         "show-ir",
@@ -178,14 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("layer", choices=LAYERS, help="which layer")
     show.add_argument("--level", type=int, choices=(1, 2), default=1, help="IR level (default: 1)")
-    show.add_argument("--after", default=None, help="level 1 only: print the program after this pass "
-                      "(cse, reorder, dce, compact, simplify; the first run of each)")
+    show.add_argument("--after", default=None, choices=PASS_NAMES,
+                      help="level 1 only: print the program after this pass (the first run of each)")
     show.add_argument("--backward", action="store_true", help="print the backward program instead")
-    show.add_argument("--dataset", default="aifb", help="graph profile or dataset (default: aifb)")
-    show.add_argument("--scale", type=float, default=0.02, help="profile scale (default: 0.02)")
-    show.add_argument("--dim", type=int, default=16, help="hidden size (default: 16)")
-    show.add_argument("--heads", type=int, default=1, help="attention heads (default: 1)")
-    show.set_defaults(func=cmd_show_ir)
+    _add_graph_arguments(show)
+    show.set_defaults(func=cmd_show_ir, command_parser=show)
 
     kernels = sub.add_parser(
         "show-kernels",
@@ -206,13 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--backward", action="store_true", help="print the backward kernels instead")
     kernels.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                          help="element type the kernels are generated for (default: float32)")
-    kernels.add_argument("--dataset", default="aifb", help="graph profile or dataset (default: aifb)")
-    kernels.add_argument("--scale", type=float, default=0.02, help="profile scale (default: 0.02)")
-    kernels.add_argument("--dim", type=int, default=16, help="hidden size (default: 16)")
-    kernels.add_argument("--heads", type=int, default=1, help="attention heads (default: 1)")
-    kernels.set_defaults(func=cmd_show_kernels)
-
-    from pigeon.bench.command import EXAMPLE as BENCH_EXAMPLE, add_arguments as add_bench_arguments
+    _add_graph_arguments(kernels)
+    kernels.set_defaults(func=cmd_show_kernels, command_parser=kernels)
 
     bench = sub.add_parser(
         "bench",
@@ -226,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_bench_arguments(bench)
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(func=cmd_bench, command_parser=bench)
 
     from pigeon.tune.command import EXAMPLE as TUNE_EXAMPLE, add_arguments as add_tune_arguments, cmd_tune
 
@@ -242,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_tune_arguments(tune)
-    tune.set_defaults(func=cmd_tune)
+    tune.set_defaults(func=cmd_tune, command_parser=tune)
 
     from pigeon.train import add_train_parsers
 
@@ -257,8 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run one command. A mistake in the arguments, found while parsing or after, is one
+    line naming the argument after the command's usage, and status 2; anything else
+    raised is a bug and keeps its traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as error:
+        command = getattr(args, "command_parser", parser)
+        command.print_usage(sys.stderr)
+        print(f"{command.prog}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

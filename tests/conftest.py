@@ -1,6 +1,9 @@
 """Shared test configuration."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 # Verify the IR after every pass of every compile in the suite (a broken pass fails at the pass).
 os.environ.setdefault("PIGEON_VERIFY", "1")
@@ -27,3 +30,20 @@ settings.register_profile(
     derandomize=bool(os.environ.get("CI")),
 )
 settings.load_profile("pigeon")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pigeon_cache(tmp_path_factory):
+    """One cache folder for the run (compiled C libraries, Triton modules, tuning entries,
+    operator data), shared by pytest-xdist's workers, whose every write to it is a rename
+    of a whole file; and not the user's ``~/.cache/pigeon``, whose tuning entries would
+    change the programs the tests compile. A ``PIGEON_CACHE_DIR`` set by the caller is kept."""
+    if "PIGEON_CACHE_DIR" in os.environ:
+        yield Path(os.environ["PIGEON_CACHE_DIR"])
+        return
+    # A worker's base folder is <the run's folder>/<worker id>: its parent is shared.
+    run = tmp_path_factory.getbasetemp()
+    folder = (run.parent if os.environ.get("PYTEST_XDIST_WORKER") else run) / "pigeon-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIGEON_CACHE_DIR", str(folder))
+        yield folder

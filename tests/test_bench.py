@@ -11,12 +11,13 @@ import copy
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
 
 import pigeon.runtime.compiled
-from pigeon.bench import Case, run_cases
+from pigeon.bench import Case, harness, run_cases
 from pigeon.bench.harness import SCHEMA, classify_exit
 from pigeon.bench.report import best_baselines, format_table, load_report, save_report, speedup
 from pigeon.bench.systems import MODELS, MODES, available_systems, default_systems
@@ -85,13 +86,20 @@ def test_the_check_reports_a_layer_that_computes_something_else(system_name, mod
 
 
 def test_systems_follow_the_compiled_backends(monkeypatch):
-    monkeypatch.setattr(pigeon.runtime.compiled, "BACKENDS", ("torch", "cpu", "triton", "auto"))
     systems = available_systems()
     assert list(systems) == ["pigeon-torch", "pigeon-cpu", "pigeon-triton", "dgl", "pyg", "reference"]
     assert systems["pigeon-triton"].device == "cuda" and systems["pigeon-torch"].device is None
     assert default_systems("cpu") == ["pigeon-torch", "pigeon-cpu", "dgl", "pyg"]
     assert default_systems("cuda") == ["pigeon-torch", "pigeon-triton", "dgl", "pyg"]
     assert [s for s in systems.values() if s.is_baseline] == [systems["dgl"], systems["pyg"]]
+    # A backend list that differs (torch and triton gone, a new backend for any device,
+    # the selector kept): the systems and the defaults follow it, with no change to the bench.
+    monkeypatch.setattr(pigeon.runtime.compiled, "BACKENDS", ("cpu", "vulkan", "auto"))
+    systems = available_systems()
+    assert list(systems) == ["pigeon-cpu", "pigeon-vulkan", "dgl", "pyg", "reference"]
+    assert systems["pigeon-cpu"].device == "cpu" and systems["pigeon-vulkan"].device is None
+    assert default_systems("cpu") == ["pigeon-cpu", "pigeon-vulkan", "dgl", "pyg"]
+    assert default_systems("cuda") == ["pigeon-vulkan", "dgl", "pyg"]
 
 
 # ---- failures are results -------------------------------------------------------------
@@ -124,6 +132,7 @@ def test_a_worker_that_died_is_classified_from_its_exit(returncode, output, stat
 
 
 # ---- the command line -----------------------------------------------------------------
+@pytest.mark.xdist_group("bench-cli-run")  # one worker runs the module fixture, once
 def test_bench_command_writes_results_markdown_and_chart(cli_run):
     result, out = cli_run
     assert result.returncode == 0, result.stderr
@@ -158,6 +167,7 @@ def test_bench_command_writes_results_markdown_and_chart(cli_run):
     assert "case/s" not in result.stderr
 
 
+@pytest.mark.xdist_group("bench-cli-run")  # one worker runs the module fixture, once
 def test_compare_prints_the_ratio_of_each_case(cli_run, tmp_path, capsys):
     _, out = cli_run
     old = load_report(out / "run.json")
@@ -193,6 +203,55 @@ def test_settings_that_cannot_run_fail_before_any_case(tmp_path, capsys):
     (tmp_path / "other.json").write_text(json.dumps({"results": []}))
     assert main(["bench", "--compare", str(tmp_path / "other.json")]) == 2
     assert f"to have schema {SCHEMA!r} (got None)" in capsys.readouterr().err
+
+
+# A worker that takes ``first`` seconds to its first call, then ``rest`` seconds more:
+# what a real one does on a machine that other work slows down, without the machine.
+_SLOWED_WORKER = textwrap.dedent("""
+    import json, os, sys, time
+
+    out, first, rest = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+
+    def write(result):
+        with open(out + ".tmp", "w") as handle:
+            json.dump(result, handle)
+        os.replace(out + ".tmp", out)
+
+    time.sleep(first)
+    write({"stage": "check", "status": "error", "error": None, "first_call_s": first})
+    time.sleep(rest)
+    write({"stage": "done", "status": "ok", "error": None, "first_call_s": first})
+""")
+
+
+def _slowed(monkeypatch, first: float, rest: float) -> None:
+    monkeypatch.setattr(harness, "worker_command",
+                        lambda case, out: [sys.executable, "-c", _SLOWED_WORKER, str(out), str(first), str(rest)])
+
+
+def test_a_case_slowed_after_its_first_call_gets_the_time_the_first_call_predicts(monkeypatch):
+    # 0.4 s to the first call fits the 2 s limit; the whole case (about 3 s) does not.
+    # The rest may take 2 x 0.4 s x (3 check calls + 1 warm-up + 1 timed run) = 4 s.
+    _slowed(monkeypatch, first=0.4, rest=2.5)
+    result = harness.run_case(Case("pigeon-cpu", "rgcn", "aifb", "train", repeat=1, warmup=1, timeout_s=2.0))
+    assert result["status"] == "ok", result
+    assert result["wall_s"] > 2.0
+    assert harness.rest_of_case_s(Case("x", "rgcn", "aifb", "train", repeat=1, warmup=1), 0.4) == pytest.approx(4.0)
+
+
+def test_a_case_that_hangs_after_its_first_call_still_times_out(monkeypatch):
+    _slowed(monkeypatch, first=0.2, rest=600)
+    result = harness.run_case(Case("pigeon-cpu", "rgcn", "aifb", "train", repeat=1, warmup=1, timeout_s=2.0))
+    assert result["status"] == "timeout" and result["wall_s"] < 30, result
+    assert "the first call (0.2 s)" in result["error"] and "(stage: check)" in result["error"], result
+    assert "other processes kept" in result["error"]
+
+
+def test_a_timeout_says_plainly_when_the_machine_was_busy():
+    assert harness.busy_note(1.6, 2).startswith("; other processes kept 1.6 of 2 cores busy meanwhile: the machine "
+                                                "was busy, so this timeout says little about the system")
+    assert harness.busy_note(0.1, 2) == "; other processes kept 0.1 of 2 cores busy meanwhile"
+    assert harness.busy_note(None, 2) == ""
 
 
 # ---- the report -------------------------------------------------------------------------

@@ -123,6 +123,72 @@ def test_compiler_errors_name_the_file_and_the_message(tmp_path, monkeypatch):
     assert str(tmp_path) in message and ".c failed" in message and "error" in message
 
 
+_ANSWER = "int pigeon_answer(void) { return %d; }\n"
+
+
+def test_a_truncated_cached_library_is_rebuilt(tmp_path, monkeypatch):
+    from pigeon.runtime import cpu_backend
+
+    monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path / "first"))
+    _, built = build_library(_ANSWER % 41)
+    # What a process killed while filling a cache leaves: half of the library, in a
+    # cache this process has not loaded from (the loader would hand back a library
+    # already loaded from the same path without reading the file).
+    cache = tmp_path / "second"
+    cache.mkdir()
+    so_path = cache / built.name
+    so_path.write_bytes(built.read_bytes()[:built.stat().st_size // 2])
+    monkeypatch.setenv("PIGEON_CACHE_DIR", str(cache))
+    with pytest.warns(UserWarning, match="failed to load"):
+        library, again = build_library(_ANSWER % 41)
+    assert again == so_path and so_path.stat().st_size == built.stat().st_size
+    assert library.pigeon_answer() == 41
+
+
+def test_a_library_that_fails_to_load_after_rebuilding_names_the_file(tmp_path, monkeypatch):
+    from pigeon.runtime import cpu_backend
+
+    monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path))
+    # A compiler that "succeeds" with something the loader refuses.
+    monkeypatch.setattr(cpu_backend, "_compile", lambda cc, source, so_path: so_path.write_bytes(b"not a library" * 8))
+    with pytest.raises(CompilerError) as info:
+        build_library(_ANSWER % 42)
+    message = str(info.value)
+    assert str(tmp_path / "pigeon_") in message and "failed right after compiling it" in message
+    assert "invalid ELF header" in message  # the loader's own words
+
+
+def test_the_cache_key_names_the_compiler_version_and_the_cpu(tmp_path, monkeypatch):
+    # A cache shared by machines of a cluster must not hand one CPU's -march=native
+    # library, or one compiler's, to another.
+    from pigeon.runtime import cpu_backend
+
+    monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path))
+
+    def path(cpu: str, compiler: str) -> str:
+        monkeypatch.setattr(cpu_backend, "_cpu_identity", lambda: cpu)
+        monkeypatch.setattr(cpu_backend, "_compiler_version", lambda cc: compiler)
+        return build_library(_ANSWER % 43)[1].name
+
+    here = path("flags: avx2", "gcc 12.2.0")
+    assert path("flags: avx2", "gcc 12.2.0") == here
+    assert len({here, path("flags: avx2 avx512f", "gcc 12.2.0"), path("flags: avx2", "gcc 13.1.0")}) == 3
+
+
+def test_the_cpu_identity_holds_the_instruction_set():
+    from pigeon.runtime.cpu_backend import _cpu_identity
+
+    identity = _cpu_identity()
+    info = "/proc/cpuinfo"
+    if os.path.exists(info):
+        first = open(info).read().split("\n\n")[0]
+        flags = [line.split(":", 1)[1].strip() for line in first.splitlines()
+                 if line.split(":")[0].strip() in ("flags", "Features", "isa")]
+        assert flags and all(f in identity for f in flags)
+        assert "MHz" not in identity and "bogomips" not in identity.lower()
+    assert identity
+
+
 def _c_gemm_calls(monkeypatch):
     """Record, per call of a typed GEMM the executor offers to C, (kind, taken by C)."""
     from pigeon.runtime import cpu_backend

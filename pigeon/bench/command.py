@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
-from typing import Callable, Sequence
-
+from pigeon.arguments import (UsageError, existing_file, graph_datasets, name_list, non_negative_int,
+                              output_file, positive_float, positive_int, scale, why_not_a_graph_dataset)
 from pigeon.bench.floor import add_floor
 from pigeon.bench.harness import Config, new_report, run_cases
 from pigeon.bench.report import (format_compare, format_markdown, format_profiles, format_table, load_report,
@@ -28,31 +27,6 @@ against pigeon.reference (float64) where it computes the same maths. The exit st
 is 1 if any check found a mismatch, 0 otherwise."""
 
 
-def _name_list(kind: str, valid: Callable[[], Sequence[str]], explain: Callable[[str], str | None] = None):
-    """An argparse type: a comma-separated list of names from ``valid()``, duplicates dropped."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-        if not names:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind}s (got {text!r})")
-        options = list(valid())
-        for name in names:
-            if name not in options:
-                reason = explain(name) if explain else None
-                raise argparse.ArgumentTypeError(
-                    f"unknown {kind} {name!r}{'; ' + reason if reason else ''}; valid: {', '.join(options)}")
-        return tuple(names)
-
-    parse.__name__ = f"{kind} list"
-    return parse
-
-
-def _dataset_names() -> Sequence[str]:
-    from pigeon.data.datasets import dataset_names
-
-    return dataset_names()
-
-
 def _why_no_system(name: str) -> str | None:
     if name.startswith("pigeon-"):
         from pigeon.runtime.compiled import BACKENDS
@@ -61,29 +35,10 @@ def _why_no_system(name: str) -> str | None:
     return None
 
 
-models = _name_list("model", lambda: MODELS)
-modes = _name_list("mode", lambda: MODES)
-datasets = _name_list("dataset", _dataset_names)
-systems = _name_list("system", lambda: list(available_systems()), _why_no_system)
-
-
-def positive(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} (got {text!r})") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a value above 0 (got {text!r})")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
-def _fail(message: str) -> int:
-    print(f"pigeon bench: error: {message}", file=sys.stderr)
-    return 2
+models = name_list("model", lambda: MODELS)
+modes = name_list("mode", lambda: MODES)
+datasets = name_list("dataset", graph_datasets, why_not_a_graph_dataset)
+systems = name_list("system", lambda: list(available_systems()), _why_no_system)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -118,6 +73,13 @@ def _check_setup(config: Config) -> str | None:
     """What stops this run before it starts, or None."""
     if config.dim % config.heads:
         return f"--dim must be divisible by --heads (got dim {config.dim}, heads {config.heads})"
+    if config.scale != 1.0:
+        from pigeon.data.datasets import Source, source_of
+
+        real = [name for name in config.datasets if source_of(name) is not Source.PROFILE]
+        if real:
+            return (f"--scale applies to synthetic profiles only, and {', '.join(real)} is real data, loaded "
+                    f"whole (got --scale {config.scale}); run it in a separate pigeon bench without --scale")
     named = available_systems()
     wrong = [s for s in config.systems if named[s].device not in (None, config.device)]
     if wrong:
@@ -140,20 +102,20 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.plot:
             import matplotlib  # noqa: F401
     except ImportError:
-        return _fail("--plot needs matplotlib (pip install matplotlib, or the package's [test] extra)")
+        raise UsageError("--plot needs matplotlib (pip install matplotlib, or the package's [test] extra)") from None
     except ValueError as exc:
-        return _fail(str(exc))
+        raise UsageError(f"argument --compare: {exc}") from None
 
     if args.from_json:
         try:
             report = load_report(args.from_json)
         except ValueError as exc:
-            return _fail(str(exc))
+            raise UsageError(f"argument --from-json: {exc}") from None
     else:
         config = _config(args)
         problem = _check_setup(config)
         if problem:
-            return _fail(problem)
+            raise UsageError(problem)
         report = new_report(config, _command_line(config, args))
         report["load_average"] = {"start": round(os.getloadavg()[0], 2), "end": None}
 
@@ -199,36 +161,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated, from {', '.join(names)}; pigeon-<backend> exists for each "
                              "backend in pigeon.runtime.compiled.BACKENDS (default: Pigeon's backends "
                              "for --device, dgl, pyg)")
-    parser.add_argument("--dim", type=positive(int), default=64, help="hidden size, in and out (default: 64)")
-    parser.add_argument("--heads", type=positive(int), default=1,
+    parser.add_argument("--dim", type=positive_int, default=64, help="hidden size, in and out (default: 64)")
+    parser.add_argument("--heads", type=positive_int, default=1,
                         help="attention heads for RGAT and HGT, each dim/heads wide (default: 1)")
-    parser.add_argument("--scale", type=positive(float), default=1.0,
+    parser.add_argument("--scale", type=scale, default=1.0,
                         help="size of synthetic profiles relative to the published graph (default: 1.0)")
-    parser.add_argument("--seed", type=int, default=0, help="graph, features and weights (default: 0)")
-    parser.add_argument("--repeat", type=positive(int), default=5,
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="graph, features and weights (default: 0)")
+    parser.add_argument("--repeat", type=positive_int, default=5,
                         help="timed runs per case; the table shows their median and min-max (default: 5)")
-    parser.add_argument("--warmup", type=int, default=1,
+    parser.add_argument("--warmup", type=non_negative_int, default=1,
                         help="untimed runs after the first call and the check (default: 1)")
-    parser.add_argument("--memory-gb", type=positive(float), default=12.0,
+    parser.add_argument("--memory-gb", type=positive_float, default=12.0,
                         help="memory cap per case in GiB: address space on the CPU, a share of the "
                              "GPU's memory with --device cuda; a case over it is recorded as OOM (default: 12)")
-    parser.add_argument("--timeout-s", type=positive(float), default=600.0,
-                        help="time limit per case in seconds, start-up included; recorded as timeout "
+    parser.add_argument("--timeout-s", type=positive_float, default=600.0,
+                        help="seconds each case has to its first call, start-up included; after it, the "
+                             "rest of the case has as long as the first call predicts (at least until the "
+                             "limit). Recorded as timeout, with how busy other processes kept the machine "
                              "(default: 600)")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
-    parser.add_argument("--threads", type=positive(int), default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch and OpenMP threads per case (default: torch's choice, one per core)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile Pigeon's systems (torch.profiler, the timed step --repeat times) and "
                              "print the time of each generated kernel, forward and backward, per case")
-    parser.add_argument("--json", metavar="FILE", default=None,
+    parser.add_argument("--json", metavar="FILE", type=output_file, default=None,
                         help="write every result, the machine and the command here (default: none); "
                              "rewritten after each case")
-    parser.add_argument("--markdown", metavar="FILE", default=None, help="write the table as Markdown (default: none)")
-    parser.add_argument("--plot", metavar="FILE.png", default=None,
+    parser.add_argument("--markdown", metavar="FILE", type=output_file, default=None, help="write the table as Markdown (default: none)")
+    parser.add_argument("--plot", metavar="FILE.png", type=output_file, default=None,
                         help="write a bar chart of Pigeon's speedups over the best baseline (default: none)")
-    parser.add_argument("--compare", metavar="OLD.json", default=None,
+    parser.add_argument("--compare", metavar="OLD.json", type=existing_file, default=None,
                         help="also print the ratio new/old of the median time of each case found in OLD.json")
-    parser.add_argument("--from-json", metavar="FILE", default=None,
+    parser.add_argument("--from-json", metavar="FILE", type=existing_file, default=None,
                         help="run nothing: show the results saved in FILE (with --markdown, --plot, --compare)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

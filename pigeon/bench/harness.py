@@ -2,7 +2,8 @@
 
 :func:`run_cases` runs each :class:`Case` as ``python -m pigeon.bench.worker`` in a
 new session, one after another (cases running side by side would time each other),
-and waits at most ``case.timeout_s``. The worker writes its result to a file; when
+and gives it ``case.timeout_s`` to its first call, then as long as that call predicts
+for the rest (:func:`run_case`). The worker writes its result to a file; when
 none is written, the exit status says what happened: killed by SIGKILL (the kernel's
 out-of-memory killer), a C++ ``std::bad_alloc``, or a crash.
 
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import signal
 import subprocess
@@ -62,7 +64,8 @@ class Case:
         warmup (int): untimed runs after the first call and the check. Default: 1.
         memory_gb (float): address-space cap of the worker (CPU) or share of the GPU's
             memory (CUDA), in GiB. Default: 12.
-        timeout_s (float): wall-clock limit of the worker, start-up included. Default: 600.
+        timeout_s (float): wall-clock limit of the worker to its first call, start-up
+            included; the rest has at least :func:`rest_of_case_s` after it. Default: 600.
         device (str): ``cpu`` or ``cuda``. Default: ``cpu``.
         threads (int, optional): torch and OpenMP threads. Default: torch's own choice.
         profile (bool): for Pigeon's systems, also run the timed step ``repeat`` times
@@ -161,33 +164,73 @@ def run_cases(cases: Iterable[Case], *, progress: bool = True,
     return results
 
 
+# After the first call, the rest of a case is the check (a float64 run of the system,
+# for Pigeon a second compilation, and of the reference: counted as CHECK_CALLS calls),
+# the warm-up and the timed runs. None is slower than the first call, which compiles;
+# the deadline leaves twice what that predicts.
+CHECK_CALLS = 3
+REST_MARGIN = 2.0
+POLL_S = 0.25
+# Other processes keeping at least this share of the usable cores busy make a machine busy.
+BUSY_SHARE = 0.25
+
+
+def rest_of_case_s(case: Case, first_call_s: float) -> float:
+    """The time a case gets after its first call returns, sized from that call."""
+    return REST_MARGIN * first_call_s * (CHECK_CALLS + case.warmup + case.repeat)
+
+
 def run_case(case: Case) -> dict:
-    """Run one case in a fresh worker process and return its result."""
+    """Run one case in a fresh worker process and return its result.
+
+    ``case.timeout_s`` bounds the start-up, the build and the first call. Once the
+    first call has returned, the case may run until :func:`rest_of_case_s` after it
+    if that is later: on a machine doing other work, everything a case does is slower
+    by about as much as its first call, and a case that is merely slowed finishes.
+    A case that times out says how busy the other processes kept the machine.
+    """
     env = dict(os.environ)
     if case.threads is not None:
         # DGL's kernels use OpenMP directly: the variable must be set before it loads.
         env["OMP_NUM_THREADS"] = str(case.threads)
     with tempfile.TemporaryDirectory(prefix="pigeon-bench-") as tmp:
-        out_path = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "pigeon.bench.worker",
-                   "--case", json.dumps(dataclasses.asdict(case)), "--out", str(out_path)]
+        out_path, log_path = Path(tmp) / "result.json", Path(tmp) / "output.txt"
+        command = worker_command(case, out_path)
+        busy_before, children_before = _machine_busy_s(), _children_cpu_s()
         start = time.perf_counter()
+        deadline, sized = start + case.timeout_s, False
         # A session of its own, so a timeout can end the worker and anything it started.
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", env=env, start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=case.timeout_s)
+        # Output goes to a file: the worker is polled, and a pipe nobody reads would fill.
+        with open(log_path, "w+", errors="replace") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
             timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            timed_out = True
-        except BaseException:
-            # Ctrl-C reaches only our process group: end the worker's too.
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
+            try:
+                while True:
+                    now = time.perf_counter()
+                    if not sized:
+                        first_call_s = _first_call_s(out_path)
+                        if first_call_s is not None:
+                            deadline, sized = max(deadline, now + rest_of_case_s(case, first_call_s)), True
+                    if now >= deadline:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
+                        timed_out = True
+                        break
+                    try:
+                        proc.wait(timeout=min(POLL_S, deadline - now))
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+            except BaseException:
+                # Ctrl-C reaches only our process group: end the worker's too.
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+            log.seek(0)
+            output = log.read()
         wall = time.perf_counter() - start
+        others = _other_cores_busy(busy_before, children_before, wall)
         measured = json.loads(out_path.read_text()) if out_path.exists() else None
 
     result = dataclasses.asdict(case)
@@ -195,12 +238,73 @@ def run_case(case: Case) -> dict:
     # fields it had measured and the stage it died in.
     result.update(measured or {"stage": "start-up"})
     if timed_out:
-        result.update(status="timeout", error=f"no result within {case.timeout_s:g} s (stage: {result['stage']})")
+        limit = deadline - start
+        error = f"no result within {limit:g} s (stage: {result['stage']})" if not sized else (
+            f"no result within {limit:.0f} s: {case.timeout_s:g} s to the first call, then "
+            f"{REST_MARGIN:g} x what the first call ({result['first_call_s']:.1f} s) predicts for the rest "
+            f"(stage: {result['stage']})")
+        result.update(status="timeout", error=error + busy_note(others, usable_cores()))
     elif result["stage"] != "done":
         status, error = classify_exit(proc.returncode, output)
         result.update(status=status, error=f"{error} (stage: {result['stage']})")
     result["wall_s"] = round(wall, 3)
     return result
+
+
+def worker_command(case: Case, out_path: Path) -> list[str]:
+    """The worker process of ``case``, writing its result to ``out_path``."""
+    return [sys.executable, "-m", "pigeon.bench.worker", "--case", json.dumps(dataclasses.asdict(case)),
+            "--out", str(out_path)]
+
+
+def _first_call_s(path: Path) -> float | None:
+    """The first call's time from the worker's partial result, once it has one (the
+    worker replaces the file whole, so a read sees a complete version)."""
+    try:
+        return json.loads(path.read_text()).get("first_call_s")
+    except (OSError, ValueError):
+        return None
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot, from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+    return sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4)) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended (a worker, with the
+    compilers it waited for, counts once it is reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _other_cores_busy(busy_before: float | None, children_before: float, wall: float) -> float | None:
+    """Cores that processes other than the worker kept busy, on average, during a case."""
+    busy_after = _machine_busy_s()
+    if busy_before is None or busy_after is None or wall <= 0:
+        return None
+    others = (busy_after - busy_before) - (_children_cpu_s() - children_before)
+    return max(others, 0.0) / wall
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def busy_note(others: float | None, cores: int) -> str:
+    """What a timeout's message adds about the other processes' load on ``cores``."""
+    if others is None:
+        return ""
+    note = f"; other processes kept {others:.1f} of {cores} cores busy meanwhile"
+    if others >= BUSY_SHARE * cores:
+        note += (": the machine was busy, so this timeout says little about the system; rerun when it is "
+                 "idle, or with a larger --timeout-s")
+    return note
 
 
 def classify_exit(returncode: int, output: str) -> tuple[str, str]:
@@ -278,7 +382,7 @@ def describe_machine(device: str) -> dict:
     return {
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "memory_gib": _memory_gib(),
         "gpu": gpu,
         "platform": platform.platform(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -12,8 +13,10 @@ from typing import Any, Iterable
 
 import torch
 
+from pigeon.arguments import existing_file, non_negative_int, output_file, positive_int
+
 __all__ = ["seed_everything", "start_run", "progress", "write_json", "save_checkpoint", "load_checkpoint",
-           "add_common_arguments", "operator_report"]
+           "CheckpointError", "resume_from", "add_common_arguments", "operator_report"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -90,16 +93,54 @@ def load_checkpoint(path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+class CheckpointError(ValueError):
+    """A file to resume from that is not a checkpoint this run can continue."""
+
+
+def resume_from(path, generator: torch.Generator, entries: tuple[str, ...], **stateful) -> dict[str, Any]:
+    """The checkpoint at ``path``, with ``generator``'s state and the state dicts of
+    ``stateful`` (``model=``, ``optimizer=``, ...) loaded from its entries of those names.
+
+    Raises:
+        CheckpointError: the file is not a checkpoint torch can read, lacks one of
+            ``entries``, or holds the state of another model (another size, dataset or
+            optimizer).
+    """
+    try:
+        state = load_checkpoint(path)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
+        # What torch.load raises for a file that is not, or no longer all, one of its archives.
+        raise CheckpointError(f"Expected `resume` to be a checkpoint written by a training run (got {str(path)!r}, "
+                              f"which torch cannot read: {str(error).splitlines()[0]})") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"Expected `resume` to be a checkpoint written by a training run (got {str(path)!r}, "
+                              f"which holds a {type(state).__name__})")
+    missing = [name for name in (*stateful, "generator", *entries) if name not in state]
+    if missing:
+        raise CheckpointError(f"Expected `resume` to be a checkpoint of this command (got {str(path)!r}, which "
+                              f"has no {', '.join(missing)})")
+    for name, target in stateful.items():
+        try:
+            target.load_state_dict(state[name])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"Expected `resume` to be a checkpoint of this run's {name} (got {str(path)!r}, "
+                                  f"saved with other settings: {str(error).strip().splitlines()[0]})") from error
+    generator.set_state(state["generator"])
+    return state
+
+
 def add_common_arguments(parser) -> None:
     """The options every ``pigeon train`` command takes: seed, threads, checkpoints,
     resuming, the JSON report and progress bars."""
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of every random draw (default: 0)")
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch and OpenMP threads (default: torch's default, the core count)")
-    parser.add_argument("--checkpoint", default=None,
+    parser.add_argument("--checkpoint", type=output_file, default=None,
                         help="file to save the model, optimizer and metrics to after every epoch (default: none)")
-    parser.add_argument("--resume", default=None, help="checkpoint file to continue training from (default: none)")
-    parser.add_argument("--json", default=None, dest="json_path", help="write the final metrics to this JSON file")
+    parser.add_argument("--resume", type=existing_file, default=None,
+                        help="checkpoint file to continue training from (default: none)")
+    parser.add_argument("--json", type=output_file, default=None, dest="json_path",
+                        help="write the final metrics to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

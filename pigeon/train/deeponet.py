@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
+from pigeon.arguments import named_by, non_negative_int, positive_float, positive_int, usage_error
 from pigeon.train.common import (
-    add_common_arguments, load_checkpoint, operator_report, progress, save_checkpoint, start_run,
+    CheckpointError, add_common_arguments, operator_report, progress, resume_from, save_checkpoint, start_run,
 )
 
 __all__ = ["DeepONetConfig", "build_model", "evaluate", "relative_l2", "train_deeponet", "add_parsers"]
@@ -139,6 +140,12 @@ def _flatten(problem):
     return (*flat, points.contiguous())
 
 
+def _load(config: DeepONetConfig):
+    from pigeon.data.operators import load_operator_problem
+
+    return load_operator_problem(config.problem, n_train=config.n_train, n_test=config.n_test, seed=config.data_seed)
+
+
 def train_deeponet(config: DeepONetConfig | None = None, *, data=None, checkpoint=None, resume=None,
                    json_path=None, show_progress: bool = True, log=print, **overrides) -> dict[str, Any]:
     """Train a DeepONet on an operator problem and report the held-out relative L2 error.
@@ -161,10 +168,7 @@ def train_deeponet(config: DeepONetConfig | None = None, *, data=None, checkpoin
     config = DeepONetConfig(**{**asdict(config or DeepONetConfig()), **overrides}).checked()
     generator = start_run(config)
     if data is None:
-        from pigeon.data.operators import load_operator_problem
-
-        data = load_operator_problem(config.problem, n_train=config.n_train, n_test=config.n_test,
-                                     seed=config.data_seed)
+        data = _load(config)
     u_train, s_train, u_test, s_test, points = _flatten(data)
     model = build_model(config, u_train.shape[1], points.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -173,11 +177,8 @@ def train_deeponet(config: DeepONetConfig | None = None, *, data=None, checkpoin
 
     first_epoch, history, elapsed = 0, [], 0.0
     if resume is not None:
-        state = load_checkpoint(resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
+        state = resume_from(resume, generator, ("epoch", "history", "seconds"), model=model, optimizer=optimizer,
+                            scheduler=scheduler)
         first_epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
         log(f"resumed from {resume} after epoch {first_epoch}")
 
@@ -246,34 +247,39 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--problem", default=defaults.problem, choices=PROBLEMS, help="(default: antiderivative)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"(default: {defaults.epochs})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help=f"(default: {defaults.epochs})")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help=f"functions per step (default: {defaults.batch_size})")
-    parser.add_argument("--lr", type=float, default=defaults.lr,
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr,
                         help=f"Adam learning rate, cosine-decayed to zero (default: {defaults.lr})")
-    parser.add_argument("--width", type=int, default=defaults.width,
+    parser.add_argument("--width", type=positive_int, default=defaults.width,
                         help=f"hidden width of both nets (default: {defaults.width})")
-    parser.add_argument("--hidden-layers", type=int, default=defaults.hidden_layers,
+    parser.add_argument("--hidden-layers", type=positive_int, default=defaults.hidden_layers,
                         help=f"hidden layers of each net (default: {defaults.hidden_layers})")
-    parser.add_argument("--basis", type=int, default=None, help="basis functions p (default: the width)")
+    parser.add_argument("--basis", type=positive_int, default=None, help="basis functions p (default: the width)")
     parser.add_argument("--stacked", action="store_true", help="p branch nets with one output each")
     parser.add_argument("--activation", default=defaults.activation, choices=ACTIVATIONS,
                         help=f"(default: {defaults.activation})")
     parser.add_argument("--loss", default=defaults.loss, choices=LOSSES, help=f"(default: {defaults.loss})")
-    parser.add_argument("--n-train", type=int, default=None, help="training functions (default: the data's)")
-    parser.add_argument("--n-test", type=int, default=None, help="held-out functions (default: the data's)")
-    parser.add_argument("--data-seed", type=int, default=defaults.data_seed,
+    parser.add_argument("--n-train", type=positive_int, default=None, help="training functions (default: the data's)")
+    parser.add_argument("--n-test", type=positive_int, default=None, help="held-out functions (default: the data's)")
+    parser.add_argument("--data-seed", type=non_negative_int, default=defaults.data_seed,
                         help=f"seed of the generated data (default: {defaults.data_seed})")
-    parser.add_argument("--time-budget-s", type=float, default=None,
+    parser.add_argument("--time-budget-s", type=positive_float, default=None,
                         help="stop training after this many seconds (default: none)")
     parser.add_argument("--backend", default=defaults.backend, choices=BACKENDS,
                         help=f"Pigeon backend of the model (default: {defaults.backend})")
     add_common_arguments(parser)
-    parser.set_defaults(func=_command)
+    parser.set_defaults(func=_command, command_parser=parser)
 
 
 def _command(args: argparse.Namespace) -> int:
-    config = DeepONetConfig(**{name: getattr(args, name) for name in DeepONetConfig.__dataclass_fields__})
-    train_deeponet(config, checkpoint=args.checkpoint, resume=args.resume, json_path=args.json_path,
-                   show_progress=not args.no_progress)
+    with named_by(args):
+        config = DeepONetConfig(**{name: getattr(args, name) for name in DeepONetConfig.__dataclass_fields__}).checked()
+        data = _load(config)
+    try:
+        train_deeponet(config, data=data, checkpoint=args.checkpoint, resume=args.resume, json_path=args.json_path,
+                       show_progress=not args.no_progress)
+    except CheckpointError as error:
+        raise usage_error(error, args) from None
     return 0

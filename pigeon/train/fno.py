@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
+from pigeon.arguments import fraction, named_by, non_negative_int, positive_float, positive_int, usage_error
 from pigeon.train.common import (
-    add_common_arguments, load_checkpoint, operator_report, progress, save_checkpoint, start_run,
+    CheckpointError, add_common_arguments, operator_report, progress, resume_from, save_checkpoint, start_run,
 )
 
 __all__ = ["FNOConfig", "PROBLEM_DEFAULTS", "relative_l2", "PointwiseNormalizer", "build_model", "evaluate",
@@ -195,6 +196,13 @@ class _Subsampled(PointwiseNormalizer):
         self.mean, self.std, self.eps = full.mean[point], full.std[point], full.eps
 
 
+def _check_grid(config: FNOConfig, x_train: torch.Tensor) -> None:
+    if config.coarse_fraction > 0 and any(size % 2 == 0 for size in x_train.shape[1:]):
+        raise ValueError(f"Expected an odd grid size on every axis for a coarse-grid phase (every second point, "
+                         f"both ends kept), got a {list(x_train.shape[1:])} grid; set `coarse_fraction` to 0 or "
+                         f"an odd `resolution`")
+
+
 def _load(config: FNOConfig):
     from pigeon.data.operators import load_operator_problem
 
@@ -225,9 +233,7 @@ def train_fno(config: FNOConfig | None = None, *, data=None, checkpoint=None, re
     data = data if data is not None else _load(config)
     x_train, y_train, x_test, y_test = (t.float() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
     dim = x_train.dim() - 1
-    if config.coarse_fraction > 0 and any(size % 2 == 0 for size in x_train.shape[1:]):
-        raise ValueError(f"Expected an odd grid size on every axis for a coarse-grid phase (every second point, "
-                         f"both ends kept), got a {list(x_train.shape[1:])} grid; set `coarse_fraction` to 0")
+    _check_grid(config, x_train)
     if config.normalize:
         x_norm, y_norm = PointwiseNormalizer(x_train), PointwiseNormalizer(y_train)
     else:
@@ -238,10 +244,8 @@ def train_fno(config: FNOConfig | None = None, *, data=None, checkpoint=None, re
 
     first_epoch, step, history, elapsed = 0, 0, [], 0.0
     if resume is not None:
-        state = load_checkpoint(resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        state = resume_from(resume, generator, ("epoch", "step", "history", "seconds"), model=model,
+                            optimizer=optimizer)
         first_epoch, step, history, elapsed = state["epoch"], state["step"], state["history"], state["seconds"]
         log(f"resumed from {resume} after epoch {first_epoch}")
 
@@ -330,35 +334,42 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--problem", default="burgers", choices=PROBLEMS, help="(default: burgers)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    parser.add_argument("--epochs", type=positive_int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate")
     parser.add_argument("--schedule", default="cosine", choices=SCHEDULES,
                         help="learning-rate decay over the run (default: cosine)")
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--modes", type=int, default=None, help="Fourier modes kept per axis")
-    parser.add_argument("--num-layers", type=int, default=4, help="spectral blocks (default: 4)")
-    parser.add_argument("--padding", type=int, default=None, help="grid points of zero padding per axis")
-    parser.add_argument("--n-train", type=int, default=None, help="training functions (default: the data's)")
-    parser.add_argument("--n-test", type=int, default=None, help="held-out functions (default: the data's)")
-    parser.add_argument("--resolution", type=int, default=None, help="grid points per axis (default: the data's)")
-    parser.add_argument("--coarse-fraction", type=float, default=None,
+    parser.add_argument("--width", type=positive_int, default=None)
+    parser.add_argument("--modes", type=positive_int, default=None, help="Fourier modes kept per axis")
+    parser.add_argument("--num-layers", type=positive_int, default=4, help="spectral blocks (default: 4)")
+    parser.add_argument("--padding", type=non_negative_int, default=None, help="grid points of zero padding per axis")
+    parser.add_argument("--n-train", type=positive_int, default=None, help="training functions (default: the data's)")
+    parser.add_argument("--n-test", type=positive_int, default=None, help="held-out functions (default: the data's)")
+    parser.add_argument("--resolution", type=positive_int, default=None,
+                        help="grid points per axis (default: the data's)")
+    parser.add_argument("--coarse-fraction", type=fraction, default=None,
                         help="fraction of the run trained on every second grid point (default: the problem's)")
-    parser.add_argument("--time-budget-s", type=float, default=None,
+    parser.add_argument("--time-budget-s", type=positive_float, default=None,
                         help="seconds of training; the learning-rate decay follows the further of the step count "
                              "and the clock, so it completes within the budget (default: the problem's)")
-    parser.add_argument("--eval-every", type=int, default=5, help="epochs between test evaluations (default: 5)")
+    parser.add_argument("--eval-every", type=positive_int, default=5, help="epochs between test evaluations (default: 5)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="Pigeon backend of the spectral contractions (default: auto)")
     parser.add_argument("--path", default="auto", choices=PATHS,
                         help="spectral path: FFT, truncated DFT as GEMMs, or by size (default: auto)")
     add_common_arguments(parser)
-    parser.set_defaults(func=_command)
+    parser.set_defaults(func=_command, command_parser=parser)
 
 
 def _command(args: argparse.Namespace) -> int:
     fields = {name for name in FNOConfig.__dataclass_fields__ if name != "extra"}
-    config = FNOConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
-    train_fno(config, checkpoint=args.checkpoint, resume=args.resume, json_path=args.json_path,
-              show_progress=not args.no_progress)
+    with named_by(args):
+        config = FNOConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)}).resolved()
+        data = _load(config)
+        _check_grid(config, data.x_train)
+    try:
+        train_fno(config, data=data, checkpoint=args.checkpoint, resume=args.resume, json_path=args.json_path,
+                  show_progress=not args.no_progress)
+    except CheckpointError as error:
+        raise usage_error(error, args) from None
     return 0

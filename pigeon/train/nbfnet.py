@@ -37,9 +37,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pigeon.arguments import (UsageError, existing_folder, named_by, one_name, positive_float, positive_int,
+                              usage_error)
 from pigeon.data.graph import HeteroGraph
 from pigeon.train.common import (
-    add_common_arguments, load_checkpoint, progress, save_checkpoint, start_run, write_json,
+    CheckpointError, add_common_arguments, progress, resume_from, save_checkpoint, start_run, write_json,
 )
 from pigeon.train.distributed import (
     DistContext, close_distributed, equal_shard, init_distributed, launch, threads_per_rank,
@@ -360,10 +362,8 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
 
     first_epoch, history, best, elapsed, steps = 0, [], None, 0.0, 0
     if resume is not None:
-        state = load_checkpoint(resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        state = resume_from(resume, generator, ("epoch", "history", "best", "seconds"), model=model,
+                            optimizer=optimizer)
         if ctx.distributed:
             order_generator.set_state(state["order_generator"])
         first_epoch, history, best, elapsed = state["epoch"], state["history"], state["best"], state["seconds"]
@@ -468,11 +468,37 @@ def format_metrics(result: dict[str, Any]) -> str:
 
 # -- command line -------------------------------------------------------------------------
 
+def link_datasets() -> list[str]:
+    """The datasets with train/valid/test triples: the knowledge graphs and OGB's link
+    datasets (``ogbl-``, OGB's prefix for link prediction)."""
+    from pigeon.data.datasets import Source, dataset_names, source_of
+
+    return [name for name in dataset_names()
+            if source_of(name) is Source.KG or (source_of(name) is Source.OGB and name.startswith("ogbl-"))]
+
+
+def _why_not_a_link_dataset(name: str) -> str | None:
+    from pigeon.data.datasets import dataset_names
+
+    return "it is a dataset, but has no train/valid/test triples" if name in dataset_names() else None
+
+
 def _command(args: argparse.Namespace) -> int:
+    from pigeon.data.datasets import Source, source_of
+
     fields = {name for name in NBFNetConfig.__dataclass_fields__ if name != "extra"}
-    config = NBFNetConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
-    train_nbfnet(config, checkpoint=args.checkpoint, resume=args.resume, json_path=args.json_path,
-                 show_progress=not args.no_progress)
+    with named_by(args):
+        config = NBFNetConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)}).check()
+    try:
+        data = load_link_data(config.dataset, config.root)
+    except FileNotFoundError as error:
+        flag = "--root" if config.root is not None or source_of(config.dataset) is Source.OGB else "--dataset"
+        raise UsageError(f"argument {flag}: {error}") from None
+    try:
+        train_nbfnet(config, data=data, checkpoint=args.checkpoint, resume=args.resume, json_path=args.json_path,
+                     show_progress=not args.no_progress)
+    except CheckpointError as error:
+        raise usage_error(error, args) from None
     return 0
 
 
@@ -490,26 +516,29 @@ def add_parsers(subparsers) -> None:
                "  pigeon train nbfnet --dataset kinships --epochs 8 --checkpoint kin.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", default=defaults.dataset, help=f"(default: {defaults.dataset})")
-    parser.add_argument("--root", default=None, help="folder with the dataset's files (default: the bundled copy)")
-    parser.add_argument("--dim", type=int, default=defaults.dim, help=f"(default: {defaults.dim})")
-    parser.add_argument("--num-layers", type=int, default=defaults.num_layers,
+    parser.add_argument("--dataset", type=one_name("link dataset", link_datasets, _why_not_a_link_dataset),
+                        default=defaults.dataset, help=f"(default: {defaults.dataset})")
+    parser.add_argument("--root", type=existing_folder, default=None,
+                        help="folder with the dataset's files (default: the bundled copy)")
+    parser.add_argument("--dim", type=positive_int, default=defaults.dim, help=f"(default: {defaults.dim})")
+    parser.add_argument("--num-layers", type=positive_int, default=defaults.num_layers,
                         help=f"(default: {defaults.num_layers})")
     parser.add_argument("--message", default=defaults.message, choices=("distmult", "transe", "rotate"),
                         help=f"(default: {defaults.message})")
     parser.add_argument("--aggregate", default=defaults.aggregate, choices=("sum", "mean", "max", "min", "pna"),
                         help=f"(default: {defaults.aggregate})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help=f"training triples per step (default: {defaults.batch_size})")
-    parser.add_argument("--num-negative", type=int, default=defaults.num_negative,
+    parser.add_argument("--num-negative", type=positive_int, default=defaults.num_negative,
                         help=f"negatives per query (default: {defaults.num_negative})")
-    parser.add_argument("--adversarial-temperature", type=float, default=defaults.adversarial_temperature,
+    parser.add_argument("--adversarial-temperature", type=positive_float, default=defaults.adversarial_temperature,
                         help=f"(default: {defaults.adversarial_temperature})")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"Adam learning rate (default: {defaults.lr})")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"(default: {defaults.epochs})")
-    parser.add_argument("--time-budget-s", type=float, default=None,
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr,
+                        help=f"Adam learning rate (default: {defaults.lr})")
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help=f"(default: {defaults.epochs})")
+    parser.add_argument("--time-budget-s", type=positive_float, default=None,
                         help="stop training after this many seconds (default: none)")
-    parser.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size,
+    parser.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size,
                         help=f"(default: {defaults.eval_batch_size})")
     parser.add_argument("--keep-batch-edges", dest="remove_batch_edges", action="store_false",
                         help="do not remove each batch's triples from the graph during training")
@@ -521,4 +550,4 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--dist-timeout-s", type=float, default=defaults.dist_timeout_s,
                         help=f"timeout of the process group's collectives (default: {defaults.dist_timeout_s:.0f})")
     add_common_arguments(parser)
-    parser.set_defaults(func=_command)
+    parser.set_defaults(func=_command, command_parser=parser)

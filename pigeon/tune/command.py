@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 
+from pigeon.arguments import (UsageError, graph_datasets, load_graph, one_name, positive_float, positive_int, scale,
+                              why_not_a_graph_dataset)
+
 MODELS = ("rgcn", "rgat", "hgt")
 
 EXAMPLE = """examples:
@@ -17,8 +20,10 @@ EXAMPLE = """examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", choices=MODELS, help="which layer to tune (not needed with "
                         "--show or --clear)")
-    parser.add_argument("--dataset", default="aifb", help="graph profile or dataset (default: aifb)")
-    parser.add_argument("--scale", type=float, default=1.0, help="profile scale (default: 1.0)")
+    parser.add_argument("--dataset", type=one_name("dataset", graph_datasets, why_not_a_graph_dataset),
+                        default="aifb", help="graph profile or dataset (default: aifb)")
+    parser.add_argument("--scale", type=scale, default=None,
+                        help="size of a synthetic profile, in (0, 1]; real datasets load whole (default: 1.0)")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "triton", "torch"),
                         help="backend to tune (default: auto, cpu on a CPU, triton on a GPU)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
@@ -26,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "backend auto is triton")
     parser.add_argument("--mode", default="train", choices=("train", "infer"),
                         help="objective: forward+backward or forward only (default: train)")
-    parser.add_argument("--budget-s", type=float, default=60.0,
+    parser.add_argument("--budget-s", type=positive_float, default=60.0,
                         help="seconds after which no new candidate starts (default: 60)")
-    parser.add_argument("--dim", type=int, default=64, help="hidden size, in and out (default: 64)")
-    parser.add_argument("--heads", type=int, default=2, help="attention heads of rgat/hgt (default: 2)")
+    parser.add_argument("--dim", type=positive_int, default=64, help="hidden size, in and out (default: 64)")
+    parser.add_argument("--heads", type=positive_int, default=2, help="attention heads of rgat/hgt (default: 2)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                         help="element type (default: float32)")
     parser.add_argument("--show", action="store_true", help="list the tuning cache's entries and exit")
@@ -72,19 +77,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.show:
         return show(cache)
     if args.model is None:
-        raise SystemExit("pigeon tune: give a MODEL to tune (one of rgcn, rgat, hgt), or --show / --clear")
+        raise UsageError(f"argument model: give a layer to tune (one of {', '.join(MODELS)}), or --show / --clear")
     from pigeon.nn.examples import example_layer
-    from pigeon.data import load
     from pigeon.tune import tune
 
+    if args.model in ("rgat", "hgt") and args.dim % args.heads:
+        raise UsageError(f"--dim must be divisible by --heads for {args.model} (got dim {args.dim}, "
+                         f"heads {args.heads})")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("pigeon tune: --device cuda needs a CUDA device, and torch sees none")
-    graph = load(args.dataset, scale=args.scale, seed=0).graph.to(args.device)
+        raise UsageError("--device cuda needs a CUDA device, and torch sees none")
+    if args.backend == "cpu" and args.device != "cpu":
+        raise UsageError(f"--backend cpu runs on CPU tensors (got --device {args.device})")
+    graph = load_graph(args.dataset, args.scale, default_scale=1.0).graph.to(args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     module, tensors = example_layer(args.model, graph, args.dim, args.heads, backend=args.backend)
     module = module.to(args.device, dtype)
     tensors["x"] = tensors["x"].to(args.device)
-    print(f"pigeon tune: {args.model} on {args.dataset} x{args.scale}: {graph.num_nodes} nodes, "
+    print(f"pigeon tune: {args.model} on {args.dataset}{'' if args.scale is None else f' x{args.scale}'}: {graph.num_nodes} nodes, "
           f"{graph.num_edges} edges, {graph.num_etypes} edge types; hidden {args.dim}, {args.dtype}, "
           f"{args.mode}, budget {args.budget_s:g} s")
     result = tune(module, graph, tensors["x"].to(dtype), mode=args.mode, budget_s=args.budget_s)
