@@ -16,7 +16,7 @@ import torch
 import pigeon
 from pigeon import nn as pnn
 from pigeon import reference
-from pigeon.runtime.cpu_backend import CompilerError, build_library
+from pigeon.clib import CompilerError, build_library
 
 
 def _graph():
@@ -127,7 +127,7 @@ _ANSWER = "int pigeon_answer(void) { return %d; }\n"
 
 
 def test_a_truncated_cached_library_is_rebuilt(tmp_path, monkeypatch):
-    from pigeon.runtime import cpu_backend
+    from pigeon import clib as cpu_backend
 
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path / "first"))
     _, built = build_library(_ANSWER % 41)
@@ -146,7 +146,7 @@ def test_a_truncated_cached_library_is_rebuilt(tmp_path, monkeypatch):
 
 
 def test_a_library_that_fails_to_load_after_rebuilding_names_the_file(tmp_path, monkeypatch):
-    from pigeon.runtime import cpu_backend
+    from pigeon import clib as cpu_backend
 
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path))
     # A compiler that "succeeds" with something the loader refuses.
@@ -161,7 +161,7 @@ def test_a_library_that_fails_to_load_after_rebuilding_names_the_file(tmp_path, 
 def test_the_cache_key_names_the_compiler_version_and_the_cpu(tmp_path, monkeypatch):
     # A cache shared by machines of a cluster must not hand one CPU's -march=native
     # library, or one compiler's, to another.
-    from pigeon.runtime import cpu_backend
+    from pigeon import clib as cpu_backend
 
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path))
 
@@ -176,7 +176,7 @@ def test_the_cache_key_names_the_compiler_version_and_the_cpu(tmp_path, monkeypa
 
 
 def test_the_cpu_identity_holds_the_instruction_set():
-    from pigeon.runtime.cpu_backend import _cpu_identity
+    from pigeon.clib import _cpu_identity
 
     identity = _cpu_identity()
     info = "/proc/cpuinfo"
@@ -191,7 +191,7 @@ def test_the_cpu_identity_holds_the_instruction_set():
 
 def _c_gemm_calls(monkeypatch):
     """Record, per call of a typed GEMM the executor offers to C, (kind, taken by C)."""
-    from pigeon.runtime import cpu_backend
+    from pigeon import clib as cpu_backend
 
     calls, original = [], cpu_backend.CpuExecutor._gemm
 
@@ -231,7 +231,7 @@ def test_generated_gemms_match_the_reference(dims, monkeypatch):
 
 
 def test_large_segments_stay_on_blas(monkeypatch):
-    from pigeon.runtime import cpu_backend
+    from pigeon import clib as cpu_backend
 
     calls = _c_gemm_calls(monkeypatch)
     monkeypatch.setattr(cpu_backend, "C_GEMM_MAX_AVG_ROWS", 0)

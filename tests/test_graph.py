@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given
+from hypothesis import strategies as st
 
 import pigeon
 from pigeon.data.graph import LAYOUTS, index_dtype
@@ -129,12 +130,12 @@ def test_ntype_etype_pairs_match_brute_force(graph):
     row_of = {pair: row for row, pair in enumerate(expected)}
     assert pairs.edge_row.tolist() == [row_of[(e[2], types[e[0]])] for e in edges]
     compact = graph.compact_src
-    assert pairs.compact_src_row.tolist() == [
+    assert graph.layout("compact_src_pair").tolist() == [
         row_of[(t, types[v])] for v, t in zip(compact.node.tolist(), compact.etype.tolist())]
     for t in range(graph.num_etypes):
         lo, hi = int(pairs.rel_ptr[t]), int(pairs.rel_ptr[t + 1])
         assert pairs.etype[lo:hi].tolist() == [t] * (hi - lo) and hi - lo == sum(1 for p in expected if p[0] == t)
-    by_pair = (("ntype_etype_edges", pairs.edge_row), ("ntype_etype_compact_src", pairs.compact_src_row))
+    by_pair = (("ntype_etype_edges", pairs.edge_row), ("ntype_etype_compact_src", graph.layout("compact_src_pair")))
     for name, pair_of_row in by_pair:
         segments = graph.layout(name)
         assert segments.ptr.numel() == pairs.num_rows + 1
@@ -209,3 +210,30 @@ def test_block_arguments_are_checked():
     block = pigeon.HeteroGraph(src, dst, num_nodes=4, num_dst_nodes=3)
     with pytest.raises(ValueError, match="Expected a plain graph for `with_reverse_edges`"):
         block.with_reverse_edges()
+
+
+@given(st.lists(st.integers(0, 40), max_size=60), st.integers(41, 200))
+def test_unique_keys_by_counting_matches_torch_unique(values, num_keys):
+    from pigeon.data.graph import unique_keys
+
+    key = torch.tensor(values, dtype=torch.int64)
+    keys, inverse = unique_keys(key, num_keys)
+    want_keys, want_inverse = torch.unique(key, sorted=True, return_inverse=True)
+    assert keys.tolist() == want_keys.tolist() and inverse.tolist() == want_inverse.tolist()
+
+
+def test_layouts_of_edges_already_in_order_skip_the_sort_and_are_the_identity():
+    # A sampled block's edges come grouped by relation, then destination: COO by (etype,
+    # dst) is the edge order itself.
+    g = pigeon.HeteroGraph(torch.tensor([3, 1, 2, 0, 3]), torch.tensor([0, 1, 1, 0, 2]), torch.tensor([0, 0, 0, 1, 1]),
+                           num_nodes=4, num_dst_nodes=3)
+    assert g.coo_etype.eid.tolist() == [0, 1, 2, 3, 4]
+    assert g.csr_dst.eid.tolist() == [0, 3, 1, 2, 4]   # not in destination order: sorted, stably
+
+
+@given(st.lists(st.integers(0, 30), max_size=80))
+def test_the_counting_sort_is_torch_sorts_stable_order(values):
+    from pigeon.native import stable_order
+
+    keys = torch.tensor(values, dtype=torch.int64)
+    assert stable_order(keys, 31).tolist() == torch.sort(keys, stable=True).indices.tolist()

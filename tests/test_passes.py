@@ -357,13 +357,14 @@ def test_optimized_programs_keep_forward_and_gradients(graph, name, options):
         torch.testing.assert_close(got_grads[key], want_grads[key], **F64, msg=lambda m: f"{key}: {m}")
 
 
-def test_a_plan_is_reused_for_graphs_that_agree_on_the_buckets_of_the_counts_its_passes_read():
-    """The plan cache keys on the buckets of the row counts the passes read
-    (PassContext.count): with compaction left to the cost model, RGCN reads the edge and
-    compact-row counts, plans again for a graph in other buckets, and reuses the plan for
-    one whose counts differ within the buckets; with every decision forced it reads only
-    what the save budget needs and one plan serves every graph of these node counts. Each
-    result matches the reference."""
+def test_a_plan_is_reused_for_graphs_that_agree_on_the_buckets_of_the_sizes_its_passes_read():
+    """The plan cache keys on the buckets of the sizes the passes read (PassContext.count):
+    with the decisions left to the cost model, RGCN reads the edge count, plans again for a
+    graph in another bucket, and reuses the plan for one whose count differs within the
+    bucket. The compaction statistics it also read (unique (source, relation) pairs) are
+    the first graph's, not checked again (they cost a sort per new graph). With every
+    decision forced it reads only what the save budget needs and one plan serves every
+    graph of these node counts. Each result matches the reference."""
     from pigeon import reference
     from pigeon.data.graph import HeteroGraph
     from pigeon.passes.base import bucket
@@ -384,15 +385,15 @@ def test_a_plan_is_reused_for_graphs_that_agree_on_the_buckets_of_the_counts_its
         for g in graphs:
             torch.testing.assert_close(compiled(g, x), ref(g, x), **F64)
         entries = [read for group in compiled.compiled._plans.values() for read, _ in group]
+        assert len(entries) == plans, entries
         if forced is None:
-            assert all(dict(read).keys() >= {"edge", "compact_src"} for read in entries)
-            # 60 and 62 edges share their buckets only if their compact rows do too.
-            buckets = {tuple(bucket(RowCounts.count_of(g, n)) for n in ("edge", "compact_src")) for g in graphs}
-            assert len(entries) == len(buckets) >= plans, entries
+            assert all("edge" in dict(read) and "compact_src" not in dict(read) for read in entries)
+            built = [plan for group in compiled.compiled._plans.values() for _, plan in group]
+            assert all(any(d.startswith("cost model") for d in plan.decisions) for plan in built)
         else:
             # Only the save budget reads counts: the sizes of the values kept for the
             # backward pass (node rows here, the same in every graph).
-            assert len(entries) == 1 and set(dict(entries[0])) <= {"node", "dst_node"}, entries
+            assert set(dict(entries[0])) <= {"node", "dst_node"}, entries
 
 
 def test_bucket_boundaries_are_a_quarter_octave_apart():

@@ -97,8 +97,6 @@ def test_compiled_layers_in_the_model_match_the_reference_on_the_full_graph(kind
                                full_graph_inference(reference, data.graph, store, nodes), **TOL)
 
 
-@pytest.mark.xfail(strict=True, reason="compiled layers run blocks when the compiler's block support lands "
-                                       "(#15, the lead's part); strict: remove this mark then")
 def test_compiled_layers_in_the_model_match_the_reference_on_sampled_blocks():
     data = small_task(4)
     reference, store = model_for("rgcn", data)

@@ -24,10 +24,6 @@ from pigeon.codegen.templates import render
 from pigeon.ir.graph_ir import TensorType
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram
 
-#: Segment layouts whose rows are not already in segment order: the torch backend's
-#: ``GraphIndex.segments`` gives them a permutation (checked at launch).
-_PERMUTED_LAYOUTS = frozenset({"coo_etype", "ntype_sorted", "ntype_etype_edges", "ntype_etype_compact_src"})
-
 @dataclass(frozen=True)
 class GemmStructure:
     """What the template emits for one GEMM kernel, and the buffer types it checks.

@@ -26,6 +26,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from pigeon.native import COUNTED_KEYS, stable_order
+
 __all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "Segments", "TypePairs", "LAYOUTS", "find_graph"]
 
 _INT32_MAX = 2**31 - 1
@@ -89,14 +91,13 @@ class TypePairs(NamedTuple):
 
     Rows are sorted by ``(etype, ntype)``; relation ``t`` owns rows
     ``rel_ptr[t]:rel_ptr[t+1]``. ``edge_row[e]`` is the row of edge ``e`` (original edge
-    order) and ``compact_src_row[c]`` the row of ``compact_src`` row ``c``.
+    order); the row of each ``compact_src`` row is the layout ``compact_src_pair``.
     """
 
     ntype: torch.Tensor
     etype: torch.Tensor
     rel_ptr: torch.Tensor
     edge_row: torch.Tensor
-    compact_src_row: torch.Tensor
 
     @property
     def num_rows(self) -> int:
@@ -187,8 +188,21 @@ class GraphStats:
 
 LAYOUTS = (
     "csr_dst", "csr_src", "coo_etype", "compact_src", "compact_dst", "ntype_sorted", "dst_ntype_sorted",
-    "in_degree", "out_degree", "ntype_etype", "ntype_etype_edges", "ntype_etype_compact_src",
+    "in_degree", "out_degree", "ntype_etype", "ntype_etype_edges", "ntype_etype_compact_src", "compact_src_pair",
 )
+
+
+
+def unique_keys(key: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(key, sorted=True, return_inverse=True)`` for integer keys in
+    ``[0, num_keys)``: by counting (one pass and a prefix sum over the key range) when the
+    range is small, as the (node, relation) and (node type, relation) keys of a sampled
+    block are, instead of a sort per batch."""
+    if num_keys > max(COUNTED_KEYS, 4 * key.numel()):
+        return torch.unique(key, sorted=True, return_inverse=True)
+    present = torch.bincount(key, minlength=num_keys) > 0
+    rank = torch.cumsum(present, 0) - 1
+    return torch.nonzero(present).flatten(), rank.index_select(0, key)
 
 
 class HeteroGraph:
@@ -401,14 +415,20 @@ class HeteroGraph:
         """Out-degree of every node over all relations (int64)."""
         return self.layout("out_degree")
 
-    def _sorted_by(self, major: torch.Tensor, minor: torch.Tensor | None, minor_size: int) -> torch.Tensor:
-        """Stable permutation sorting edges by ``major`` then ``minor``."""
+    def _sorted_by(self, major: torch.Tensor, major_size: int, minor: torch.Tensor | None = None,
+                   minor_size: int = 1) -> torch.Tensor:
+        """Stable permutation sorting edges by ``major`` (below ``major_size``) then
+        ``minor`` (below ``minor_size``): the identity when they are in that order already
+        (a sampled block's edges come grouped by relation and destination), else a
+        counting sort of the keys (:func:`pigeon.native.stable_order`)."""
         key = major if minor is None else major * minor_size + minor
-        return torch.sort(key, stable=True).indices
+        if key.numel() < 2 or bool((key[1:] >= key[:-1]).all()):
+            return torch.arange(key.numel(), device=key.device)
+        return stable_order(key, major_size * minor_size)
 
     def _csr(self, rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> CSR:
         dtype = self.index_dtype
-        perm = self._sorted_by(rows, None, 0)
+        perm = self._sorted_by(rows, num_rows)
         return CSR(
             rowptr=_rowptr(rows, num_rows, dtype),
             col=cols[perm].to(dtype),
@@ -423,7 +443,7 @@ class HeteroGraph:
 
     def _build_coo_etype(self) -> SortedCOO:
         dtype = self.index_dtype
-        perm = self._sorted_by(self.etype, self.dst, self.num_nodes)
+        perm = self._sorted_by(self.etype, self.num_etypes, self.dst, self.num_nodes)
         return SortedCOO(
             src=self.src[perm].to(dtype),
             dst=self.dst[perm].to(dtype),
@@ -435,10 +455,10 @@ class HeteroGraph:
     def _compact(self, nodes: torch.Tensor) -> CompactMap:
         dtype = self.index_dtype
         key = self.etype * self.num_nodes + nodes
-        unique_keys, edge_row = torch.unique(key, sorted=True, return_inverse=True)
-        row_etype = unique_keys // max(self.num_nodes, 1)
+        keys, edge_row = unique_keys(key, self.num_etypes * self.num_nodes)
+        row_etype = keys // max(self.num_nodes, 1)
         return CompactMap(
-            node=(unique_keys - row_etype * self.num_nodes).to(dtype),
+            node=(keys - row_etype * self.num_nodes).to(dtype),
             etype=row_etype.to(dtype),
             rel_ptr=_rowptr(row_etype, self.num_etypes, dtype),
             edge_row=edge_row.to(dtype),
@@ -452,7 +472,7 @@ class HeteroGraph:
 
     def _type_segments(self, types: torch.Tensor) -> Segments:
         dtype = self.index_dtype
-        perm = self._sorted_by(types, None, 0)
+        perm = self._sorted_by(types, self.num_ntypes)
         return Segments(perm=perm.to(dtype), ptr=_rowptr(types, self.num_ntypes, dtype))
 
     def _build_ntype_sorted(self) -> Segments:
@@ -466,31 +486,34 @@ class HeteroGraph:
     def _build_ntype_etype(self) -> TypePairs:
         dtype = self.index_dtype
         num_ntypes = self.num_ntypes
-        unique_keys, edge_row = torch.unique(self.etype * num_ntypes + self.ntype[self.src], sorted=True,
-                                             return_inverse=True)
-        row_etype = unique_keys // num_ntypes
-        compact = self.compact_src
-        compact_keys = compact.etype.long() * num_ntypes + self.ntype[compact.node.long()]
+        keys, edge_row = unique_keys(self.etype * num_ntypes + self.ntype[self.src], self.num_etypes * num_ntypes)
+        row_etype = keys // num_ntypes
         return TypePairs(
-            ntype=(unique_keys - row_etype * num_ntypes).to(dtype),
+            ntype=(keys - row_etype * num_ntypes).to(dtype),
             etype=row_etype.to(dtype),
             rel_ptr=_rowptr(row_etype, self.num_etypes, dtype),
             edge_row=edge_row.to(dtype),
-            compact_src_row=torch.searchsorted(unique_keys, compact_keys).to(dtype),
         )
+
+    def _build_compact_src_pair(self) -> torch.Tensor:
+        """The (source node type, edge type) pair row of each ``compact_src`` row."""
+        pairs, compact = self.ntype_etype, self.compact_src
+        keys = pairs.etype.long() * self.num_ntypes + pairs.ntype.long()
+        compact_keys = compact.etype.long() * self.num_ntypes + self.ntype[compact.node.long()]
+        return torch.searchsorted(keys, compact_keys).to(self.index_dtype)
 
     def _pair_segments(self, pair_of_row: torch.Tensor) -> Segments:
         """Rows grouped by their (ntype, etype) pair, for GEMMs with per-pair weights."""
         dtype = self.index_dtype
         pairs = self.ntype_etype
-        perm = self._sorted_by(pair_of_row.long(), None, 0)
+        perm = self._sorted_by(pair_of_row.long(), pairs.num_rows)
         return Segments(perm=perm.to(dtype), ptr=_rowptr(pair_of_row.long(), pairs.num_rows, dtype))
 
     def _build_ntype_etype_edges(self) -> Segments:
         return self._pair_segments(self.ntype_etype.edge_row)
 
     def _build_ntype_etype_compact_src(self) -> Segments:
-        return self._pair_segments(self.ntype_etype.compact_src_row)
+        return self._pair_segments(self.layout("compact_src_pair"))
 
     def _build_in_degree(self) -> torch.Tensor:
         return torch.bincount(self.dst, minlength=self.num_dst_nodes)

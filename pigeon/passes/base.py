@@ -60,22 +60,31 @@ def bucket(count: int) -> int:
     return int(2 ** (math.floor(4 * math.log2(count)) / 4))
 
 
+#: Counts that cost a pass over the edges and a sort or count of keys to know (unique
+#: (node, relation) and (node type, relation) pairs): read when a plan is built, but not
+#: part of its reuse key (see :class:`PassContext`).
+STATISTICS = frozenset({"compact_src", "compact_dst", "ntype_etype"})
+
+
 @dataclass
 class PassContext:
     """Per-compilation facts and a log of the decisions passes took (with their costs).
 
     Passes read row counts through :meth:`count`, which gives their bucket
-    (:func:`bucket`) and records it: a compiled program depends on the graph only through
-    the buckets in ``read``, so a plan is reused for any graph that agrees on them (and
-    for every graph when the options force every decision and nothing was read). The
-    counts come from ``rows``, or from ``graph`` one at a time when asked (the compact
-    counts cost a sort, which a plan that reads none of them never pays).
+    (:func:`bucket`) and records it. A plan is reused for any graph whose buckets agree on
+    the sizes in ``read`` (node, destination, edge and type counts: known without work);
+    the :data:`STATISTICS` a decision also read (how often pairs repeat) are taken from the
+    graph the plan was built for and recorded in ``statistics``, not checked again: the
+    sampled blocks of one graph repeat pairs alike, and checking would cost a sort per
+    batch. (For every graph when the options force every decision and nothing was read.)
+    The counts come from ``rows``, or from ``graph`` one at a time when asked.
     """
 
     rows: RowCounts | None = None
     decisions: list[str] = field(default_factory=list)
     read: dict[str, int] = field(default_factory=dict)
     graph: object = None
+    statistics: dict[str, int] = field(default_factory=dict)
 
     def note(self, message: str) -> None:
         self.decisions.append(message)
@@ -87,15 +96,16 @@ class PassContext:
 
     def count(self, space_name: str) -> int:
         """The bucket of the rows of space ``space_name`` (1 for spaces without rows, e.g.
-        ``global``), recorded in ``read``. Requires ``rows`` or ``graph``."""
+        ``global``), recorded in ``read`` (or ``statistics``). Requires ``rows`` or ``graph``."""
         if self.rows is not None:
             value = self.rows.of(space_name)
         elif self.graph is not None:
             value = RowCounts.count_of(self.graph, space_name)
         else:
             raise ValueError("PassContext.count needs the row counts: `rows` and `graph` are None")
-        self.read[space_name] = bucket(value)
-        return self.read[space_name]
+        recorded = self.statistics if space_name in STATISTICS else self.read
+        recorded[space_name] = bucket(value)
+        return recorded[space_name]
 
 
 class Pass:

@@ -16,6 +16,7 @@ import torch
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import IndexMap
 from pigeon.ir.kernel_ir import SegmentLayout
+from pigeon.native import stable_order
 from pigeon.runtime.interpret import resolve_index
 
 __all__ = ["PerGraphCache", "GraphIndex", "GRAPH_INDEX", "row_blocks"]
@@ -119,7 +120,7 @@ class GraphIndex(PerGraphCache):
             keys, size = self.index(graph, group)
             rowptr = torch.zeros(size + 1, dtype=torch.int64, device=keys.device)
             torch.cumsum(torch.bincount(keys, minlength=size), 0, out=rowptr[1:])
-            return rowptr, torch.sort(keys, stable=True).indices.contiguous()
+            return rowptr, stable_order(keys, size).contiguous()
         return self._memo(graph, ("csr", group.name), build)
 
     def sorted_index(self, graph: HeteroGraph, group: IndexMap, index: IndexMap) -> torch.Tensor:

@@ -46,7 +46,7 @@ def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tu
         pairs = graph.layout("ntype_etype")
         rows, size = {
             "edge_to_ntype_etype": (pairs.edge_row, pairs.num_rows),
-            "compact_src_to_ntype_etype": (pairs.compact_src_row, pairs.num_rows),
+            "compact_src_to_ntype_etype": (graph.layout("compact_src_pair"), pairs.num_rows),
             "ntype_etype_ntype": (pairs.ntype, graph.num_ntypes),
             "ntype_etype_etype": (pairs.etype, graph.num_etypes),
         }[name]

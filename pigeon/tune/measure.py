@@ -22,7 +22,7 @@ from pigeon.codegen.templates import CodegenError
 from pigeon.data.graph import HeteroGraph
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.compiled import Compiled
-from pigeon.runtime.cpu_backend import CompilerError
+from pigeon.clib import CompilerError
 
 Timer = Callable[[Callable[[], object]], float]
 
