@@ -38,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine(device: str = "cpu") -> dict:
-    from pigeon.tune.cache import device_name
+    from pigeon.runtime.target import device_name
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     gpu = {"gpu": device_name(torch.device("cuda"))} if device == "cuda" else {}

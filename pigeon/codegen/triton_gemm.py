@@ -2,16 +2,8 @@
 
 The template (``kernels/gemm.py.jinja``) owns the kernel's structure; this module
 decides that structure from the kernel spec (:class:`GemmStructure`) and renders it.
-Launching it with the graph's index arrays is the runtime's job
-(:mod:`pigeon.runtime.triton_gemm`).
-
-A typed GEMM runs over its rows in segment order (rows of one type contiguous, as the
-graph's segment layout gives them). Tiles of ``BLOCK_M`` positions never cross a
-segment, so each tile reads one weight: a tile table ``(segment, start, end)`` per
-tile, built once per graph on the host from the segment bounds and cached on the
-device, tells each program its segment with no search. A weight gradient instead runs
-one program per (segment, K tile, N tile): it walks that segment's rows and owns its
-sum, so it needs no atomics.
+Launching it with the graph's index arrays, and how its tiles find their segments, is
+the runtime's job (:mod:`pigeon.runtime.triton_gemm`).
 """
 
 from __future__ import annotations

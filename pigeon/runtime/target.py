@@ -24,7 +24,7 @@ import torch
 from pigeon.passes.cost import Target
 from pigeon.paths import cache_dir
 
-__all__ = ["measure_machine", "machine_target", "MEASURE_FORMAT"]
+__all__ = ["measure_machine", "machine_target", "device_name", "MEASURE_FORMAT"]
 
 #: Bumped when what is measured changes: older files are measured again.
 MEASURE_FORMAT = 1
@@ -79,18 +79,22 @@ def measure_machine(threads: int | None = None, *, matmul_size: int = 2048, copy
             "matmul_size": matmul_size, "copy_mib": copy_mib}
 
 
-def _machine_key(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """What a measurement was taken on: the GPU's name, or the CPU's model and the
+    number of threads torch uses (the C kernels use as many)."""
     if device.type == "cuda":
-        what = f"cuda {torch.cuda.get_device_name(device)}"
-    else:
-        model = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        what = f"cpu {model} threads {torch.get_num_threads()}"
-    return hashlib.sha256(f"{MEASURE_FORMAT} {what}".encode()).hexdigest()[:16]
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def _machine_key(device: torch.device) -> str:
+    return hashlib.sha256(f"{MEASURE_FORMAT} {device.type} {device_name(device)}".encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=None)

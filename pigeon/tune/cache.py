@@ -22,7 +22,6 @@ import importlib.metadata
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 import warnings
@@ -42,6 +41,7 @@ from pigeon.ir.kernel_ir import format_kernel_program
 from pigeon.paths import cache_dir
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.compiled import Compiled, Plan
+from pigeon.runtime.target import device_name
 from pigeon.version import __version__
 
 #: Bumped when the entry layout changes: older files then read as stale.
@@ -57,20 +57,6 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "none"
-
-
-def device_name(device: torch.device) -> str:
-    """What the timings were measured on: the GPU's name, or the CPU's model and the
-    number of threads torch uses (the C kernels use as many)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 @functools.lru_cache(maxsize=1)
