@@ -45,10 +45,12 @@ def test_show_ir_level_2_prints_the_fused_rgat_program():
     result = _pigeon("show-ir", "rgat", "--level", "2")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "gemm" in out and "segment=compact_src_etype" in out
+    # Which rewrites apply is the cost model's call on this machine; the program is fused
+    # either way: typed GEMMs, and one softmax traversal over the destinations' CSR.
+    assert "gemm" in out and "segment=" in out
     traversals = [line for line in out.splitlines() if "traversal over edge grouped by dst" in line]
     assert len(traversals) == 1 and "softmax" in traversals[0] and "layout=csr_dst" in traversals[0]
-    assert "# reorder:" in out and "# compact:" in out
+    assert "# cost model (train): reorder=" in out
 
 
 def test_show_ir_level_1_after_a_pass_and_backward():

@@ -21,7 +21,7 @@ from pigeon.passes.cost import Target, program_seconds
 from pigeon.passes.lower import lower
 from pigeon.passes.pipeline import Options, optimize
 
-__all__ = ["decide", "variants", "SMALL"]
+__all__ = ["decide", "variants", "Variants", "SMALL"]
 
 #: Below this many rows in every space the choice cannot matter: every rewrite stays off
 #: without timing anything (the hypothesis graphs of the tests, tiny toy graphs).
@@ -46,30 +46,69 @@ def _rows(ctx: PassContext, compact: bool) -> RowCounts:
     return RowCounts(**counts)
 
 
+class Variants:
+    """The variants of one traced program the cost model chooses among: each optimised and
+    lowered once, on first use (the programs do not depend on the graph), then costed for
+    every graph the caller asks about. A mini-batch run's blocks of new sizes cost the
+    model a sum over a few lowered programs, not a compilation of each variant.
+
+    Args:
+        program: the traced level-1 program.
+        options: the decisions; those left None are chosen.
+        layout: the lowering's traversal layout.
+        training: whether the backward program counts too.
+    """
+
+    def __init__(self, program: Program, options: Options, layout: str | None, training: bool):
+        self.program, self.options, self.layout, self.training = program, options, layout, training
+        self.candidates = variants(options)
+        self._lowered: dict[Options, tuple] = {}
+
+    def lowered(self, candidate: Options):
+        """``(forward program, its kernels, the kernels of a backward that recomputes every
+        forward value or None when not training)`` for ``candidate``."""
+        if candidate not in self._lowered:
+            scratch = PassContext()
+            forward = optimize(self.program, scratch, candidate)
+            notes = tuple(scratch.decisions)
+            backward = None
+            if self.training:
+                backward = lower(optimize(backward_program(forward), PassContext(), candidate), self.layout)
+            self._lowered[candidate] = (forward, lower(forward, self.layout), backward, notes)
+        return self._lowered[candidate][:3]
+
+    def notes(self, candidate: Options) -> tuple[str, ...]:
+        """What the passes noted while optimising ``candidate``'s forward program."""
+        self.lowered(candidate)
+        return self._lowered[candidate][3]
+
+    def decide(self, ctx: PassContext, target: Target) -> Options:
+        """The candidate the cost model finds cheapest on ``ctx``'s graph (module
+        docstring); every open decision off without counts or on a small graph."""
+        if len(self.candidates) == 1:
+            return self.candidates[0]
+        options = self.options
+        off = replace(options, reorder=options.reorder or False, compact=options.compact or False)
+        if not ctx.has_counts or max(ctx.count(s) for s in ("node", "edge")) < SMALL:
+            return off
+        rows = _rows(ctx, any(c.compact for c in self.candidates))
+        timed = []
+        for candidate in self.candidates:
+            _, forward, backward = self.lowered(candidate)
+            seconds = program_seconds(forward, rows, target)
+            if backward is not None:
+                seconds += program_seconds(backward, rows, target)
+            timed.append((seconds, candidate))
+        best = min(timed, key=lambda item: item[0])[1]
+        table = ", ".join(f"reorder={c.reorder} compact={c.compact}: {s * 1e3:.3g} ms" for s, c in timed)
+        ctx.note(f"cost model ({'train' if self.training else 'infer'}): reorder={best.reorder} "
+                 f"compact={best.compact} ({table})")
+        return best
+
+
 def decide(program: Program, ctx: PassContext, options: Options, target: Target, training: bool,
            layout: str | None = None) -> Options:
     """``options`` with every open decision settled by the cost model (see the module
     docstring). Requires row counts in ``ctx`` to decide anything: without them, or on a
     graph whose spaces all have fewer than :data:`SMALL` rows, open decisions are off."""
-    candidates = variants(options)
-    if len(candidates) == 1:
-        return candidates[0]
-    off = replace(options, reorder=options.reorder or False, compact=options.compact or False)
-    if not ctx.has_counts or max(ctx.count(s) for s in ("node", "edge")) < SMALL:
-        return off
-    rows = _rows(ctx, any(c.compact for c in candidates))
-    timed = []
-    for candidate in candidates:
-        scratch = PassContext(rows=rows)
-        forward = optimize(program, scratch, candidate)
-        seconds = program_seconds(lower(forward, layout), rows, target)
-        if training:
-            written = frozenset()   # the estimate recomputes what the backward needs: an upper bound
-            backward = optimize(backward_program(forward, written), scratch, candidate)
-            seconds += program_seconds(lower(backward, layout), rows, target)
-        timed.append((seconds, candidate))
-    best_seconds, best = min(timed, key=lambda item: item[0])
-    table = ", ".join(f"reorder={c.reorder} compact={c.compact}: {s * 1e3:.3g} ms" for s, c in timed)
-    ctx.note(f"cost model ({'train' if training else 'infer'}): reorder={best.reorder} compact={best.compact} "
-             f"({table})")
-    return best
+    return Variants(program, options, layout, training).decide(ctx, target)

@@ -29,7 +29,7 @@ from pigeon.ir.graph_ir import replace as replace_node
 from pigeon.ir.kernel_ir import BufferRole, GemmKernel, KernelProgram, ViewKernel, verify_kernels
 from pigeon.passes import DeadCodeElimination, Options, PassContext, RowCounts, optimize
 from pigeon.passes.base import bucket
-from pigeon.passes.choose import decide
+from pigeon.passes.choose import Variants
 from pigeon.passes.lower import lower
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.cpu_backend import CpuExecutor
@@ -278,6 +278,11 @@ class _Apply(torch.autograd.Function):
         return (None, None, None, None, *(grads.get(f"grad_{n}") if n in needed else None for n in ctx.names))
 
 
+#: What a copy of a compiled layer plans again rather than carries (loaded libraries do
+#: not pickle), and its operator handle, which a copy gets anew.
+_UNPICKLED = ("_plans", "_tuned", "_traced", "_variants", "_backwards", "_backward_notes", "_built", "op_handle")
+
+
 class Compiled:
     """A compiled layer: call it as ``fn(graph, **tensors)`` with inputs and parameters by
     name (see :func:`compile`)."""
@@ -294,6 +299,11 @@ class Compiled:
         # Shapes and backend -> [(row counts the passes read, plan)]: a plan is reused for
         # any graph that agrees on the counts its decisions depended on.
         self._plans: dict[tuple, list[tuple[tuple, Plan]]] = {}
+        # What plans are made of, by what it was made from (none of it depends on a graph).
+        self._variants: dict[tuple, Variants] = {}
+        self._backwards: dict[tuple, tuple] = {}
+        self._backward_notes: dict[tuple, tuple[str, ...]] = {}
+        self._built: dict[tuple, Plan] = {}
         # Per signature, dtype and mode, per bucket of graph sizes: the tuning lookup's answer.
         self._tuned: dict[tuple, dict[tuple, Choice]] = {}
         # How the torch.library operators name this layer under torch.compile (pigeon.runtime.ops).
@@ -302,11 +312,11 @@ class Compiled:
 
     def __getstate__(self) -> dict:
         # Plans hold loaded libraries, which do not pickle: a copy plans again.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_plans", "_tuned", "_traced", "op_handle")}
+        return {k: v for k, v in self.__dict__.items() if k not in _UNPICKLED}
 
     def __setstate__(self, state: dict) -> None:
         # A copy (copy.deepcopy of a module, an unpickled one) is an operator's layer of its own.
-        self.__dict__.update(state, _plans={}, _tuned={}, _traced={})
+        self.__dict__.update(state, **{name: {} for name in _UNPICKLED if name != "op_handle"})
         self.op_handle = register_layer(self)
 
     # -- planning ------------------------------------------------------------------------
@@ -371,9 +381,8 @@ class Compiled:
             if all(bucket(RowCounts.count_of(graph, name)) == value for name, value in read):
                 return plan
         ctx = PassContext(graph=graph)
-        traced = self.layer.trace(inputs, params, **self.config)
         try:
-            plan = self._build(traced, ctx, backend, choice, training)
+            plan = self._build(key, ctx, backend, choice, training)
         except ValueError as err:
             # A cached choice tuned on a graph of the same buckets whose cost-model decisions
             # differed names kernels this program does not have: keep its decisions only.
@@ -383,7 +392,8 @@ class Compiled:
                           f"built for this graph ({err}); running with default configs. Run pigeon.tune on "
                           "this graph to tune it.", RuntimeWarning, stacklevel=3)
             ctx = PassContext(graph=graph)
-            plan = self._build(traced, ctx, backend, replace(choice, forward=(), backward=()), training)
+            plain = replace(choice, forward=(), backward=())
+            plan = self._build(key[:3] + (plain, training), ctx, backend, plain, training)
         candidates.append((tuple(sorted(ctx.read.items())), plan))
         return plan
 
@@ -416,50 +426,67 @@ class Compiled:
         cache again (:func:`pigeon.tune` calls it after storing a choice)."""
         self._tuned.clear()
 
-    def _build(self, traced: Program, ctx: PassContext, backend: str, choice: Choice = Choice(),
-               training: bool = True) -> Plan:
+    def _build(self, key: tuple, ctx: PassContext, backend: str, choice: Choice, training: bool) -> Plan:
+        """The plan for ``ctx``'s graph. What it is made of does not depend on the graph
+        but through the decisions (the cost model's, and which forward values the save
+        budget keeps), so the programs of every variant, the backward programs and the plans
+        are cached by what they were made from: a graph of new sizes costs the cost model's
+        sums and a lookup, and builds only when a decision differs."""
+        inputs, params = dict(key[0]), dict(key[1])
         # Decisions forced at compile() win over a tuned choice; the cost model settles the rest.
         options = replace(self.options,
                           reorder=choice.reorder if self.options.reorder is None else self.options.reorder,
                           compact=choice.compact if self.options.compact is None else self.options.compact)
         layout = traversal_layout(backend, self.layout if self.layout is not None else choice.layout)
-        target = machine_target(backend, ctx.graph.device) if ctx.graph is not None else None
-        if target is not None:
-            options = decide(traced, ctx, options, target, training, layout)
-        forward = optimize(traced, ctx, options)
-        forward_kernels = lower(forward, layout)
+        variant_key = (key[0], key[1], backend, options, layout, training)
+        if variant_key not in self._variants:
+            traced = self.layer.trace(inputs, params, **self.config)
+            self._variants[variant_key] = Variants(traced, options, layout, training)
+        variants = self._variants[variant_key]
+        options = variants.decide(ctx, machine_target(backend, ctx.graph.device))
+        forward, forward_kernels, _ = variants.lowered(options)
+        ctx.decisions.extend(variants.notes(options))
         # Values the forward kernels write to memory anyway are kept for the backward pass
         # instead of recomputed; values that live only inside a fused kernel are recomputed.
         # Over the save budget, the largest are recomputed too.
         written = frozenset(int(b.name[1:]) for b in forward_kernels.buffers if b.role in (BufferRole.TEMP, BufferRole.OUTPUT))
-        backward, backward_kernels, saved = self._backward(forward, written, ctx, options, layout)
+        backward, backward_kernels, saved = self._backward(variant_key, forward, written, options, layout)
         recomputed: dict[str, int] = {}
         # A backward that no longer reads a value may read others to recompute it: repeat.
         while dropped := _over_budget(forward_kernels, saved, ctx, self.save_budget):
             recomputed.update(dropped)
             written = written - {int(name[1:]) for name in dropped}
-            backward, backward_kernels, saved = self._backward(forward, written, ctx, options, layout)
+            backward, backward_kernels, saved = self._backward(variant_key, forward, written, options, layout)
         if recomputed:
             ctx.note(f"save: {len(recomputed)} forward value(s) of {sum(recomputed.values()) / 2**30:.2f} GiB "
                      f"recomputed in the backward pass, over the save budget of {self.save_budget / 2**30:.2f} GiB")
-        if options.verify:
-            verify_kernels(forward_kernels)
-            verify_kernels(backward_kernels)
-        return Plan(forward, backward, forward_kernels, backward_kernels, ctx.decisions,
-                    _executor(backend, forward_kernels, choice.forward),
-                    _executor(backend, backward_kernels, choice.backward), saved, choice,
-                    backend=backend, layout=layout, name=self.layer.name, verify=options.verify)
+        ctx.decisions.extend(self._backward_notes[(variant_key, options, written)])
+        built_key = (key, options, layout, written)
+        if built_key not in self._built:
+            if options.verify:
+                verify_kernels(forward_kernels)
+                verify_kernels(backward_kernels)
+            self._built[built_key] = Plan(
+                forward, backward, forward_kernels, backward_kernels, ctx.decisions,
+                _executor(backend, forward_kernels, choice.forward),
+                _executor(backend, backward_kernels, choice.backward), saved, choice,
+                backend=backend, layout=layout, name=self.layer.name, verify=options.verify)
+        return self._built[built_key]
 
-    @staticmethod
-    def _backward(forward: Program, written: frozenset[int], ctx: PassContext, options: Options, layout):
+    def _backward(self, variant_key: tuple, forward: Program, written: frozenset[int], options: Options, layout):
         """The backward program given the forward values it may read, lowered, and the
-        forward buffers it does read."""
-        backward = optimize(backward_program(forward, written), ctx, options)
-        backward_kernels = lower(backward, layout)
-        readers = backward.users()
-        used = {n.attr("name") for n in backward.inputs() if readers[n.id]}
-        saved = tuple((f"%{i}", saved_name(i)) for i in sorted(written) if saved_name(i) in used)
-        return backward, backward_kernels, saved
+        forward buffers it does read (cached: it depends on no graph)."""
+        cache_key = (variant_key, options, written)
+        if cache_key not in self._backwards:
+            scratch = PassContext()
+            backward = optimize(backward_program(forward, written), scratch, options)
+            self._backward_notes[cache_key] = tuple(f"backward: {note}" for note in scratch.decisions)
+            backward_kernels = lower(backward, layout)
+            readers = backward.users()
+            used = {n.attr("name") for n in backward.inputs() if readers[n.id]}
+            saved = tuple((f"%{i}", saved_name(i)) for i in sorted(written) if saved_name(i) in used)
+            self._backwards[cache_key] = (backward, backward_kernels, saved)
+        return self._backwards[cache_key]
 
     # -- calling -------------------------------------------------------------------------
     def __call__(self, graph: HeteroGraph, **tensors: torch.Tensor):
