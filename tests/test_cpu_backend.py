@@ -132,7 +132,7 @@ def _c_gemm_calls(monkeypatch):
     def spy(self, library, rendered, kernel, graph, env, dtype):
         out = original(self, library, rendered, kernel, graph, env, dtype)
         kind = "weight_grad" if kernel.weight_grad else "scatter" if kernel.scatter is not None else "forward"
-        calls.append((kind, out is not None))
+        calls.append((kind + (" per head" if kernel.batched else ""), out is not None))
         return out
 
     monkeypatch.setattr(cpu_backend.CpuExecutor, "_gemm", spy)
@@ -164,19 +164,30 @@ def test_generated_gemms_match_the_reference(dims, monkeypatch):
     assert "atomic" not in source
 
 
-def test_large_segments_stay_on_blas(monkeypatch):
-    from pigeon.runtime import cpu_backend
-
+@pytest.mark.parametrize("options", [dict(reorder=False, compact=False), dict()], ids=["per-edge", "cost-model"])
+def test_hgt_per_head_relation_gemms_run_in_c(options, monkeypatch):
+    # Per edge (no chain fold) the relation transforms are [edges, heads, d] x [etypes,
+    # heads, d, d]; with the fold the cost model picks here they are one row per (node
+    # type, edge type) pair, whose transposed data gradients stay on torch's one bmm.
     calls = _c_gemm_calls(monkeypatch)
-    monkeypatch.setattr(cpu_backend, "C_GEMM_MAX_AVG_ROWS", 0)
-    graph = pigeon.data.load("aifb", scale=0.05, seed=5).graph
-    torch.manual_seed(1)
-    layer = pnn.RGCN(8, 8, graph.num_etypes, backend="cpu", compact=True).double()
-    ref = reference.RGCN(8, 8, graph.num_etypes).double()
+    graph = _graph()
+    torch.manual_seed(3)
+    layer = pnn.HGT(8, 8, graph.num_ntypes, graph.num_etypes, heads=2, backend="cpu", **options).double()
+    ref = reference.HGT(8, 8, graph.num_ntypes, graph.num_etypes, heads=2).double()
     ref.load_state_dict(layer.state_dict())
-    x = torch.randn(graph.num_nodes, 8, dtype=torch.float64)
-    torch.testing.assert_close(layer(graph, x), ref(graph, x), rtol=1e-10, atol=1e-10)
-    assert calls and not any(in_c for _, in_c in calls)
+    x = torch.randn(graph.num_nodes, 8, dtype=torch.float64, requires_grad=True)
+    got, want = layer(graph, x), ref(graph, x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn(want.shape, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, [x, *layer.parameters()], upstream),
+                    torch.autograd.grad(want, [x, *ref.parameters()], upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    in_c = {kind for kind, taken in calls if taken}
+    assert {"forward per head", "weight_grad per head"} <= in_c
+    if options:
+        assert "scatter per head" in in_c and all(taken for _, taken in calls)
+    plan = layer.compiled.plan(graph, dict(x=x, **dict(layer.named_parameters())))
+    assert any(getattr(k, "heads", 1) == 2 for k in plan.run_forward.rendered.values())
 
 
 def test_traversals_into_few_groups_split_their_rows_over_threads(monkeypatch):
