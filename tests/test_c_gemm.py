@@ -267,6 +267,14 @@ def test_data_gradient_packs_the_transposed_weights_once():
     assert "gemm_transpose_(W" not in _source("heads-forward")
 
 
+def test_scatter_sums_each_target_row_on_one_thread():
+    source = _source("heads-data-grad")
+    assert "atomic" not in source
+    assert "for (int64_t g = 0; g < targets; g++) {" in source
+    assert "const real *r = out + target_pos[e] * 192;" in source and "y[j] += r[j];" in source
+    assert "target_pos" not in _source("heads-forward")
+
+
 def test_weight_gradient_writes_single_block_types_directly_and_sums_per_thread_slices():
     source = _source("heads-weight-grad")
     assert "atomic" not in source

@@ -73,5 +73,6 @@ def render_gemm(kernel: GemmKernel, name: str, a_shape: tuple[int, ...], n: int)
     positions = block_positions(vectors, heads)
     source = render("gemm.c.jinja", title=kernel.describe(), name=name, K=k, N=n, S=vectors, H=heads, SUB=shared,
                     max_rows=positions * shared + GEMM_MAX_RB, max_rb=GEMM_MAX_RB, weight_grad=kernel.weight_grad,
-                    transpose=kernel.transpose_w and not kernel.weight_grad)
+                    transpose=kernel.transpose_w and not kernel.weight_grad,
+                    scatter=kernel.scatter is not None and not kernel.weight_grad)
     return CGemm(name, source, k, n, vectors, heads, kernel.weight_grad, positions)

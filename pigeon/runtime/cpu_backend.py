@@ -220,24 +220,27 @@ class CpuExecutor:
         threads = torch.get_num_threads()
         mid = a.shape[1:-1]
         slot, shared_types = _SLOTS(graph, k, rendered.block_positions, types)
+        scratch, scatter = None, [None, None, None]
         if k.weight_grad:
             heads = mid if k.batched else ()
             out = kernel_args.new_output((types, *heads, rendered.k, rendered.n), dtype, poison=self.poison)
-            scratch = torch.empty(max(threads * shared_types, 1), *out.shape[1:], dtype=dtype)
+            scratch = torch.empty(max(threads * shared_types, 1), *out.shape[1:], dtype=dtype)  # per-thread slices
             place, w = perm, w.contiguous()
         else:
             out = kernel_args.new_output((bounds[-1], *mid, rendered.n), dtype, poison=self.poison)
             place, w = (perm if k.scatter is None else None), w.contiguous()
-            scratch = None
             if k.transpose_w:   # where the kernel packs W transposed
                 scratch = torch.empty(w.shape[0], *w.shape[1:-2], rendered.k, rendered.n, dtype=dtype)
-        pointers = [0 if v is None else v.data_ptr() for v in (a, rows, w, blocks, out, place, slot, scratch)]
-        getattr(library, rendered.name)((ctypes.c_void_p * 8)(*pointers),
-                                        (ctypes.c_int64 * 4)(blocks.shape[0], types, threads, shared_types))
-        if k.scatter is not None:
-            target, size = index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
-            return out.new_zeros(size, *out.shape[1:]).index_add_(0, target, out)
-        return out
+            if k.scatter is not None:   # `out` in segment order, summed into the targets by the kernel
+                target_ptr, target_pos, size = _SCATTER_CSR(graph, k)
+                summed = kernel_args.new_output((size, *mid, rendered.n), dtype, poison=self.poison)
+                scatter = [target_ptr, target_pos, summed]
+        pointers = [0 if v is None else v.data_ptr()
+                    for v in (a, rows, w, blocks, out, place, slot, scratch, *scatter)]
+        targets = 0 if scatter[2] is None else scatter[2].shape[0]
+        sizes = (blocks.shape[0], types, threads, shared_types, targets)
+        getattr(library, rendered.name)((ctypes.c_void_p * 11)(*pointers), (ctypes.c_int64 * 5)(*sizes))
+        return out if scatter[2] is None else scatter[2]
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
                  keep: tuple[str, ...] = (), scope: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -285,6 +288,23 @@ class _WeightGradSlots(PerGraphCache):
 
 
 _SLOTS = _WeightGradSlots()
+
+
+class _ScatterCsr(PerGraphCache):
+    """Per graph and GEMM, the positions (in segment order) that the scatter adds into
+    each target row, as a CSR (rowptr, positions in order), and the number of targets:
+    the C kernel sums each target's rows without two threads writing one row."""
+
+    def __call__(self, graph: HeteroGraph, k: GemmKernel) -> tuple[torch.Tensor, torch.Tensor, int]:
+        def build():
+            target, size = GRAPH_INDEX.sorted_scatter(graph, k.scatter, k.segment, k.layout)
+            rowptr = torch.zeros(size + 1, dtype=torch.int64)
+            torch.cumsum(torch.bincount(target, minlength=size), 0, out=rowptr[1:])
+            return rowptr, torch.sort(target, stable=True).indices.contiguous(), size
+        return self._memo(graph, (k.scatter.name, k.segment.name), build)
+
+
+_SCATTER_CSR = _ScatterCsr()
 
 
 def graph_rows(graph: HeteroGraph, traversal: TraversalKernel) -> int:
