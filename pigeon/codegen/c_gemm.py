@@ -4,11 +4,13 @@ with one matrix per type shared by a row's vectors or one per type and vector (p
 weights ``[types, *mid, K, N]``, the ``batched`` form).
 
 Blocks of rows of one type are spread over threads (:func:`block_positions` positions
-each, about :data:`GEMM_BLOCK_ROWS` vectors); A's rows are gathered and result rows
-placed (or left in segment order for a scatter) inside the kernel; the micro-kernels
-keep a tile of SIMD vector accumulators in registers, sized in the C for the vector
-width the compiler targets. The weight gradient adds into per-thread slices that the
-caller sums, so no atomics.
+each, about :data:`GEMM_BLOCK_ROWS` vectors). A's rows are gathered and result rows
+placed inside the kernel, or, for a scatter, summed into the targets after the blocks,
+each target row by one thread through a CSR of the scatter over the positions. The
+micro-kernels keep a tile of SIMD vector accumulators in registers, sized in the C for
+the vector width the compiler targets. A transposed weight is packed once per call. The
+weight gradient writes a type of one block straight into its output and sums the
+others through per-thread slices, so no atomics.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ GEMM_MAX_RB = 8       # the template's bound on its register tile's rows (paddin
 class CGemm:
     """A rendered segmented GEMM: its C source and the shapes it was specialised for.
 
-    Called with ``args = (A, rows or NULL, W or B, blocks, out, place or NULL)`` and
-    ``sizes = (number of blocks, number of types, threads)``, where ``blocks`` cuts each
-    type's positions into runs of at most ``block_positions``; see ``kernels/gemm.c.jinja``.
+    Called with ``args = (A, rows or NULL, W or B, blocks, out, place or NULL, slots,
+    scratch, scatter rowptr, scatter positions, scatter result)`` and ``sizes = (blocks,
+    types, threads, types of several blocks, scatter targets)``, where ``blocks`` cuts
+    each type's positions into runs of at most ``block_positions``; the arguments a form
+    does not read are NULL or 0. See ``kernels/gemm.c.jinja``.
     ``vectors`` is the number of K-vectors of an A row (``prod(mid)``), ``heads`` the
     number of weight matrices per type (``vectors`` when batched, else 1).
     """
