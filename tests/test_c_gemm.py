@@ -13,6 +13,7 @@ or the register tile take every tail of the micro-kernels.
 from __future__ import annotations
 
 import math
+import platform
 
 import pytest
 import torch
@@ -186,6 +187,24 @@ def test_generated_gemm_matches_torch(case, k, n, dtype, monkeypatch):
         if kernel.segment is NTYPE_OF_NODE and name == "single-edge":
             continue   # the same as skewed for node types
         _check(kernel, types, graph, dtype, k)
+
+
+NARROWER = {"avx2": ("-mno-avx512f",), "sse": ("-mno-avx512f", "-mno-avx2", "-mno-avx")}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 vector-width flags")
+@pytest.mark.parametrize("isa", list(NARROWER))
+def test_narrower_vector_widths_match_torch(isa, monkeypatch):
+    # The tile and the vector width follow what the compiler targets: build for narrower
+    # vectors than this machine's (-march=native) and check the same forms.
+    from pigeon.runtime import cpu_backend
+
+    monkeypatch.setattr(cpu_backend, "CFLAGS", cpu_backend.CFLAGS + NARROWER[isa])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: THREADS)
+    for case in ("vector-forward", "heads-data-grad", "shared-weight-grad"):
+        kernel, types = _cases(13, 90)[case]
+        for dtype in (torch.float64, torch.float32):
+            _check(kernel, types, _zipf_graph(), dtype, 13)
 
 
 def test_empty_graph_writes_every_output():
