@@ -266,7 +266,8 @@ def test_micro_kernel_keeps_vector_accumulators_in_a_register_tile():
     source = _source("vector-forward")
     assert "typedef real vreal __attribute__((vector_size(GEMM_VBYTES)" in source
     assert "vreal acc[GEMM_RB][GEMM_NV];" in source
-    assert "acc[i][j] += av * wv[j];" in source          # broadcast A times a vector of W
+    assert "acc[i][j] = vfma_(av, wv[j], acc[i][j]);" in source   # broadcast A times a vector of W
+    assert "_mm512_fmadd_ps" in source and "_mm256_fmadd_pd" in source   # explicit FMAs, not contraction
     assert "__builtin_prefetch((const char *)a[q + i] + c);" in source   # the next tile's gathered rows
     assert "#pragma omp parallel" in source and "schedule(dynamic, 1)" in source
 

@@ -9,7 +9,7 @@ Typed GEMMs run as generated C too (``kernels/gemm.c.jinja``), on rows of one ve
 or of several (per-head weights, or one weight shared by a row's vectors): the gather
 of A's rows and the placement of the result rows are fused into the kernel, its row
 blocks spread over threads whatever the type sizes, and its micro-kernel keeps a tile
-of SIMD accumulators in registers (FMA contraction is on: ``-ffp-contract=fast``).
+of SIMD accumulators in registers (explicit FMAs).
 Measured on the 2-core development machine (``bench/gemm.py``, one thread, CPU time),
 it beats torch's per-type loop from 8 to 100,000 rows per type, skewed or uniform, and
 one batched ``bmm`` of uniform types, by 1.2x to 8x; on 100,000 rows of one type
@@ -50,7 +50,7 @@ from pigeon.version import __version__
 
 SPLIT_BLOCK_ROWS = 256      # rows per block of a traversal split over few groups
 
-CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-fopenmp", "-std=c11")
+CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-std=c11")
 _REAL = {torch.float32: "float", torch.float64: "double"}
 
 
