@@ -127,7 +127,7 @@ _ANSWER = "int pigeon_answer(void) { return %d; }\n"
 
 
 def test_a_truncated_cached_library_is_rebuilt(tmp_path, monkeypatch):
-    from pigeon import clib as cpu_backend
+    from pigeon import clib
 
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path / "first"))
     _, built = build_library(_ANSWER % 41)
@@ -146,11 +146,11 @@ def test_a_truncated_cached_library_is_rebuilt(tmp_path, monkeypatch):
 
 
 def test_a_library_that_fails_to_load_after_rebuilding_names_the_file(tmp_path, monkeypatch):
-    from pigeon import clib as cpu_backend
+    from pigeon import clib
 
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path))
     # A compiler that "succeeds" with something the loader refuses.
-    monkeypatch.setattr(cpu_backend, "_compile", lambda cc, source, so_path: so_path.write_bytes(b"not a library" * 8))
+    monkeypatch.setattr(clib, "_compile", lambda cc, source, so_path: so_path.write_bytes(b"not a library" * 8))
     with pytest.raises(CompilerError) as info:
         build_library(_ANSWER % 42)
     message = str(info.value)
@@ -161,13 +161,13 @@ def test_a_library_that_fails_to_load_after_rebuilding_names_the_file(tmp_path, 
 def test_the_cache_key_names_the_compiler_version_and_the_cpu(tmp_path, monkeypatch):
     # A cache shared by machines of a cluster must not hand one CPU's -march=native
     # library, or one compiler's, to another.
-    from pigeon import clib as cpu_backend
+    from pigeon import clib
 
     monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path))
 
     def path(cpu: str, compiler: str) -> str:
-        monkeypatch.setattr(cpu_backend, "_cpu_identity", lambda: cpu)
-        monkeypatch.setattr(cpu_backend, "_compiler_version", lambda cc: compiler)
+        monkeypatch.setattr(clib, "_cpu_identity", lambda: cpu)
+        monkeypatch.setattr(clib, "_compiler_version", lambda cc: compiler)
         return build_library(_ANSWER % 43)[1].name
 
     here = path("flags: avx2", "gcc 12.2.0")
@@ -191,14 +191,14 @@ def test_the_cpu_identity_holds_the_instruction_set():
 
 def _c_gemm_calls(monkeypatch):
     """Record, per call of a typed GEMM the executor offers to C, (kind, taken by C)."""
-    from pigeon import clib as cpu_backend
+    from pigeon.runtime import cpu_backend
 
     calls, original = [], cpu_backend.CpuExecutor._gemm
 
     def spy(self, library, rendered, kernel, graph, env, dtype):
         out = original(self, library, rendered, kernel, graph, env, dtype)
         kind = "weight_grad" if kernel.weight_grad else "scatter" if kernel.scatter is not None else "forward"
-        calls.append((kind, out is not None))
+        calls.append((kind + (" per head" if kernel.batched else ""), out is not None))
         return out
 
     monkeypatch.setattr(cpu_backend.CpuExecutor, "_gemm", spy)
@@ -230,19 +230,30 @@ def test_generated_gemms_match_the_reference(dims, monkeypatch):
     assert "atomic" not in source
 
 
-def test_large_segments_stay_on_blas(monkeypatch):
-    from pigeon import clib as cpu_backend
-
+@pytest.mark.parametrize("options", [dict(reorder=False, compact=False), dict()], ids=["per-edge", "cost-model"])
+def test_hgt_per_head_relation_gemms_run_in_c(options, monkeypatch):
+    # Per edge (no chain fold) the relation transforms are [edges, heads, d] x [etypes,
+    # heads, d, d]; with the fold the cost model picks here they are one row per (node
+    # type, edge type) pair, whose transposed data gradients stay on torch's one bmm.
     calls = _c_gemm_calls(monkeypatch)
-    monkeypatch.setattr(cpu_backend, "C_GEMM_MAX_AVG_ROWS", 0)
-    graph = pigeon.data.load("aifb", scale=0.05, seed=5).graph
-    torch.manual_seed(1)
-    layer = pnn.RGCN(8, 8, graph.num_etypes, backend="cpu", compact=True).double()
-    ref = reference.RGCN(8, 8, graph.num_etypes).double()
+    graph = _graph()
+    torch.manual_seed(3)
+    layer = pnn.HGT(8, 8, graph.num_ntypes, graph.num_etypes, heads=2, backend="cpu", **options).double()
+    ref = reference.HGT(8, 8, graph.num_ntypes, graph.num_etypes, heads=2).double()
     ref.load_state_dict(layer.state_dict())
-    x = torch.randn(graph.num_nodes, 8, dtype=torch.float64)
-    torch.testing.assert_close(layer(graph, x), ref(graph, x), rtol=1e-10, atol=1e-10)
-    assert calls and not any(in_c for _, in_c in calls)
+    x = torch.randn(graph.num_nodes, 8, dtype=torch.float64, requires_grad=True)
+    got, want = layer(graph, x), ref(graph, x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn(want.shape, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, [x, *layer.parameters()], upstream),
+                    torch.autograd.grad(want, [x, *ref.parameters()], upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    in_c = {kind for kind, taken in calls if taken}
+    assert {"forward per head", "weight_grad per head"} <= in_c
+    if options:
+        assert "scatter per head" in in_c and all(taken for _, taken in calls)
+    plan = layer.compiled.plan(graph, dict(x=x, **dict(layer.named_parameters())))
+    assert any(getattr(k, "heads", 1) == 2 for k in plan.run_forward.rendered.values())
 
 
 def test_traversals_into_few_groups_split_their_rows_over_threads(monkeypatch):

@@ -438,18 +438,25 @@ def test_nbfnet_kernels_write_nothing_per_edge_forward_or_backward(message):
 
 
 @pytest.mark.parametrize("heads", [1, 2])
-def test_cost_model_folds_hgt_chain_on_aifb_as_the_tuner_measured(heads, monkeypatch):
-    # bench/tune.py (cpu backend, hidden 64, 2 heads) measured the folded chain 1.8-2x
-    # faster on the full aifb profile. The rates are fixed here (the model's decision on
-    # this machine depends on what it measures). Planning only: nothing runs.
+def test_cost_model_decision_for_hgt_on_aifb_is_pinned(heads, monkeypatch):
+    # On the full aifb profile with the cpu backend (rates fixed here: the model's decision
+    # on a machine depends on what it measures), compaction pays and the chain fold does
+    # not: since per-head relation GEMMs run in generated C, the measured times of the
+    # folded and unfolded compact plans are within noise (bench/gemm.py and the tuner),
+    # and the model charges the fold's per-pair products. Planning only: nothing runs.
     from pigeon import nn as pnn
     monkeypatch.setenv("PIGEON_COST_RATES", f"{TARGET.matmul_gflops},{TARGET.bandwidth_gbs}")
     graph = pigeon.data.load("aifb").graph
     layer = pnn.HGT(64, 64, graph.num_ntypes, graph.num_etypes, heads=heads, backend="cpu")
     x = torch.randn(graph.num_nodes, 64)
     plan = layer.compiled.plan(graph, dict(x=x, **dict(layer.named_parameters())))
-    assert sum(d.startswith("reorder_chain:") for d in plan.decisions) == 2
-    assert any(d.startswith("cost model (train): reorder=True compact=True") for d in plan.decisions)
+    assert any(d.startswith("cost model (train): reorder=False compact=True") for d in plan.decisions)
+    assert not any(d.startswith("reorder_chain:") for d in plan.decisions)
+    # Where the per-head relation GEMMs loop over types in torch (how the cpu backend ran
+    # them when the tuner measured the fold 1.8-2x faster), the model folds.
+    looping = Target(TARGET.matmul_gflops, TARGET.bandwidth_gbs, looped_gemms="batched")
+    ctx = PassContext(RowCounts.from_graph(graph))
+    assert decide(_hgt(64, 64, heads), ctx, Options(), looping, training=True, layout="csr").reorder is True
 
 
 @layer

@@ -132,13 +132,16 @@ def aifb():
     return load_entity_data("aifb", scale=QUICK["scale"])
 
 
-@pytest.mark.parametrize("model,backend", [("rgcn", "reference"), ("hgt", "reference")])
-def test_sampled_training_learns_planted_labels(aifb, model, backend, tmp_path):
-    result = train_entity(model=model, data=aifb, backend=backend, json_path=tmp_path / "out.json",
-                          **{k: v for k, v in QUICK.items() if k != "dataset"})
+# HGT learns more slowly than RGCN: at two epochs it clears the bar by a few points, and a
+# CPU whose float sums round differently took it below (0.456 against 0.466 in CI).
+# Four epochs clear it by 0.08 to 0.16 over seeds 0-2 here.
+@pytest.mark.parametrize("model,backend,epochs", [("rgcn", "reference", 2), ("hgt", "reference", 4)])
+def test_sampled_training_learns_planted_labels(aifb, model, backend, epochs, tmp_path):
+    result = train_entity(model=model, data=aifb, backend=backend, json_path=tmp_path / "out.json", epochs=epochs,
+                          **{k: v for k, v in QUICK.items() if k not in ("dataset", "epochs")})
     assert result["valid"]["accuracy"] > result["chance"]["accuracy"] + 0.2
     assert result["test"]["accuracy"] > result["chance"]["accuracy"] + 0.2
-    assert result["world_size"] == 1 and result["steps"] == 2 * -(-aifb.split["train"].numel() // 128)
+    assert result["world_size"] == 1 and result["steps"] == epochs * -(-aifb.split["train"].numel() // 128)
     assert set(result["time_split"]) == {"sampling", "conversion", "forward", "backward", "optimizer",
                                          "communication"}
     assert result["time_split"]["sampling"] > 0 and result["seeds_per_s"] > 0

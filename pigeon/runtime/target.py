@@ -135,5 +135,5 @@ def machine_target(backend: str, device: torch.device) -> Target:
     if backend == "triton":
         return Target(gflops, gbs, gemm_rows_half=64.0, elementwise_gflops=gflops / 8, kernel_s=10e-6, op_s=0.0,
                       looped_gemms="none")
-    # cpu: generated C for typed GEMMs of vector rows; those with a weight per head loop in torch.
-    return Target(gflops, gbs, looped_gemms="batched")
+    # cpu: generated C for every typed GEMM, per-head ones included.
+    return Target(gflops, gbs, looped_gemms="none")
