@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -68,6 +69,13 @@ class Case:
         profile (bool): for Pigeon's systems, also run the timed step ``repeat`` times
             under ``torch.profiler`` and record the time of each kernel (its
             ``record_function`` range). Default: False.
+        repeats, skew (float, optional): a structure-sweep case: ``dataset``'s profile
+            generated with this mean number of edges per (node, edge type) pair and
+            this degree skew (:class:`pigeon.data.profiles.Structure`). Default: None,
+            the dataset as :func:`pigeon.data.load` gives it.
+        tuned (bool): let compiled layers read the tuning cache; otherwise the worker
+            runs with ``PIGEON_AUTOTUNE=0``, as with a fresh, empty cache (the cost
+            model decides). Default: False.
     """
 
     system: str
@@ -85,18 +93,27 @@ class Case:
     device: str = "cpu"
     threads: int | None = None
     profile: bool = False
+    repeats: float | None = None
+    skew: float | None = None
+    tuned: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.system} {self.model} {self.dataset} {self.mode}"
+        return f"{self.system} {self.model} {dataset_label(self.dataset, self.repeats, self.skew)} {self.mode}"
+
+
+def dataset_label(dataset: str, repeats: float | None, skew: float | None) -> str:
+    """``aifb``, or ``aifb[repeats 2, skew 1]`` for a structure-sweep case."""
+    return dataset if repeats is None else f"{dataset}[repeats {repeats:g}, skew {skew or 0:g}]"
 
 
 # Fields that make two results comparable (``--compare`` matches cases on them).
-KEY_FIELDS = ("system", "model", "dataset", "mode", "dim", "heads", "scale", "device")
+KEY_FIELDS = ("system", "model", "dataset", "mode", "dim", "heads", "scale", "device", "repeats", "skew")
 
 
 def case_key(result: dict) -> tuple:
-    return tuple(result[field] for field in KEY_FIELDS)
+    # Results saved before the structure sweep have no repeats or skew.
+    return tuple(result.get(field) for field in KEY_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -118,13 +135,23 @@ class Config:
     device: str = "cpu"
     threads: int | None = None
     profile: bool = False
+    repeats: tuple[float, ...] = ()
+    skews: tuple[float, ...] = ()
+    tuned: bool = False
+
+    def structures(self) -> list[tuple[float | None, float | None]]:
+        """The structure-sweep points ``(repeats, skew)``, or ``[(None, None)]``: the
+        datasets as they are."""
+        if not self.repeats:
+            return [(None, None)]
+        return [(r, s) for r in self.repeats for s in (self.skews or (0.0,))]
 
     def cases(self) -> list[Case]:
-        """Grouped as the table prints them: dataset, model, mode, then system."""
+        """Grouped as the table prints them: dataset (and structure), model, mode, then system."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Case)
-                  if f.name not in ("system", "model", "dataset", "mode")}
-        return [Case(system, model, dataset, mode, **shared)
-                for dataset in self.datasets for model in self.models
+                  if f.name not in ("system", "model", "dataset", "mode", "repeats", "skew")}
+        return [Case(system, model, dataset, mode, repeats=repeats, skew=skew, **shared)
+                for dataset in self.datasets for repeats, skew in self.structures() for model in self.models
                 for mode in self.modes for system in self.systems]
 
 
@@ -164,6 +191,8 @@ def run_cases(cases: Iterable[Case], *, progress: bool = True,
 def run_case(case: Case) -> dict:
     """Run one case in a fresh worker process and return its result."""
     env = dict(os.environ)
+    if not case.tuned:
+        env["PIGEON_AUTOTUNE"] = "0"
     if case.threads is not None:
         # DGL's kernels use OpenMP directly: the variable must be set before it loads.
         env["OMP_NUM_THREADS"] = str(case.threads)
@@ -298,6 +327,92 @@ def describe_machine(device: str) -> dict:
     }
 
 
+def _process_ticks() -> dict[int, tuple[str, int]]:
+    """``pid -> (command name, user + system ticks)`` of every process /proc shows."""
+    ticks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        ticks[int(stat.parent.name)] = (name, int(rest[11]) + int(rest[12]))
+    return ticks
+
+
+def other_load(seconds: float = 1.0, top: int = 5) -> dict:
+    """What else the machine is doing: the 1-minute load average and, over ``seconds``,
+    the cores other processes kept busy and the busiest of them (command names only)."""
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    if not Path("/proc/stat").exists():
+        return {"loadavg_1min": load}
+    before, start = _process_ticks(), time.perf_counter()
+    time.sleep(seconds)
+    after, elapsed = _process_ticks(), time.perf_counter() - start
+    per_second = os.sysconf("SC_CLK_TCK") * elapsed
+    me = os.getpid()
+    busy = sorted(((after[pid][1] - before[pid][1]) / per_second, name, pid)
+                  for pid, (name, _) in after.items() if pid in before and pid != me)
+    busy = [b for b in reversed(busy) if b[0] >= 0.05]
+    return {"loadavg_1min": load, "other_cores_busy": round(sum(b[0] for b in busy), 2),
+            "busiest": [{"command": name, "cores": round(cores, 2)} for cores, name, _ in busy[:top]]}
+
+
+def tuning_state(tuned: bool) -> dict:
+    """What the workers' compiled layers read of the tuning cache."""
+    if not tuned:
+        return {"state": "fresh-empty", "how": "workers run with PIGEON_AUTOTUNE=0: no tuned choice is read, "
+                                               "the cost model decides every plan (pass --tuned to read the cache)"}
+    from pigeon.tune.cache import TuneCache
+
+    cache = TuneCache()
+    files = sorted(cache.root.glob("*.json"))
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    return {"state": "tuned", "cache": str(cache.root), "entries": len(files), "digest": digest}
+
+
+def provenance(config: Config) -> dict:
+    """Where a run's numbers come from: the commit and whether the tree was clean, the
+    library versions and threads, the tuning cache the workers read, the rates the cost
+    model planned with, and the other load on the machine when the run started."""
+    import torch
+
+    from pigeon.runtime.target import machine_target
+
+    git = git_state()
+    rates = None
+    if config.device == "cpu":
+        previous = torch.get_num_threads()
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        try:
+            target = machine_target("cpu", torch.device("cpu"))
+            rates = {"matmul_gflops": target.matmul_gflops, "bandwidth_gbs": target.bandwidth_gbs,
+                     "fixed_by": "PIGEON_COST_RATES" if os.environ.get("PIGEON_COST_RATES") else "measured, cached"}
+        finally:
+            torch.set_num_threads(previous)
+    return {
+        "commit": None if git is None else git["commit"],
+        "clean": None if git is None else git["clean"],
+        "versions": {"torch": torch.__version__, "dgl": _version("dgl"), "torch_geometric": _version("torch_geometric")},
+        "threads": {"per_case": config.threads or torch.get_num_threads(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+        "tuning_cache": tuning_state(config.tuned),
+        "cost_model_rates": rates,
+        "torch_compile": "the inductor system compiles in its first call, outside the timed runs",
+        "load_at_start": other_load(),
+    }
+
+
+def finish_report(report: dict) -> None:
+    """Add the load at the end of a run, and the most other processes kept busy during
+    any case's timed runs (each result's ``other_cores_busy``)."""
+    busy = [r["other_cores_busy"] for r in report["results"] if r.get("other_cores_busy") is not None]
+    report["provenance"]["load_at_end"] = other_load()
+    report["provenance"]["max_other_cores_busy_in_timed_runs"] = max(busy) if busy else None
+
+
 def new_report(config: Config, argv: list[str]) -> dict:
     """The results document before any case has run.
 
@@ -315,6 +430,7 @@ def new_report(config: Config, argv: list[str]) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["pigeon", *argv]),
         "machine": machine,
+        "provenance": provenance(config),
         "config": dataclasses.asdict(config),
         "results": [],
     }
