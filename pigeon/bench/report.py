@@ -272,7 +272,7 @@ def _config_line(report: dict) -> str:
             f"median of {c['repeat']} after {c['warmup']} warm-up{threads}")
 
 
-def _provenance_lines(report: dict) -> list[str]:
+def provenance_lines(report: dict) -> list[str]:
     """What the run's numbers depend on besides the code: the commit and tree, threads,
     the tuning cache, the cost model's rates and the other load (files from before the
     provenance block give nothing)."""
@@ -375,7 +375,7 @@ def format_table(report: dict) -> str:
     """The plain-text table printed at the end of a run."""
     results = report["results"]
     lines = [f"pigeon bench: {len(results)} cases; {_config_line(report)}",
-             f"machine: {_machine_line(report)}", *_provenance_lines(report)]
+             f"machine: {_machine_line(report)}", *provenance_lines(report)]
     for dataset, group in _by_dataset(results).items():
         rows = _rows(group)
         widths = [max(len(COLUMNS[i]), *(len(cells[i]) for _, cells in rows)) for i in range(len(COLUMNS))]
@@ -457,7 +457,7 @@ def format_markdown(report: dict) -> str:
            f"```\n{report['command']}\n```\n",
            f"- machine: {_machine_line(report)}",
            f"- {_config_line(report)}",
-           *(f"- {line}" for line in _provenance_lines(report)),
+           *(f"- {line}" for line in provenance_lines(report)),
            load_line.rstrip("\n"),
            f"- {LEGEND}\n"]
     headlines = format_headline(results)
