@@ -196,7 +196,7 @@ def test_results_without_a_floor_still_show(tmp_path, capsys):
 def test_a_tiny_run_records_the_machine_and_one_floor_per_case(tmp_path):
     out = tmp_path / "run.json"
     run = subprocess.run([sys.executable, "-m", "pigeon", "bench", "--models", "rgcn", "--modes", "train",
-                          "--systems", "pigeon-torch,ref", "--datasets", "aifb", "--scale", "0.02",
+                          "--systems", "pigeon-cpu,ref", "--datasets", "aifb", "--scale", "0.02",
                           "--dim", "8", "--repeat", "2", "--warmup", "0", "--no-progress", "--json", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -204,18 +204,18 @@ def test_a_tiny_run_records_the_machine_and_one_floor_per_case(tmp_path):
     measured = report["machine"]["measured"]
     assert measured["matmul_gflops"] > 0 and measured["bandwidth_gbs"] > 0
     results = report["results"]
-    assert [r["system"] for r in results] == ["pigeon-torch", "ref"]
+    assert [r["system"] for r in results] == ["pigeon-cpu", "ref"]
     for r in results:
         assert r["status"] == "ok" and "floor_error" not in r, r
         assert r["floor_bound"] in ("compute", "memory") and r["machine_floor_bound"] in ("compute", "memory")
         expected = max(r["flops"] / (measured["matmul_gflops"] * 1e9), r["bytes"] / (measured["bandwidth_gbs"] * 1e9))
         assert r["floor_s"] == pytest.approx(expected)
         assert 0 < r["machine_floor_s"] <= r["floor_s"]
-    # The same work for every system of a case (the reference's comes from a pigeon-torch
+    # The same work for every system of a case (the reference's comes from a pigeon-cpu
     # layer built for it), and what the worker's own counting gives in this process.
     for key in ("flops", "bytes", "machine_flops", "machine_bytes"):
         assert results[0][key] == results[1][key], key
-    case = Case("pigeon-torch", "rgcn", "aifb", "train", dim=8, scale=0.02)
+    case = Case("ref", "rgcn", "aifb", "train", dim=8, scale=0.02)
     _, workload, runner, _ = prepare(case)
     work, machine = case_work(case, workload, runner)
     assert (work.flops, work.bytes) == (results[0]["flops"], results[0]["bytes"])

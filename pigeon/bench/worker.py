@@ -327,15 +327,18 @@ def prepare(case: Case):
 def case_work(case: Case, workload, runner):
     """``(plan work, machine work)``, the :class:`pigeon.bench.floor.Work` of the
     kernels Pigeon's plan runs for ``case`` and of the machine floor: from the system's
-    own compiled layer when it has one (its plan is cached by then), else from a
-    ``pigeon-torch`` layer built for the workload (level-2 kernels do not depend on the
-    backend that runs them)."""
+    own compiled layer when it has one (its plan is cached by then), else from a layer
+    of Pigeon's generated backend for the device (the cost model plans for the backend,
+    so every system of a case gets the floor of the plan Pigeon's generated backend
+    runs; pigeon-torch where that backend is missing)."""
     from pigeon.bench.floor import kernel_work, machine_work
     from pigeon.bench.systems import available_systems
 
     module = runner.module
     if not hasattr(module, "compiled"):
-        module = available_systems()["pigeon-torch"].build(workload).module
+        systems = available_systems()
+        generated = "pigeon-triton" if case.device == "cuda" else "pigeon-cpu"
+        module = systems[generated if generated in systems else "pigeon-torch"].build(workload).module
     tensors = {"x": workload.x, **dict(module.named_parameters())}
     plan = module.compiled.plan(workload.graph, tensors, mode=case.mode)
     return (kernel_work(plan, workload.graph, case.mode),
