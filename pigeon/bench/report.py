@@ -420,7 +420,7 @@ def format_profiles(report: dict) -> str:
         device = any(row["device_s"] > 0 for row in rows)
         key = "device_s" if device else "cpu_s"
         header = f"{'range':<72} {'calls':>5} {'ms/step':>9} {'share':>6}"
-        lines = [f"profile: {r['system']} {r['model']} {r['dataset']} {r['mode']} "
+        lines = [f"profile: {r['system']} {_group_label(r)} "
                  f"({'device' if device else 'host'} time per step, mean of {r['repeat']} steps)", header,
                  "-" * len(header)]
         scopes: dict[str, list[dict]] = {}
