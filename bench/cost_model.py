@@ -276,7 +276,8 @@ def main(argv=None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from pigeon.bench.harness import Case, Config, describe_machine, other_load, provenance
+    from pigeon.bench.harness import Case, Config, describe_machine
+    from pigeon.bench.provenance import other_load, provenance
 
     models, modes = args.models.split(","), args.modes.split(",")
     datasets = [d for d in args.datasets.split(",") if d]

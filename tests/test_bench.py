@@ -17,7 +17,8 @@ import torch
 
 import pigeon.runtime.compiled
 from pigeon.bench import Case, Config, run_cases
-from pigeon.bench.harness import SCHEMA, classify_exit, tuning_state
+from pigeon.bench.harness import SCHEMA, classify_exit
+from pigeon.bench.provenance import tuning_state
 from pigeon.bench.report import (best_baselines, format_markdown, format_table, headline, load_report, other_maths,
                                  save_report, speedup, structure_table)
 from pigeon.bench.systems import MODELS, MODES, all_systems, available_systems, default_systems

@@ -16,7 +16,9 @@ Where things are:
 * :mod:`pigeon.bench.worker`: one case: load, build, check against
   :mod:`pigeon.reference`, warm up, time, measure peak memory;
 * :mod:`pigeon.bench.harness`: the case list (with the structure sweep's points), the
-  subprocesses, memory and time limits, the machine and the run's provenance;
+  subprocesses, memory and time limits, the machine;
+* :mod:`pigeon.bench.provenance`: what every results file records of where its
+  numbers come from (commit, versions, threads, tuning cache, other load);
 * :mod:`pigeon.bench.report`: the table, the headline, the structure sweep, Markdown,
   the PNG chart, ``--compare``;
 * :mod:`pigeon.bench.floor`: the machine's measured matmul rate and memory

@@ -9,7 +9,8 @@ import sys
 from typing import Callable, Sequence
 
 from pigeon.bench.floor import add_floor
-from pigeon.bench.harness import Config, finish_report, new_report, run_cases
+from pigeon.bench.harness import Config, new_report, run_cases
+from pigeon.bench.provenance import finish_report
 from pigeon.bench.report import (format_compare, format_markdown, format_profiles, format_table, load_report,
                                  save_report, write_plot)
 from pigeon.bench.systems import DEVICES, MODELS, MODES, BACKEND_DEVICES, all_systems, available_systems
