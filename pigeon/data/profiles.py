@@ -722,13 +722,18 @@ def structure_stats(graph: HeteroGraph) -> dict:
         return {"repeats": 0.0, "dst_repeats": 0.0, "top_decile_share": 0.0, "duplicates": 0}
     etype = graph.etype.numpy()
     src_key = graph.src.numpy() * graph.num_etypes + etype
-    dst_key = graph.dst.numpy() * graph.num_etypes + etype
-    _, counts = np.unique(src_key, return_counts=True)
-    dst_pairs = np.unique(dst_key).size
-    triples = np.unique(src_key * graph.num_nodes + graph.dst.numpy()).size
+    counts = _run_lengths(np.sort(src_key))
+    dst_pairs = _sorted_unique(graph.dst.numpy() * graph.num_etypes + etype).size
+    triples = _sorted_unique(src_key * graph.num_nodes + graph.dst.numpy()).size
     top = np.sort(counts)[::-1][: max(1, math.ceil(0.1 * counts.size))]
     return {"repeats": graph.num_edges / counts.size, "dst_repeats": graph.num_edges / dst_pairs,
             "top_decile_share": float(top.sum()) / graph.num_edges, "duplicates": graph.num_edges - triples}
+
+
+def _run_lengths(sorted_keys: np.ndarray) -> np.ndarray:
+    """How many times each distinct value of ``sorted_keys`` occurs."""
+    starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+    return np.diff(np.append(starts, sorted_keys.size))
 
 
 def generate(profile: Profile | str, scale: float = 1.0, seed: int = 0,
