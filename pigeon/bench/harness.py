@@ -29,6 +29,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
 
+from pigeon.bench.provenance import git_state, provenance
+
 SCHEMA = "pigeon-bench/1"
 
 # What an allocation failure says, in Python, PyTorch's allocators, C++ and OpenMP.
@@ -279,20 +281,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_state() -> dict | None:
-    """``{"commit": sha, "clean": bool}`` of the Pigeon checkout (clean: no uncommitted
-    change to a tracked file), or None outside a git checkout."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "clean": not dirty}
-
-
 def describe_machine(device: str) -> dict:
     """CPU, cores, memory, GPU and library versions, for the results file."""
     import torch
@@ -335,8 +323,7 @@ def new_report(config: Config, argv: list[str]) -> dict:
     cuda`` it is None: those are the host's rates, not the GPU's.
     """
     from pigeon.bench.floor import measure_machine
-    from pigeon.bench.provenance import provenance
-
+    
     machine = describe_machine(config.device)
     machine["measured"] = measure_machine(config.threads) if config.device == "cpu" else None
     return {

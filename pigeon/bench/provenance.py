@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 
-from pigeon.bench.harness import Config, git_state
+__all__ = ["provenance", "finish_report", "other_load", "tuning_state", "git_state"]
 
-__all__ = ["provenance", "finish_report", "other_load", "tuning_state"]
+
+def git_state() -> dict | None:
+    """``{"commit": sha, "clean": bool}`` of the Pigeon checkout (clean: no uncommitted
+    change to a tracked file), or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "clean": not dirty}
 
 
 def _version(package: str) -> str | None:
@@ -71,10 +84,11 @@ def tuning_state(tuned: bool) -> dict:
     return {"state": "tuned", "cache": str(cache.root), "entries": len(files), "digest": digest}
 
 
-def provenance(config: Config) -> dict:
-    """Where a run's numbers come from: the commit and whether the tree was clean, the
-    library versions and threads, the tuning cache the workers read, the rates the cost
-    model planned with, and the other load on the machine when the run started."""
+def provenance(config) -> dict:
+    """Where a run of ``config`` (a :class:`pigeon.bench.harness.Config`) gets its
+    numbers: the commit and whether the tree was clean, the library versions and
+    threads, the tuning cache the workers read, the rates the cost model planned with,
+    and the other load on the machine when the run started."""
     import torch
 
     from pigeon.runtime.target import machine_target
