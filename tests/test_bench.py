@@ -17,11 +17,14 @@ import pytest
 import torch
 
 import pigeon.runtime.compiled
-from pigeon.bench import Case, harness, run_cases
+from pigeon.bench import Case, Config, harness, run_cases
 from pigeon.bench.harness import SCHEMA, classify_exit
-from pigeon.bench.report import best_baselines, format_table, load_report, save_report, speedup
-from pigeon.bench.systems import MODELS, MODES, available_systems, default_systems
-from pigeon.bench.worker import check_against_reference, prepare
+from pigeon.bench.provenance import tuning_state
+from pigeon.bench.report import (best_baselines, format_markdown, format_table, headline, load_report, other_maths,
+                                 save_report, speedup, structure_table)
+from pigeon.bench.systems import MODELS, MODES, all_systems, available_systems, default_systems
+from pigeon.bench.worker import check_against_reference, load_graph, prepare
+from pigeon.data.profiles import structure_stats
 from pigeon.cli import build_parser, main
 from pigeon.data import load
 
@@ -60,7 +63,7 @@ def test_every_system_runs_each_model_and_matches_the_reference_where_the_maths_
             assert synthetic
             check = check_against_reference(system, runner, workload, mode == "train",
                                             torch.Generator().manual_seed(4))
-            expected = "oracle" if system.library == "reference" else "ok" if model in system.same_maths else "n/a"
+            expected = "ok" if model in system.same_maths else "n/a"
             assert check["status"] == expected, (model, mode, check)
             if expected == "ok":
                 assert check["max_rel_err"] <= 1e-4, (model, mode, check)
@@ -87,16 +90,21 @@ def test_the_check_reports_a_layer_that_computes_something_else(system_name, mod
 
 def test_systems_follow_the_compiled_backends(monkeypatch):
     systems = available_systems()
-    assert list(systems) == ["pigeon-torch", "pigeon-cpu", "pigeon-triton", "dgl", "pyg", "reference"]
+    baselines = ["dgl", "dgl-ops", "pyg", "ref", "inductor"]
+    assert list(systems) == ["pigeon-torch", "pigeon-cpu", "pigeon-triton", *baselines]
     assert systems["pigeon-triton"].device == "cuda" and systems["pigeon-torch"].device is None
     assert default_systems("cpu") == ["pigeon-torch", "pigeon-cpu", "dgl", "pyg"]
     assert default_systems("cuda") == ["pigeon-torch", "pigeon-triton", "dgl", "pyg"]
-    assert [s for s in systems.values() if s.is_baseline] == [systems["dgl"], systems["pyg"]]
+    assert all_systems("cpu") == ["pigeon-torch", "pigeon-cpu", *baselines]
+    assert [name for name, s in systems.items() if s.is_baseline] == baselines
+    # Other maths: DGL's RGAT and HGT layers, PyG's RGAT.
+    assert {name: sorted(set(MODELS) - s.same_maths) for name, s in systems.items() if s.is_baseline} == {
+        "dgl": ["hgt", "rgat"], "dgl-ops": [], "pyg": ["rgat"], "ref": [], "inductor": []}
     # A backend list that differs (torch and triton gone, a new backend for any device,
     # the selector kept): the systems and the defaults follow it, with no change to the bench.
     monkeypatch.setattr(pigeon.runtime.compiled, "BACKENDS", ("cpu", "vulkan", "auto"))
     systems = available_systems()
-    assert list(systems) == ["pigeon-cpu", "pigeon-vulkan", "dgl", "pyg", "reference"]
+    assert list(systems) == ["pigeon-cpu", "pigeon-vulkan", *baselines]
     assert systems["pigeon-cpu"].device == "cpu" and systems["pigeon-vulkan"].device is None
     assert default_systems("cpu") == ["pigeon-cpu", "pigeon-vulkan", "dgl", "pyg"]
     assert default_systems("cuda") == ["pigeon-vulkan", "dgl", "pyg"]
@@ -155,9 +163,11 @@ def test_bench_command_writes_results_markdown_and_chart(cli_run):
         checks[r["system"], r["model"]] = r["check"]["status"]
     assert checks == {("pigeon-torch", "rgcn"): "ok", ("dgl", "rgcn"): "ok",
                       ("pigeon-torch", "rgat"): "ok", ("dgl", "rgat"): "n/a"}
+    assert {(r["system"], r["model"]): r["same_maths"] for r in report["results"]} == {
+        ("pigeon-torch", "rgcn"): True, ("dgl", "rgcn"): True, ("pigeon-torch", "rgat"): True, ("dgl", "rgat"): False}
 
     table = result.stdout
-    assert "x vs dgl" in table and "best baseline" in table and "n/a" in table
+    assert "x vs dgl" in table and "best baseline" in table and "n/a" in table and "other maths" in table
     assert f"{nodes:,} nodes" in table
     markdown = (out / "run.md").read_text()
     assert report["command"] in markdown and "| model | mode | system |" in markdown
@@ -165,6 +175,37 @@ def test_bench_command_writes_results_markdown_and_chart(cli_run):
     assert (out / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # tqdm draws on stderr only when asked; --no-progress keeps it quiet.
     assert "case/s" not in result.stderr
+
+
+def test_every_results_file_records_its_provenance(cli_run):
+    _, out = cli_run
+    report = load_report(out / "run.json")
+    p = report["provenance"]
+    assert len(p["commit"]) == 40 and isinstance(p["clean"], bool)
+    assert p["versions"] == {"torch": torch.__version__, "dgl": report["machine"]["versions"]["dgl"],
+                             "torch_geometric": report["machine"]["versions"]["torch_geometric"]}
+    assert p["versions"]["dgl"] and p["versions"]["torch_geometric"]
+    assert p["threads"]["per_case"] >= 1 and "OMP_NUM_THREADS" in p["threads"]
+    assert p["tuning_cache"]["state"] == "fresh-empty" and "PIGEON_AUTOTUNE=0" in p["tuning_cache"]["how"]
+    assert p["cost_model_rates"]["matmul_gflops"] > 0 and p["cost_model_rates"]["bandwidth_gbs"] > 0
+    for load in (p["load_at_start"], p["load_at_end"]):
+        assert load["loadavg_1min"] >= 0 and load["other_cores_busy"] >= 0 and isinstance(load["busiest"], list)
+    assert p["max_other_cores_busy_in_timed_runs"] >= 0
+    for r in report["results"]:
+        assert r["threads"] >= 1 and r["autotune"] is False and r["other_cores_busy"] >= 0
+    markdown = (out / "run.md").read_text()
+    assert f"commit {p['commit']}" in markdown and "tuning cache: fresh and empty" in markdown
+
+
+def test_tuned_runs_record_the_cache_they_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIGEON_CACHE_DIR", str(tmp_path))
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "a.json").write_text("{}")
+    state = tuning_state(True)
+    assert state["state"] == "tuned" and state["entries"] == 1 and state["cache"] == str(tmp_path / "tune")
+    (tmp_path / "tune" / "a.json").write_text('{"changed": 1}')
+    assert tuning_state(True)["digest"] != state["digest"]
+    assert tuning_state(False)["state"] == "fresh-empty"
 
 
 @pytest.mark.xdist_group("bench-cli-run")  # one worker runs the module fixture, once
@@ -188,7 +229,7 @@ def test_unknown_names_fail_at_once_with_the_valid_ones(capsys):
     assert "unknown model 'gcn'; valid: rgcn, rgat, hgt" in result.stderr
     for option, bad, listed in [("--datasets", "cora", "aifb"), ("--modes", "eval", "infer, train"),
                                 ("--systems", "pigeon-nonexistent", "pigeon.runtime.compiled.BACKENDS"),
-                                ("--systems", "jax", "reference")]:
+                                ("--systems", "jax", "inductor")]:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args(["bench", option, bad])
         assert exit_info.value.code == 2
@@ -264,6 +305,43 @@ def _result(system: str, status: str = "ok", median: float | None = None, mode: 
     return result
 
 
+def test_the_headline_is_over_same_maths_baselines_and_other_maths_is_shown_apart():
+    def result(system, model, median, same=True, status="ok"):
+        r = _result(system, status, median)
+        r.update(model=model, same_maths=same)
+        return r
+
+    results = [
+        result("pigeon-cpu", "rgcn", 0.010), result("ref", "rgcn", 0.040), result("inductor", "rgcn", 0.020),
+        result("dgl", "rgcn", 0.030),
+        # DGL's RGAT is other maths: faster, but in no speedup and not in the headline.
+        result("pigeon-cpu", "rgat", 0.010), result("dgl", "rgat", 0.001, same=False),
+        result("dgl-ops", "rgat", 0.080), result("pyg", "rgat", 0.002, same=False),
+        # No same-maths baseline finished: the case is out of the headline, and said so.
+        result("pigeon-cpu", "hgt", 0.010), result("dgl-ops", "hgt", None, status="OOM"),
+    ]
+    best = best_baselines(results)
+    assert speedup(results[0], best) == pytest.approx((2.0, "inductor"))
+    assert speedup(results[4], best) == pytest.approx((8.0, "dgl-ops"))
+    entry = headline(results)["pigeon-cpu"]
+    assert entry["cases"] == 2 and entry["geomean"] == pytest.approx(4.0)
+    assert entry["min"][:2] == (pytest.approx(2.0), "rgcn aifb infer") and entry["uncovered"] == ["hgt aifb infer"]
+    assert [(case, system) for case, system, _, _ in other_maths(results)] == [("rgat aifb infer", "dgl"),
+                                                                             ("rgat aifb infer", "pyg")]
+    assert other_maths(results)[0][3] == "pigeon-cpu 0.10x"
+    report = {"results": results, "created": "now", "command": "pigeon bench",
+              "config": {"dim": 8, "heads": 1, "scale": 1.0, "device": "cpu", "repeat": 1, "warmup": 1, "threads": None},
+              "machine": {"cpu": "cpu", "usable_cores": 2, "memory_gib": 1, "gpu": None,
+                          "versions": {"torch": "t", "dgl": "d", "torch_geometric": "p", "pigeon": "0"}}}
+    table = format_table(report)
+    assert "pigeon-cpu: 4.00x geometric mean over 2 cases" in table and "other maths" in table
+    headline_part = table.split("headline (same maths")[1]
+    assert "dgl)" not in headline_part and "pyg" not in headline_part
+    markdown = format_markdown(report)
+    assert "## Headline (same maths, against the best of every baseline)" in markdown
+    assert "## Other maths (not in any speedup or the headline)" in markdown
+
+
 def test_speedup_is_over_the_fastest_baseline_that_finished():
     results = [_result("pigeon-torch", median=0.010), _result("dgl", "OOM"), _result("pyg", median=0.030),
                _result("pigeon-torch", median=0.040, mode="train"), _result("dgl", median=0.020, mode="train"),
@@ -279,3 +357,50 @@ def test_speedup_is_over_the_fastest_baseline_that_finished():
     table = format_table(report)
     assert "3.00x vs pyg" in table and "0.50x vs dgl" in table and "OOM" in table
     assert "dgl rgcn aifb infer: OOM: x" in table
+
+
+# ---- the structure sweep --------------------------------------------------------------------
+def test_the_structure_sweep_makes_one_case_per_point_with_the_requested_structure():
+    config = Config(models=("rgcn",), datasets=("aifb",), modes=("infer",), systems=("pigeon-torch", "ref"),
+                    scale=0.5, repeats=(1.0, 2.0, 8.0), skews=(0.0, 1.5))
+    cases = config.cases()
+    points = [(r, s) for r in (1.0, 2.0, 8.0) for s in (0.0, 1.5)]
+    assert [(c.repeats, c.skew) for c in cases] == [p for p in points for _ in range(2)]
+    assert Config(models=("rgcn",), datasets=("aifb",), modes=("infer",), systems=("ref",)).structures() == [(None, None)]
+    shares = {}
+    for case in cases[::2]:
+        graph, synthetic = load_graph(case)
+        stats = structure_stats(graph)
+        # Measured on the generated graph: within 15 % of the requested mean repeats.
+        assert synthetic and stats["repeats"] == pytest.approx(case.repeats, rel=0.15), (case, stats)
+        shares[case.repeats, case.skew] = stats["top_decile_share"]
+    for repeats in (2.0, 8.0):
+        assert shares[repeats, 0.0] == pytest.approx(0.1, rel=0.15), "no skew: every pair as busy"
+        assert shares[repeats, 1.5] > 1.5 * shares[repeats, 0.0], "skewed: the busiest pairs hold more"
+
+
+def test_a_structure_run_reports_the_speedup_at_each_point(tmp_path):
+    out = tmp_path / "sweep.json"
+    result = _pigeon("bench", "--models", "rgcn", "--modes", "infer", "--systems", "pigeon-torch,ref",
+                     "--datasets", "aifb", "--scale", "0.1", "--dim", "8", "--repeat", "1", "--warmup", "0",
+                     "--no-progress", "--structure", "--repeats", "1,4", "--skews", "1", "--json", out)
+    assert result.returncode == 0, result.stderr
+    report = load_report(out)
+    assert "--structure --repeats 1,4 --skews 1" in report["command"]
+    got = {(r["system"], r["repeats"]): r for r in report["results"]}
+    assert set(got) == {(s, r) for s in ("pigeon-torch", "ref") for r in (1.0, 4.0)}
+    for (_, repeats), r in got.items():
+        assert r["status"] == "ok" and r["skew"] == 1.0, r
+        assert r["graph"]["repeats"] == pytest.approx(repeats, rel=0.15)
+    header, rows = structure_table(report["results"])
+    assert header[3:] == ["aifb[repeats 1, skew 1]", "aifb[repeats 4, skew 1]"]
+    assert rows[1][:3] == ["pigeon-torch", "rgcn", "infer"] and all(c.endswith("x") for c in rows[1][3:])
+    assert "structure sweep" in result.stdout and "aifb[repeats 4, skew 1] (synthetic profile)" in result.stdout
+
+
+def test_the_structure_sweep_takes_profiles_only(capsys):
+    assert main(["bench", "--datasets", "umls", "--structure"]) == 2
+    assert "--structure generates synthetic profiles, and umls is not one" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--structure", "--repeats", "0.5"])
+    assert "expected repeats of at least 1" in capsys.readouterr().err

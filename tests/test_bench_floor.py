@@ -17,13 +17,14 @@ import torch
 
 from pigeon import nn as pnn
 from pigeon.bench import Case
-from pigeon.bench.floor import Work, add_floor, floor_seconds, kernel_work, measure_machine
+from pigeon.bench.floor import Work, add_floor, floor_seconds, kernel_work, machine_work, measure_machine
 from pigeon.bench.report import format_markdown, format_table, load_report
 from pigeon.bench.worker import case_work, prepare
 from pigeon.cli import main
 from pigeon.data import load
 from pigeon.ir.kernel_ir import GemmKernel, ViewKernel
 from pigeon.passes.base import RowCounts
+from pigeon.runtime.choice import Choice
 
 IN, OUT = 8, 4
 
@@ -90,6 +91,38 @@ def test_bytes_are_at_least_the_inputs_weights_and_outputs(rgcn_plan):
             assert share.bytes > 0
 
 
+# ---- the machine floor ----------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["rgcn", "rgat", "hgt"])
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_the_machine_floor_is_at_most_the_plan_floor(model, mode):
+    case = Case("pigeon-torch", model, "aifb", mode, dim=IN, heads=2, scale=0.05, seed=1)
+    _, workload, runner, _ = prepare(case)
+    work, machine = case_work(case, workload, runner)
+    assert 0 < machine.flops <= work.flops and 0 < machine.bytes <= work.bytes
+    # Bytes: x, every weight and the output once (twice over in training, for their
+    # gradients), and one source index per edge.
+    graph = workload.graph
+    floats = graph.num_nodes * IN * 2 + sum(p.numel() for p in runner.module.parameters())
+    assert machine.bytes == 4 * floats * (2 if mode == "train" else 1) + graph.num_edges * graph.index_dtype.itemsize
+    # FLOPs: the fewest over every setting of the cost model's decisions, so forcing a
+    # decision never does fewer.
+    compiled, tensors = runner.module.compiled, {"x": workload.x, **dict(runner.module.named_parameters())}
+    for reorder in (False, True):
+        for compact in (False, True):
+            plan = compiled.plan(graph, tensors, Choice(reorder, compact), mode=mode)
+            assert kernel_work(plan, graph, mode).flops >= machine.flops
+    with pytest.raises(ValueError, match="`mode`"):
+        machine_work(compiled, graph, tensors, "eval")
+
+
+def test_add_floor_sets_both_floors():
+    machine = {"matmul_gflops": 100.0, "bandwidth_gbs": 10.0}
+    result = {"flops": 20 * 10**9, "bytes": 10**9, "machine_flops": 10**9, "machine_bytes": 10**8}
+    add_floor(result, machine)
+    assert result["floor_s"] == pytest.approx(0.2) and result["machine_floor_s"] == pytest.approx(0.01)
+    assert result["machine_floor_bound"] == "compute"
+
+
 # ---- the floor ----------------------------------------------------------------------------
 def test_the_floor_is_the_larger_of_compute_and_memory_time():
     machine = {"matmul_gflops": 100.0, "bandwidth_gbs": 10.0}
@@ -153,7 +186,7 @@ def test_results_without_a_floor_still_show(tmp_path, capsys):
     table = format_table(report)
     assert "x floor" in table and "measured" not in table
     assert "pigeon-torch rgcn aifb infer: no floor: KeyError: 'x'" in table
-    assert "| 50.00x vs dgl |  |  | 500 |" in format_markdown(report)
+    assert "| 50.00x vs dgl |  |  |  |  | 500 |" in format_markdown(report)
     # A results file saved before the floor existed.
     assert main(["bench", "--from-json", "bench/results/cpu-2026-11-26.json"]) == 0
     assert "x floor" in capsys.readouterr().out
@@ -163,7 +196,7 @@ def test_results_without_a_floor_still_show(tmp_path, capsys):
 def test_a_tiny_run_records_the_machine_and_one_floor_per_case(tmp_path):
     out = tmp_path / "run.json"
     run = subprocess.run([sys.executable, "-m", "pigeon", "bench", "--models", "rgcn", "--modes", "train",
-                          "--systems", "pigeon-torch,reference", "--datasets", "aifb", "--scale", "0.02",
+                          "--systems", "pigeon-cpu,ref", "--datasets", "aifb", "--scale", "0.02",
                           "--dim", "8", "--repeat", "2", "--warmup", "0", "--no-progress", "--json", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -171,17 +204,20 @@ def test_a_tiny_run_records_the_machine_and_one_floor_per_case(tmp_path):
     measured = report["machine"]["measured"]
     assert measured["matmul_gflops"] > 0 and measured["bandwidth_gbs"] > 0
     results = report["results"]
-    assert [r["system"] for r in results] == ["pigeon-torch", "reference"]
+    assert [r["system"] for r in results] == ["pigeon-cpu", "ref"]
     for r in results:
         assert r["status"] == "ok" and "floor_error" not in r, r
-        assert r["floor_bound"] in ("compute", "memory")
+        assert r["floor_bound"] in ("compute", "memory") and r["machine_floor_bound"] in ("compute", "memory")
         expected = max(r["flops"] / (measured["matmul_gflops"] * 1e9), r["bytes"] / (measured["bandwidth_gbs"] * 1e9))
         assert r["floor_s"] == pytest.approx(expected)
-    # The same work for every system of a case (the reference's comes from a pigeon-torch
+        assert 0 < r["machine_floor_s"] <= r["floor_s"]
+    # The same work for every system of a case (the reference's comes from a pigeon-cpu
     # layer built for it), and what the worker's own counting gives in this process.
-    assert results[0]["flops"] == results[1]["flops"] and results[0]["bytes"] == results[1]["bytes"]
-    case = Case("pigeon-torch", "rgcn", "aifb", "train", dim=8, scale=0.02)
+    for key in ("flops", "bytes", "machine_flops", "machine_bytes"):
+        assert results[0][key] == results[1][key], key
+    case = Case("ref", "rgcn", "aifb", "train", dim=8, scale=0.02)
     _, workload, runner, _ = prepare(case)
-    work = case_work(case, workload, runner)
+    work, machine = case_work(case, workload, runner)
     assert (work.flops, work.bytes) == (results[0]["flops"], results[0]["bytes"])
+    assert (machine.flops, machine.bytes) == (results[0]["machine_flops"], results[0]["machine_bytes"])
     assert "x floor" in run.stdout and json.loads(out.read_text())["schema"] == report["schema"]

@@ -16,7 +16,7 @@ import torch
 from pigeon.data import Dataset, load
 from pigeon.data.datasets import Source, dataset_names, source_of
 from pigeon.data.ogb import ogb_evaluator
-from pigeon.data.profiles import PROFILES
+from pigeon.data.profiles import PROFILES, Structure, generate, structure_stats
 
 # ---- real knowledge graphs ------------------------------------------------------------
 # (entities, relations) over all splits, as published for the PyKEEN copies.
@@ -162,9 +162,9 @@ def test_profile_counts_proportional_at_small_scale(name, scale):
         assert abs(got - size * scale) <= 1.0 + 1e-9
 
 
-@pytest.mark.parametrize("name", ["mag", "biokg"])
-def test_profile_node_types_respect_each_edge_type(name):
-    g = load(name, scale=0.002, seed=3).graph
+@pytest.mark.parametrize("name,scale", [("mag", 0.002), ("biokg", 0.002), ("aifb", 0.05), ("bgs", 0.01)])
+def test_profile_node_types_respect_each_edge_type(name, scale):
+    g = load(name, scale=scale, seed=3).graph
     assert torch.all(g.ntype[1:] >= g.ntype[:-1]), "node types own contiguous id blocks"
     type_id = {n: i for i, n in enumerate(g.ntype_names)}
     for t, (src_type, _, dst_type) in enumerate(g.etype_names):
@@ -207,6 +207,86 @@ def test_profiles_are_skewed_like_real_graphs(name, scale):
     assert stats.compaction_ratio > 2.0, "(src, etype) pairs repeat as in real graphs"
     degree = (g.in_degree() + g.out_degree()).double()
     assert degree.max() >= 20 * degree.mean(), "node degrees are heavy-tailed"
+
+
+# The DGL heterographs' node types (Graphiler's and Hector's dataset tables) and canonical
+# edge types, reverse relations included.
+@pytest.mark.parametrize("name,ntypes,etypes,labelled", [("aifb", 7, 104, "Personen"), ("mutag", 5, 50, "d"),
+                                                          ("bgs", 27, 122, "NamedRockUnit"), ("am", 7, 108, "proxy")])
+def test_rdf_profiles_have_typed_nodes_and_relations_between_fixed_type_pairs(name, ntypes, etypes, labelled):
+    p = PROFILES[name]
+    assert len(p.ntype_names) == ntypes and p.num_etypes == etypes and p.ntype_names[0] == labelled
+    assert len(p.relations) == etypes // 2 and p.reverse_pairs
+    # Zipf shares of the published total, the labelled type the largest.
+    assert sum(p.ntype_sizes) == p.num_nodes and list(p.ntype_sizes) == sorted(p.ntype_sizes, reverse=True)
+    assert p.ntype_sizes[0] / p.ntype_sizes[-1] == pytest.approx(ntypes, rel=0.01)
+    # Every node type is the source of a relation, so (with the reverses) a destination too.
+    assert {r.src_type for r in p.relations} == set(range(ntypes))
+    assert "canonical edge types" in p.source and "Graphiler" in p.source
+
+
+# ---- set structure (the benchmark's structure sweep) ---------------------------------------
+def _forward_source_counts(g, relation: int) -> np.ndarray:
+    """Edges per distinct source of one relation, most first."""
+    src = g.src[g.etype == relation].numpy()
+    return np.sort(np.unique(src, return_counts=True)[1])[::-1]
+
+
+@pytest.mark.parametrize("repeats", [1, 2, 4, 8])
+@pytest.mark.parametrize("skew", [0.0, 1.0])
+def test_structure_sets_the_mean_repeats_per_pair_and_keeps_the_profile(repeats, skew):
+    p = PROFILES["aifb"]
+    g = generate("aifb", scale=0.5, seed=2, structure=Structure(repeats, skew))
+    stats = structure_stats(g)
+    # Measured on the graph itself, not taken from the generator.
+    pairs = torch.unique(g.src * g.num_etypes + g.etype).numel()
+    assert stats["repeats"] == pytest.approx(g.num_edges / pairs)
+    assert stats["repeats"] == pytest.approx(repeats, rel=0.15) and stats["dst_repeats"] == pytest.approx(repeats, rel=0.15)
+    assert stats["duplicates"] == 0, "no (src, dst, etype) twice"
+    assert (g.num_nodes, g.num_edges, g.num_etypes, g.num_ntypes) == (
+        _rounded(p.num_nodes, 0.5), _expected_edges("aifb", 0.5), p.num_etypes, len(p.ntype_names))
+    type_id = {n: i for i, n in enumerate(g.ntype_names)}
+    for t, (src_type, _, dst_type) in enumerate(g.etype_names):
+        mask = g.etype == t
+        assert torch.all(g.ntype[g.src[mask]] == type_id[src_type])
+        assert torch.all(g.ntype[g.dst[mask]] == type_id[dst_type])
+
+
+@pytest.mark.parametrize("skew", [0.0, 0.7, 1.2])
+def test_structure_skews_the_source_degrees_by_the_zipf_law(skew):
+    g = generate("aifb", seed=1, structure=Structure(2, skew))
+    stats = structure_stats(g)
+    # Over the largest forward relation: extra edges of the source of rank i fall as
+    # (i + 1) ** -skew. Fit the exponent on the ranks that hold at least 10 extra edges.
+    largest = int(g.etype_counts()[: g.num_etypes // 2].argmax())
+    extra = _forward_source_counts(g, largest) - 1
+    if skew == 0.0:
+        assert extra.max() - extra.min() <= 1, "every pair gets `repeats` edges, to rounding"
+        assert stats["top_decile_share"] == pytest.approx(0.1, rel=0.15)
+        return
+    ranks = np.flatnonzero(extra >= 10)
+    slope = np.polyfit(np.log(ranks + 1), np.log(extra[ranks]), 1)[0]
+    assert -slope == pytest.approx(skew, rel=0.15)
+    # The reverse relation's destinations are those sources: the same degrees.
+    reverse_dst = g.dst[g.etype == largest + g.num_etypes // 2].numpy()
+    assert np.array_equal(np.sort(np.unique(reverse_dst, return_counts=True)[1])[::-1], extra + 1)
+    assert stats["top_decile_share"] > 0.15, "the busiest tenth of the pairs holds more than a tenth"
+
+
+def test_structure_is_deterministic_and_checked():
+    a = generate("mutag", scale=0.05, seed=4, structure=Structure(3, 1.0))
+    b = generate("mutag", scale=0.05, seed=4, structure=Structure(3, 1.0))
+    assert torch.equal(a.src, b.src) and torch.equal(a.dst, b.dst) and torch.equal(a.etype, b.etype)
+    with pytest.raises(ValueError, match=r"`repeats` to be a finite number of at least 1 \(got 0.5\)"):
+        Structure(0.5, 0.0)
+    with pytest.raises(ValueError, match=r"`skew`"):
+        Structure(2, -1.0)
+    with pytest.raises(ValueError, match=r"`structure`"):
+        generate("aifb", scale=0.05, structure=(2, 1.0))
+    # BGS's relations cannot all be one edge per (source, relation) pair: its small types
+    # hold fewer nodes than its large relations have edges.
+    with pytest.raises(ValueError, match=r"'bgs' to fit repeats 1, skew 0.*larger repeats"):
+        generate("bgs", structure=Structure(1, 0.0))
 
 
 def test_profile_scale_must_leave_a_node_per_type():

@@ -59,7 +59,7 @@ def test_two_ranks_match_one_process_and_train_rgat_hgt_and_nbfnet(tmp_path):
     * one DDP step on two half-batches against one single-process step on the whole
       batch: every neighbour taken and no dropout make both deterministic, so the
       parameters agree to 1e-10 in float64;
-    * RGAT and HGT trained for 2 epochs as the command line would, far above chance,
+    * RGAT and HGT trained for 6 epochs as the command line would, far above chance,
       the ranks' parameters bit-identical at the end;
     * NBFNet on a small knowledge graph, its query batches sharded over the ranks, every
       valid/test query ranked once over the two ranks, parameters bit-identical.
@@ -70,14 +70,16 @@ def test_two_ranks_match_one_process_and_train_rgat_hgt_and_nbfnet(tmp_path):
             "dropout": 0.0, "dtype": "float64", "threads": 1}
     single = train_entity(data=data, batch_size=16, checkpoint=tmp_path / "one.pt", show_progress=False,
                           log=lambda *a: None, **step)
-    aifb = load_entity_data("aifb", scale=0.25)
+    # mutag at a tenth: 713 labelled training nodes, two classes (HGT overfits aifb's 420
+    # at a quarter scale: tests/test_train_entity.py).
+    mutag = load_entity_data("mutag", scale=0.1)
     kg = load_link_data("umls", _fixture_kg(tmp_path / "kg"))
     quick = {"fanouts": (10, 10), "batch_size": 64, "hidden": 32, "heads": 2, "lr": 0.05, "dropout": 0.0,
-             "backend": "reference", "threads": 1, "epochs": 2, "nproc": 2}
+             "backend": "reference", "threads": 1, "epochs": 6, "nproc": 2}
     runs = [("step", EntityConfig(batch_size=8, nproc=2, **step).check(),
              {"data": data, "checkpoint": tmp_path / "two.pt"}),
-            ("rgat", EntityConfig(model="rgat", **quick).check(), {"data": aifb}),
-            ("hgt", EntityConfig(model="hgt", **quick).check(), {"data": aifb}),
+            ("rgat", EntityConfig(model="rgat", **quick).check(), {"data": mutag}),
+            ("hgt", EntityConfig(model="hgt", **quick).check(), {"data": mutag}),
             ("nbfnet", NBFNetConfig(nproc=2, seed=1, **TINY).check(), {"data": kg})]
     reports = launch(runs_worker, runs, 2)
 
@@ -93,7 +95,7 @@ def test_two_ranks_match_one_process_and_train_rgat_hgt_and_nbfnet(tmp_path):
     for model in ("rgat", "hgt"):
         report = reports[model]
         assert report["world_size"] == 2 and report["ranks_in_sync"], model
-        assert report["test"]["accuracy"] > report["chance"]["accuracy"] + 0.2, (model, report["test"])
+        assert report["test"]["accuracy"] > report["chance"]["accuracy"] + 0.15, (model, report["test"])
     nbfnet = reports["nbfnet"]
     assert nbfnet["world_size"] == 2 and nbfnet["ranks_in_sync"]
     assert nbfnet["valid"]["queries"] == 2 * kg.valid.shape[0] and nbfnet["test"]["queries"] == 2 * kg.test.shape[0]

@@ -6,8 +6,10 @@ by (type, id), edges by (type, id)), not with the code under test.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -555,3 +557,18 @@ def test_pigeon_imports_without_dgl_or_pyg():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_dgl_imports_whole_after_a_failed_import_left_submodules():
+    # ogb tries `import dgl` without the graphbolt stub; the failure leaves dgl's
+    # submodules in sys.modules, and a later import must not reuse them unbound.
+    code = ("import sys, types\n"
+            "sys.modules['dgl.utils'] = types.ModuleType('dgl.utils')  # a leftover of a failed import\n"
+            "from pigeon.interop.dgl import import_dgl\n"
+            "dgl = import_dgl()\n"
+            "dgl.utils.set_num_threads(1)\n"
+            "print(type(dgl.utils.set_num_threads).__name__)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "function"

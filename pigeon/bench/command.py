@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+
 from pigeon.arguments import (UsageError, existing_file, graph_datasets, name_list, non_negative_int,
                               output_file, positive_float, positive_int, scale, why_not_a_graph_dataset)
 from pigeon.bench.floor import add_floor
 from pigeon.bench.harness import Config, new_report, run_cases
+from pigeon.bench.provenance import finish_report
 from pigeon.bench.report import (format_compare, format_markdown, format_profiles, format_table, load_report,
                                  save_report, write_plot)
-from pigeon.bench.systems import DEVICES, MODELS, MODES, BACKEND_DEVICES, available_systems, default_systems
+from pigeon.bench.systems import DEVICES, MODELS, MODES, BACKEND_DEVICES, all_systems, available_systems
 
 EXAMPLE = """\
 example:
@@ -19,12 +21,14 @@ example:
       --dim 64 --repeat 5 --json out.json --markdown out.md --plot out.png
   pigeon bench --from-json new.json --compare old.json   # ratios per case, nothing run
   pigeon bench --models hgt --systems pigeon-cpu --profile   # time per generated kernel
+  pigeon bench --datasets aifb --structure --repeats 1,2,4,8 --skews 0,1   # speedup by graph structure
 
 Each case (system x model x dataset x mode) runs in its own process under a memory cap
 and a time limit; one that runs out of memory, crashes or hangs is recorded as OOM,
 error or timeout and the run goes on. Before timing, each system's output is checked
 against pigeon.reference (float64) where it computes the same maths. The exit status
-is 1 if any check found a mismatch, 0 otherwise."""
+is 1 if any check found a mismatch, 0 otherwise. Speedups and the headline are over the
+fastest baseline that computes the same maths; other maths is shown apart."""
 
 
 def _why_no_system(name: str) -> str | None:
@@ -44,11 +48,29 @@ systems = name_list("system", lambda: list(available_systems()), _why_no_system)
 def _config(args: argparse.Namespace) -> Config:
     return Config(
         models=args.models, datasets=args.datasets, modes=args.modes,
-        systems=args.systems or tuple(default_systems(args.device)),
+        systems=args.systems or tuple(all_systems(args.device)),
         dim=args.dim, heads=args.heads, scale=args.scale, seed=args.seed, repeat=args.repeat,
         warmup=args.warmup, memory_gb=args.memory_gb, timeout_s=args.timeout_s, device=args.device,
         threads=args.threads, profile=args.profile,
+        repeats=args.repeats if args.structure else (), skews=args.skews if args.structure else (),
+        tuned=args.tuned,
     )
+
+
+def numbers(kind: str, low: float):
+    """An argparse type: comma-separated numbers of at least ``low``."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers for {kind} (got {text!r})") from None
+        if not values or any(not v >= low for v in values):
+            raise argparse.ArgumentTypeError(f"expected {kind} of at least {low:g} each (got {text!r})")
+        return tuple(dict.fromkeys(values))
+
+    parse.__name__ = f"{kind} list"
+    return parse
 
 
 def _command_line(config: Config, args: argparse.Namespace) -> list[str]:
@@ -62,7 +84,12 @@ def _command_line(config: Config, args: argparse.Namespace) -> list[str]:
         if value is True:
             argv.append(flag)
             continue
-        argv += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+        if value == ():
+            continue
+        if field.name == "repeats":
+            argv.append("--structure")
+        argv += [flag, ",".join(f"{v:g}" if isinstance(v, float) else v for v in value)
+                 if isinstance(value, tuple) else str(value)]
     for flag in ("json", "markdown", "plot", "compare"):
         if getattr(args, flag):
             argv += [f"--{flag}", getattr(args, flag)]
@@ -80,6 +107,13 @@ def _check_setup(config: Config) -> str | None:
         if real:
             return (f"--scale applies to synthetic profiles only, and {', '.join(real)} is real data, loaded "
                     f"whole (got --scale {config.scale}); run it in a separate pigeon bench without --scale")
+    if config.repeats:
+        from pigeon.data.profiles import PROFILES
+
+        real = [name for name in config.datasets if name not in PROFILES]
+        if real:
+            return (f"--structure generates synthetic profiles, and {', '.join(real)} is not one "
+                    f"(profiles: {', '.join(PROFILES)})")
     named = available_systems()
     wrong = [s for s in config.systems if named[s].device not in (None, config.device)]
     if wrong:
@@ -127,6 +161,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         run_cases(config.cases(), progress=not args.no_progress, on_result=keep)
         report["load_average"]["end"] = round(os.getloadavg()[0], 2)
+        finish_report(report)
         if args.json:
             save_report(report, args.json)
 
@@ -160,7 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", type=systems, default=None,
                         help=f"comma-separated, from {', '.join(names)}; pigeon-<backend> exists for each "
                              "backend in pigeon.runtime.compiled.BACKENDS (default: Pigeon's backends "
-                             "for --device, dgl, pyg)")
+                             "for --device and every baseline)")
     parser.add_argument("--dim", type=positive_int, default=64, help="hidden size, in and out (default: 64)")
     parser.add_argument("--heads", type=positive_int, default=1,
                         help="attention heads for RGAT and HGT, each dim/heads wide (default: 1)")
@@ -185,6 +220,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also profile Pigeon's systems (torch.profiler, the timed step --repeat times) and "
                              "print the time of each generated kernel, forward and backward, per case")
+    parser.add_argument("--structure", action="store_true",
+                        help="the structure sweep: each dataset's profile generated at every --repeats and "
+                             "--skews point instead of as published; the tables give the speedup per point")
+    parser.add_argument("--repeats", type=numbers("repeats", 1.0), default=(1.0, 2.0, 4.0, 8.0),
+                        help="with --structure: mean edges per (node, edge type) pair (default: 1,2,4,8)")
+    parser.add_argument("--skews", type=numbers("skews", 0.0), default=(0.0, 1.0),
+                        help="with --structure: Zipf exponents of the source degrees (default: 0,1)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="let Pigeon's layers read the tuning cache (default: as with a fresh, empty cache: "
+                             "the cost model decides; the results file records which)")
     parser.add_argument("--json", metavar="FILE", type=output_file, default=None,
                         help="write every result, the machine and the command here (default: none); "
                              "rewritten after each case")

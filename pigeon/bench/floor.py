@@ -36,17 +36,31 @@ rate, gathers through index maps read more than each row once, and a kernel's co
 and memory traffic overlap at best. A result of 1x is out of reach; the ratio is for
 comparing cases and systems, and for seeing which term binds.
 
+**The machine floor** (:func:`machine_work`) is the same bound for the least work any
+plan could do, not for the plan Pigeon chose: every input, weight and output moved once
+(in training also the output's gradient read and the gradient of every input and weight
+written once, each the size of what it is the gradient of), the graph's edges read once
+(one source index per edge, at the graph's index width), and the FLOPs of the cheapest
+plan the rewrites can reach (the fewest over every setting of the decisions the cost
+model takes: linear reordering, compact materialization). It is at most the plan floor;
+"x machine" is the ratio against the machine rather than against Pigeon's own plan.
+
 The counting lives in :mod:`pigeon.passes.cost` (the compiler's cost model reads the
 same work) and the machine's measurement in :mod:`pigeon.runtime.target`.
 """
 
 from __future__ import annotations
 
+from pigeon.ir.graph_ir import GLOBAL
+from pigeon.ir.kernel_ir import BufferRole
 from pigeon.passes.base import RowCounts
+from pigeon.passes.choose import variants
 from pigeon.passes.cost import KernelWork, Work, program_work
+from pigeon.runtime.choice import Choice
 from pigeon.runtime.target import measure_machine
 
-__all__ = ["KernelWork", "Work", "kernel_work", "floor_seconds", "add_floor", "measure_machine", "program_work"]
+__all__ = ["KernelWork", "Work", "kernel_work", "machine_work", "floor_seconds", "add_floor", "measure_machine",
+           "program_work"]
 
 
 def kernel_work(plan, graph, mode: str, elem: int = 4) -> Work:
@@ -63,6 +77,30 @@ def kernel_work(plan, graph, mode: str, elem: int = 4) -> Work:
     return work
 
 
+def machine_work(compiled, graph, tensors: dict, mode: str, elem: int = 4) -> Work:
+    """The :class:`Work` of the machine floor (module docstring) for the compiled layer
+    ``compiled`` (a :class:`~pigeon.runtime.compiled.Compiled`) on ``graph`` with
+    ``tensors`` (every input and parameter by name), in ``mode``."""
+    if mode not in ("infer", "train"):
+        raise ValueError(f"Expected `mode` to be 'infer' or 'train' (got {mode!r})")
+    rows = RowCounts.from_graph(graph)
+    flops, program = None, None
+    for options in variants(compiled.options):
+        plan = compiled.plan(graph, tensors, Choice(options.reorder, options.compact), mode=mode)
+        work = kernel_work(plan, graph, mode, elem)
+        if flops is None or work.flops < flops:
+            flops, program = work.flops, plan.forward_kernels
+    moved = 0
+    for buffer in program.buffers:
+        if buffer.role in (BufferRole.INPUT, BufferRole.PARAM, BufferRole.OUTPUT):
+            count = 1 if buffer.type.space == GLOBAL else rows.of(buffer.type.space.name)
+            moved += count * buffer.type.numel * elem
+    if mode == "train":
+        moved *= 2   # the output's gradient read, each input's and weight's gradient written
+    moved += graph.num_edges * graph.index_dtype.itemsize
+    return Work(flops, moved)
+
+
 def floor_seconds(work: Work, machine: dict) -> tuple[float, str]:
     """``(seconds, "compute" | "memory")``: ``max(flops / rate, bytes / bandwidth)`` for
     ``machine`` as :func:`measure_machine` returns it, and which term is the larger."""
@@ -73,9 +111,14 @@ def floor_seconds(work: Work, machine: dict) -> tuple[float, str]:
 
 def add_floor(result: dict, machine: dict | None) -> None:
     """Set ``floor_s`` and ``floor_bound`` of a case's result from its ``flops`` and
-    ``bytes``; nothing when either is missing or the run measured no machine."""
-    if machine is None or result.get("flops") is None or result.get("bytes") is None:
+    ``bytes``, and ``machine_floor_s`` and ``machine_floor_bound`` from its
+    ``machine_flops`` and ``machine_bytes``; nothing for a pair that is missing, or when
+    the run measured no machine."""
+    if machine is None:
         return
-    seconds, bound = floor_seconds(Work(result["flops"], result["bytes"]), machine)
-    result["floor_s"] = seconds
-    result["floor_bound"] = bound
+    for prefix, flops, moved in (("", "flops", "bytes"), ("machine_", "machine_flops", "machine_bytes")):
+        if result.get(flops) is None or result.get(moved) is None:
+            continue
+        seconds, bound = floor_seconds(Work(result[flops], result[moved]), machine)
+        result[f"{prefix}floor_s"] = seconds
+        result[f"{prefix}floor_bound"] = bound

@@ -31,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
 
+from pigeon.bench.provenance import git_state, provenance
+
 SCHEMA = "pigeon-bench/1"
 
 # What an allocation failure says, in Python, PyTorch's allocators, C++ and OpenMP.
@@ -71,6 +73,13 @@ class Case:
         profile (bool): for Pigeon's systems, also run the timed step ``repeat`` times
             under ``torch.profiler`` and record the time of each kernel (its
             ``record_function`` range). Default: False.
+        repeats, skew (float, optional): a structure-sweep case: ``dataset``'s profile
+            generated with this mean number of edges per (node, edge type) pair and
+            this degree skew (:class:`pigeon.data.profiles.Structure`). Default: None,
+            the dataset as :func:`pigeon.data.load` gives it.
+        tuned (bool): let compiled layers read the tuning cache; otherwise the worker
+            runs with ``PIGEON_AUTOTUNE=0``, as with a fresh, empty cache (the cost
+            model decides). Default: False.
     """
 
     system: str
@@ -88,18 +97,27 @@ class Case:
     device: str = "cpu"
     threads: int | None = None
     profile: bool = False
+    repeats: float | None = None
+    skew: float | None = None
+    tuned: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.system} {self.model} {self.dataset} {self.mode}"
+        return f"{self.system} {self.model} {dataset_label(self.dataset, self.repeats, self.skew)} {self.mode}"
+
+
+def dataset_label(dataset: str, repeats: float | None, skew: float | None) -> str:
+    """``aifb``, or ``aifb[repeats 2, skew 1]`` for a structure-sweep case."""
+    return dataset if repeats is None else f"{dataset}[repeats {repeats:g}, skew {skew or 0:g}]"
 
 
 # Fields that make two results comparable (``--compare`` matches cases on them).
-KEY_FIELDS = ("system", "model", "dataset", "mode", "dim", "heads", "scale", "device")
+KEY_FIELDS = ("system", "model", "dataset", "mode", "dim", "heads", "scale", "device", "repeats", "skew")
 
 
 def case_key(result: dict) -> tuple:
-    return tuple(result[field] for field in KEY_FIELDS)
+    # Results saved before the structure sweep have no repeats or skew.
+    return tuple(result.get(field) for field in KEY_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -121,13 +139,23 @@ class Config:
     device: str = "cpu"
     threads: int | None = None
     profile: bool = False
+    repeats: tuple[float, ...] = ()
+    skews: tuple[float, ...] = ()
+    tuned: bool = False
+
+    def structures(self) -> list[tuple[float | None, float | None]]:
+        """The structure-sweep points ``(repeats, skew)``, or ``[(None, None)]``: the
+        datasets as they are."""
+        if not self.repeats:
+            return [(None, None)]
+        return [(r, s) for r in self.repeats for s in (self.skews or (0.0,))]
 
     def cases(self) -> list[Case]:
-        """Grouped as the table prints them: dataset, model, mode, then system."""
+        """Grouped as the table prints them: dataset (and structure), model, mode, then system."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Case)
-                  if f.name not in ("system", "model", "dataset", "mode")}
-        return [Case(system, model, dataset, mode, **shared)
-                for dataset in self.datasets for model in self.models
+                  if f.name not in ("system", "model", "dataset", "mode", "repeats", "skew")}
+        return [Case(system, model, dataset, mode, repeats=repeats, skew=skew, **shared)
+                for dataset in self.datasets for repeats, skew in self.structures() for model in self.models
                 for mode in self.modes for system in self.systems]
 
 
@@ -190,6 +218,8 @@ def run_case(case: Case) -> dict:
     A case that times out says how busy the other processes kept the machine.
     """
     env = dict(os.environ)
+    if not case.tuned:
+        env["PIGEON_AUTOTUNE"] = "0"
     if case.threads is not None:
         # DGL's kernels use OpenMP directly: the variable must be set before it loads.
         env["OMP_NUM_THREADS"] = str(case.threads)
@@ -355,20 +385,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_state() -> dict | None:
-    """``{"commit": sha, "clean": bool}`` of the Pigeon checkout (clean: no uncommitted
-    change to a tracked file), or None outside a git checkout."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "clean": not dirty}
-
-
 def describe_machine(device: str) -> dict:
     """CPU, cores, memory, GPU and library versions, for the results file."""
     import torch
@@ -411,7 +427,7 @@ def new_report(config: Config, argv: list[str]) -> dict:
     cuda`` it is None: those are the host's rates, not the GPU's.
     """
     from pigeon.bench.floor import measure_machine
-
+    
     machine = describe_machine(config.device)
     machine["measured"] = measure_machine(config.threads) if config.device == "cpu" else None
     return {
@@ -419,6 +435,7 @@ def new_report(config: Config, argv: list[str]) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["pigeon", *argv]),
         "machine": machine,
+        "provenance": provenance(config),
         "config": dataclasses.asdict(config),
         "results": [],
     }

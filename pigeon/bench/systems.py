@@ -13,6 +13,13 @@ Every system builds the same sizes: ``dim`` in and out, ``heads`` attention head
 system      RGCN / RGAT / HGT                             same maths as the reference
 ==========  ===========================================  =============================
 pigeon-*    ``pigeon.nn.RGCN/RGAT/HGT(backend=*)``        all three
+ref         ``pigeon.reference.*``: plain PyTorch, eager  all three
+inductor    the same layers under ``torch.compile``       all three
+            (compiled by the first call, outside the
+            timed runs)
+dgl-ops     DGL's operators: ``segment_mm`` typed         all three
+            linears, ``edge_softmax`` over all in-edges,
+            ``copy_e_sum`` (:mod:`pigeon.bench.dgl_ops`)
 dgl         ``RelGraphConv`` (edges presorted by type),   RGCN only: DGL's RGAT is a
             ``HeteroGraphConv`` over ``GATConv`` (the     softmax per relation, summed;
             usual DGL RGAT), ``HGTConv`` (presorted)      its HGT has no GELU and no
@@ -20,8 +27,11 @@ dgl         ``RelGraphConv`` (edges presorted by type),   RGCN only: DGL's RGAT 
 pyg         ``RGCNConv`` (mean, sorted), ``RGATConv``     RGCN and HGT: ``RGATConv``
             (across-relation), ``HGTConv``                shares attention across
                                                           relations
-reference   ``pigeon.reference.*`` (plain PyTorch)        it is the oracle
 ==========  ===========================================  =============================
+
+Every system but Pigeon's is a *baseline*. A baseline that computes other maths for a
+model is timed and shown apart ("other maths"); speedups and the headline are over the
+fastest baseline that computes the same maths (:mod:`pigeon.bench.report`).
 
 RGCN everywhere uses the paper's normalisation ``c_{v,r}`` (``norm="relation"``): PyG's
 ``RGCNConv`` can only do that (mean per relation) or none, and DGL takes any edge
@@ -45,7 +55,9 @@ BACKEND_DEVICES = {"cpu": "cpu", "triton": "cuda"}
 # Backends that only pick one of the others: timing them would time that one twice.
 SELECTOR_BACKENDS = ("auto",)
 
-BASELINE_LIBRARIES = ("dgl", "pyg")
+#: Libraries of the baselines: every system's but Pigeon's (``torch``: the reference
+#: layers, eager or under ``torch.compile``).
+BASELINE_LIBRARIES = ("dgl", "pyg", "torch")
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,8 @@ class Runner:
     ``to_global(out)`` gives ``([num_nodes, dim] tensor, rows)`` where ``rows`` lists the
     nodes the system produced an output for (None: all of them).
     ``reference_names`` is True when ``module`` has the reference's parameter names, so
-    parameter gradients can be compared too.
+    parameter gradients can be compared too. ``notes()`` (optional) says what the
+    worker should record about how the system ran (e.g. what ``torch.compile`` made).
     """
 
     module: Any
@@ -78,6 +91,7 @@ class Runner:
     forward: Callable[[Any], Any]
     to_global: Callable[[Any], tuple[Any, Any]]
     reference_names: bool = False
+    notes: Callable[[], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,7 @@ class System:
 
     Attributes:
         name: as given to ``--systems``.
-        library: ``pigeon``, ``dgl``, ``pyg`` or ``reference``.
+        library: ``pigeon``, ``dgl``, ``pyg`` or ``torch`` (the reference layers).
         same_maths: the models whose output must match the reference (others are
             timed but marked ``n/a``).
         build: ``build(workload) -> Runner``; imports the library when called.
@@ -116,15 +130,23 @@ def available_systems() -> dict[str, System]:
         for backend in BACKENDS if backend not in SELECTOR_BACKENDS
     }
     table["dgl"] = System("dgl", "dgl", frozenset({"rgcn"}), _build_dgl)
+    table["dgl-ops"] = System("dgl-ops", "dgl", frozenset(MODELS), _build_dgl_ops)
     table["pyg"] = System("pyg", "pyg", frozenset({"rgcn", "hgt"}), _build_pyg)
-    table["reference"] = System("reference", "reference", frozenset(MODELS), _build_reference)
+    table["ref"] = System("ref", "torch", frozenset(MODELS), _build_reference)
+    table["inductor"] = System("inductor", "torch", frozenset(MODELS), _build_inductor)
     return table
 
 
 def default_systems(device: str) -> list[str]:
-    """Pigeon's backends that run on ``device``, then DGL and PyG."""
+    """Pigeon's backends that run on ``device``, then DGL and PyG (``pigeon demo``'s set)."""
     return [name for name, system in available_systems().items()
-            if name != "reference" and system.device in (None, device)]
+            if name in ("dgl", "pyg") or (system.library == "pigeon" and system.device in (None, device))]
+
+
+def all_systems(device: str) -> list[str]:
+    """Pigeon's backends that run on ``device``, then every baseline: what ``pigeon
+    bench`` runs without ``--systems``."""
+    return [name for name, system in available_systems().items() if system.device in (None, device)]
 
 
 # ---- the reference layer every system copies --------------------------------------
@@ -176,6 +198,34 @@ def _pigeon_builder(backend: str) -> Callable[[Workload], Runner]:
 def _build_reference(w: Workload) -> Runner:
     return Runner(w.reference, _identity, _module_forward(w.reference, w.graph), _all_rows,
                   reference_names=True)
+
+
+def _build_inductor(w: Workload) -> Runner:
+    """The reference layer under ``torch.compile`` (inductor, default mode). Compiling
+    happens in the first call (and again where a guard fails, e.g. the first call with
+    gradients), which the worker makes before it times anything."""
+    import copy
+
+    import torch
+
+    module = copy.deepcopy(w.reference)
+    compiled = torch.compile(module)
+    torch._dynamo.utils.counters.clear()
+
+    def notes() -> dict:
+        counters = torch._dynamo.utils.counters
+        return {"torch_compile": {"graphs": int(counters["stats"]["unique_graphs"]),
+                                  "graph_breaks": int(sum(counters["graph_break"].values())),
+                                  "compiled": "in the first call(s), outside the timed runs"}}
+
+    return Runner(module, _identity, lambda x: compiled(w.graph, x), _all_rows, reference_names=True, notes=notes)
+
+
+def _build_dgl_ops(w: Workload) -> Runner:
+    from pigeon.bench.dgl_ops import build_dgl_ops_layer
+
+    layer = build_dgl_ops_layer(w.model, w.graph, w.reference).to(w.x.device)
+    return Runner(layer, _identity, layer, _all_rows, reference_names=True)
 
 
 # ---- graph formats the libraries take ------------------------------------------------

@@ -5,11 +5,14 @@ The steps, in order:
 1. import torch, Pigeon and the system's library, and run a little of each so that
    thread pools and lazily made native state exist;
 2. cap the process's memory (CPU: ``RLIMIT_AS``, the address space, to
-   ``memory_gb``; what step 1 mapped, 0.6 to 1.2 GiB, counts against it);
-3. load the dataset, draw the features and the reference layer's weights (seeded),
-   and let the system build its layer with those weights;
-4. the first call (timed on its own: it includes Pigeon's compilation and DGL's
-   format conversions);
+   ``memory_gb``; what step 1 mapped, 0.6 to 1.2 GiB, counts against it). On the CPU
+   the cap is lifted for the check of step 5 (its float64 oracle is not the system's
+   memory) and set again after it;
+3. load the dataset (for a structure-sweep case, generate its profile with the case's
+   structure), draw the features and the reference layer's weights (seeded), and let
+   the system build its layer with those weights;
+4. the first call (timed on its own: it includes Pigeon's compilation, the inductor
+   system's ``torch.compile`` and DGL's format conversions);
 5. the check: the output (and in ``train`` mode the gradients of the input and,
    for Pigeon, of every parameter) against :mod:`pigeon.reference` in float64;
 6. ``warmup`` untimed runs, then ``repeat`` timed runs; peak memory is the high
@@ -21,8 +24,15 @@ The steps, in order:
 7. with ``--profile``, for Pigeon's systems: ``repeat`` more runs under
    ``torch.profiler``, and the time of each kernel's range (:func:`profile_kernels`);
 8. the work of the case: ``flops`` and ``bytes`` of the kernels Pigeon's plan runs
-   for this model and graph (:func:`pigeon.bench.floor.kernel_work`), whatever the
-   system, so that every system of a case is measured against the same floor.
+   for this model and graph (:func:`pigeon.bench.floor.kernel_work`), and
+   ``machine_flops`` and ``machine_bytes`` of the machine floor
+   (:func:`pigeon.bench.floor.machine_work`), whatever the system, so that every
+   system of a case is measured against the same floors.
+
+Beside the measurements go what the case ran with: torch's and OpenMP's threads,
+whether compiled layers read the tuning cache (``autotune``), whether the system
+computes the reference's maths for the model (``same_maths``), the graph's measured
+structure, and for the inductor system what ``torch.compile`` made.
 
 ``train`` is one forward and backward of the layer with the input requiring a
 gradient, as in a layer inside a network. The result is written as JSON to
@@ -242,8 +252,6 @@ def check_against_reference(system, runner, workload, train: bool, generator, to
     drawn from ``generator``."""
     import torch
 
-    if system.library == "reference":
-        return {"status": "oracle"}
     if workload.model not in system.same_maths:
         return {"status": "n/a", "note": f"{system.name}'s {workload.model} is different maths"}
     graph, x = workload.graph, workload.x
@@ -276,21 +284,36 @@ def check_against_reference(system, runner, workload, train: bool, generator, to
     return result
 
 
+def load_graph(case: Case):
+    """``(graph, synthetic)`` of ``case``: the dataset as :func:`pigeon.data.load` gives
+    it, or for a structure-sweep case (``repeats`` set) its profile generated with that
+    structure (:class:`pigeon.data.profiles.Structure`)."""
+    from pigeon.data import load
+    from pigeon.data.profiles import PROFILES, Structure, generate
+
+    if case.repeats is None:
+        dataset = load(case.dataset, scale=case.scale, seed=case.seed)
+        return dataset.graph, dataset.synthetic
+    if case.dataset not in PROFILES:
+        raise ValueError(f"Expected a synthetic profile for a structure case, one of {sorted(PROFILES)} "
+                         f"(got dataset {case.dataset!r})")
+    return generate(case.dataset, case.scale, case.seed, Structure(case.repeats, case.skew or 0.0)), True
+
+
 def prepare(case: Case):
     """``(system, workload, runner)`` for ``case``: the dataset, seeded features and
     reference weights, and the system's layer built from them."""
     import torch
 
     from pigeon.bench.systems import Workload, available_systems, make_reference
-    from pigeon.data import load
 
     system = available_systems().get(case.system)
     if system is None:
         raise ValueError(f"unknown system {case.system!r}; this installation has {sorted(available_systems())}")
     if system.device is not None and system.device != case.device:
         raise ValueError(f"{system.name} runs on {system.device} only (got device {case.device!r})")
-    dataset = load(case.dataset, scale=case.scale, seed=case.seed)
-    graph = dataset.graph.to(case.device)
+    graph, synthetic = load_graph(case)
+    graph = graph.to(case.device)
     generator = torch.Generator().manual_seed(case.seed)
     torch.manual_seed(case.seed)
     reference = make_reference(case.model, graph, case.dim, case.heads)
@@ -298,22 +321,39 @@ def prepare(case: Case):
     reference.to(case.device)
     x = torch.randn(graph.num_nodes, case.dim, generator=generator).to(case.device)
     workload = Workload(case.model, graph, x, reference, case.dim, case.heads)
-    return system, workload, system.build(workload), dataset.synthetic
+    return system, workload, system.build(workload), synthetic
 
 
 def case_work(case: Case, workload, runner):
-    """The :class:`pigeon.bench.floor.Work` of Pigeon's kernels for ``case``: from the
-    system's own compiled layer when it has one (its plan is cached by then), else
-    from a ``pigeon-torch`` layer built for the workload (level-2 kernels do not
-    depend on the backend that runs them)."""
-    from pigeon.bench.floor import kernel_work
+    """``(plan work, machine work)``, the :class:`pigeon.bench.floor.Work` of the
+    kernels Pigeon's plan runs for ``case`` and of the machine floor: from the system's
+    own compiled layer when it has one (its plan is cached by then), else from a layer
+    of Pigeon's generated backend for the device (the cost model plans for the backend,
+    so every system of a case gets the floor of the plan Pigeon's generated backend
+    runs; pigeon-torch where that backend is missing)."""
+    from pigeon.bench.floor import kernel_work, machine_work
     from pigeon.bench.systems import available_systems
 
     module = runner.module
     if not hasattr(module, "compiled"):
-        module = available_systems()["pigeon-torch"].build(workload).module
-    plan = module.compiled.plan(workload.graph, {"x": workload.x, **dict(module.named_parameters())})
-    return kernel_work(plan, workload.graph, case.mode)
+        systems = available_systems()
+        generated = "pigeon-triton" if case.device == "cuda" else "pigeon-cpu"
+        module = systems[generated if generated in systems else "pigeon-torch"].build(workload).module
+    tensors = {"x": workload.x, **dict(module.named_parameters())}
+    plan = module.compiled.plan(workload.graph, tensors, mode=case.mode)
+    return (kernel_work(plan, workload.graph, case.mode),
+            machine_work(module.compiled, workload.graph, tensors, case.mode))
+
+
+def describe_graph(graph, synthetic: bool) -> dict:
+    """What the results file says of a case's graph: its counts and its measured
+    structure (:func:`pigeon.data.profiles.structure_stats`)."""
+    from pigeon.data.profiles import structure_stats
+
+    stats = structure_stats(graph.to("cpu"))
+    return {"nodes": graph.num_nodes, "edges": graph.num_edges, "etypes": graph.num_etypes,
+            "ntypes": graph.num_ntypes, "synthetic": synthetic, "repeats": round(stats["repeats"], 3),
+            "top_decile_share": round(stats["top_decile_share"], 3)}
 
 
 def measure(case: Case, record=lambda result: None) -> dict:
@@ -340,6 +380,8 @@ def measure(case: Case, record=lambda result: None) -> dict:
             torch.set_num_threads(case.threads)
         _load_libraries(system.library if system else "", torch)
         result["threads"] = torch.get_num_threads()
+        result["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+        result["autotune"] = os.environ.get("PIGEON_AUTOTUNE", "1") != "0"
         result["import_rss_mib"] = _rss_mib("VmRSS")
         result["import_vm_mib"] = _rss_mib("VmSize")
         _cap_memory(case, torch)
@@ -347,9 +389,8 @@ def measure(case: Case, record=lambda result: None) -> dict:
         reached("build")
 
         system, workload, runner, synthetic = prepare(case)
-        graph = workload.graph
-        result["graph"] = {"nodes": graph.num_nodes, "edges": graph.num_edges, "etypes": graph.num_etypes,
-                           "ntypes": graph.num_ntypes, "synthetic": synthetic}
+        result["same_maths"] = case.model in system.same_maths
+        result["graph"] = describe_graph(workload.graph, synthetic)
         reached("first call")
 
         train = case.mode == "train"
@@ -367,7 +408,14 @@ def measure(case: Case, record=lambda result: None) -> dict:
         result["first_call_s"] = clock.time(step)
         reset_grads()
         reached("check")
+        # The cap is the system's budget: the float64 oracle beside it (on the am profile,
+        # gigabytes) runs without it, and is freed before the cap is set again.
+        if case.device == "cpu":
+            _uncap_memory()
         result["check"] = check_against_reference(system, runner, workload, train, generator)
+        if case.device == "cpu":
+            _release_freed_memory()
+            _cap_memory(case, torch)
         reached("timing")
 
         for _ in range(case.warmup):
@@ -397,13 +445,16 @@ def measure(case: Case, record=lambda result: None) -> dict:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result.update(status="ok", times_s=times, median_s=statistics.median(times), min_s=min(times),
                       max_s=max(times), peak_mib=peak, peak_source=peak_source)
+        if runner.notes is not None:
+            result.update(runner.notes())
         if case.profile and system.library == "pigeon":
             reached("profile")
             result["profile"] = profile_kernels(step, reset_grads, case.repeat, clock)
         reached("floor")
         try:
-            work = case_work(case, workload, runner)
-            result.update(flops=work.flops, bytes=work.bytes)
+            work, machine = case_work(case, workload, runner)
+            result.update(flops=work.flops, bytes=work.bytes, machine_flops=machine.flops,
+                          machine_bytes=machine.bytes)
         except Exception as exc:  # the timing stands; the missing floor is recorded with its cause
             result["floor_error"] = classify_exception(exc)[1]
     except Exception as exc:  # every failure is the case's result, recorded below

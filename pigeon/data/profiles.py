@@ -57,6 +57,30 @@ labels. With ``C`` the profile's published class count:
 
 Every draw comes from generators seeded by ``(seed, profile name)``, separate from the
 graph's, so the same ``(profile, scale, seed)`` gives the same task.
+
+**Structure** (``generate(..., structure=Structure(repeats, skew))``, the benchmark's
+structure sweep) replaces steps 3 and 4 with degrees set exactly, so that a speedup
+can be read as a function of the graph's structure rather than at one point:
+
+* ``repeats``: the mean number of edges per ``(source, edge type)`` pair (what compact
+  materialization saves), and per ``(destination, edge type)`` pair, so the reverse
+  relations of the RDF profiles have it too. The profile's pairs are shared among its
+  relations in proportion to their sizes. A relation may hold at most ``repeats``
+  times as many edges as its smaller end type has nodes; larger Zipf shares are capped
+  there and the rest goes to the other relations.
+* ``skew``: the Zipf exponent of the source degrees. Within a relation, the source of
+  rank ``i`` (by node popularity, so hubs recur across relations) gets ``1 + extra_i``
+  edges with ``extra_i`` proportional to ``(i + 1) ** -skew`` (largest remainder, no
+  sampling: the degrees follow the law exactly), at most one edge to each destination
+  the relation uses. The destinations get ``repeats`` edges each (to rounding): Zipf
+  hubs at both ends would force repeated ``(src, dst)`` pairs, which triple stores do
+  not hold. So in the RDF profiles the forward relations are skewed at their sources
+  and their reverses at their destinations. ``skew=0`` gives every pair ``repeats``
+  edges (to rounding).
+
+Sources and destinations are paired at random; a repeated ``(src, dst)`` pair is
+broken by swapping destinations between edges (which keeps every degree).
+:func:`structure_stats` measures what was made.
 """
 
 from __future__ import annotations
@@ -70,8 +94,8 @@ import torch
 
 from pigeon.data.graph import HeteroGraph
 
-__all__ = ["Relation", "Profile", "PROFILES", "NodeTask", "generate", "describe", "scaled_count",
-           "planted_node_task"]
+__all__ = ["Relation", "Profile", "PROFILES", "NodeTask", "Structure", "generate", "describe", "scaled_count",
+           "planted_node_task", "structure_stats"]
 
 
 @dataclass(frozen=True)
@@ -186,37 +210,132 @@ class Profile:
             )
 
 
+def _apportion(total: int, weights: np.ndarray, minimum: int) -> np.ndarray:
+    """Split ``total`` into integer parts proportional to ``weights`` (largest remainder).
+
+    When ``total`` allows it, parts whose share falls below ``minimum`` get exactly
+    ``minimum`` and the rest is shared among the others, so large parts stay
+    within one of their proportional share. Ties go to the lower index.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    fixed = np.zeros(weights.size, dtype=bool)
+    if minimum > 0 and total >= minimum * weights.size:
+        while True:
+            free = np.where(fixed, 0.0, weights)
+            free_total = total - minimum * int(fixed.sum())
+            quota = free / max(free.sum(), 1e-300) * free_total
+            below = ~fixed & (quota < minimum)
+            if not below.any():
+                break
+            fixed |= below
+    free = np.where(fixed, 0.0, weights)
+    rest = total - minimum * int(fixed.sum())
+    if rest == 0 or free.sum() == 0.0:
+        return np.where(fixed, minimum, 0).astype(np.int64)
+    quota = free / free.sum() * rest
+    counts = np.floor(quota).astype(np.int64)
+    short = rest - int(counts.sum())
+    if short:
+        order = np.argsort(-(quota - counts), kind="stable")
+        counts[order[:short]] += 1
+    return np.where(fixed, minimum, counts)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Degrees set exactly instead of drawn (the module docstring's **Structure**).
+
+    Args:
+        repeats (float): mean edges per ``(source, edge type)`` pair and per
+            ``(destination, edge type)`` pair, at least 1.
+        skew (float): Zipf exponent of the degrees within a relation, at least 0
+            (0: every pair has ``repeats`` edges, to rounding).
+    """
+
+    repeats: float
+    skew: float
+
+    def __post_init__(self):
+        for name, value, low in (("repeats", self.repeats, 1.0), ("skew", self.skew, 0.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < low:
+                raise ValueError(f"Expected `{name}` to be a finite number of at least {low:g} (got {value!r})")
+
+    @property
+    def label(self) -> str:
+        return f"repeats {self.repeats:g}, skew {self.skew:g}"
+
+
 # ---- the profiles ------------------------------------------------------------------
 # DGL's RDF datasets (AIFBDataset, MUTAGDataset, BGSDataset, AMDataset) insert a
 # reverse edge and relation for every triple by default (insert_reverse=True; DGL's
 # docs give AIFB as 7,262 nodes and 48,810 edges "including reverse edges"). The
-# counts RGNN system papers quote are those of the DGL graphs, hence the even edge
-# and edge-type counts. DGL types the nodes too, but only totals are quoted, so
-# these profiles have a single node type.
+# counts RGNN system papers quote are those of the DGL heterographs: their edge types
+# are *canonical* (source type, relation, destination type) triples, 104 for AIFB of
+# 78 relation names (Hector's dataset scripts note "aifb 104 (unique edge type names 78
+# canonical edge types 104)", "mutag 50 (unique edge type names 46)"; Graphiler's
+# print 104, 50, 122 and 108), so each edge type joins one pair of node types.
+#
+# Node types are the entity classes DGL parses from the URIs: 7 for AIFB, 5 for MUTAG,
+# 27 for BGS and 7 for AM, as the dataset tables of Graphiler (Xie et al., MLSys 2022)
+# and Hector (Wu et al., ASPLOS 2024) give them. The first type is the one DGL labels
+# (``predict_category``: Personen, d, Lexicon/NamedRockUnit, proxy). What is not
+# published, and so chosen here: the other types' names (``type1``...), each type's
+# size (Zipf shares of the published node total, the k-th type's share proportional to
+# 1/k, the labelled type first) and which pair of types each relation joins (drawn once
+# per profile from a generator seeded by its name: the k-th of the first T relations
+# starts at type k, so every type has edges, and every other end is drawn in proportion
+# to the types' sizes). Relation sizes are Zipf shares as before.
 _RDF_SOURCE = (
     "the R-GCN entity-classification benchmark (Schlichtkrull et al., 2018) as packaged "
-    "by DGL with a reverse edge per triple, the statistics RGNN system papers quote"
+    "by DGL with a reverse edge per triple, the statistics RGNN system papers quote "
+    "(edge types are DGL's canonical edge types; node type counts from the Graphiler and "
+    "Hector dataset tables; type sizes and which types each relation joins are not "
+    "published and are chosen as pigeon/data/profiles.py says)"
 )
 
 
 # Entity classification on them labels the entities of one class (AIFB's research
-# groups, MUTAG's molecules...): 4, 2, 2 and 11 classes. The profiles have one node type,
-# so the planted task labels all of it, with 16 planted features per node.
+# groups, MUTAG's molecules...): 4, 2, 2 and 11 classes. The planted task labels the
+# first node type (the labelled class's type) and gives every type 16 planted features.
 _RDF_FEATURES = 16
 
 
-def _rdf(name: str, nodes: int, edges: int, etypes: int, classes: int) -> Profile:
+def _zipf_type_sizes(total: int, count: int) -> tuple[int, ...]:
+    """``total`` nodes over ``count`` types, the k-th type's share proportional to 1/k."""
+    weights = 1.0 / np.arange(1, count + 1)
+    return tuple(int(n) for n in _apportion(total, weights, minimum=1))
+
+
+def _rdf_schema(name: str, sizes: tuple[int, ...], relations: int) -> tuple["Relation", ...]:
+    """``relations`` forward relations, each joining one (source type, destination type)
+    pair drawn once from a generator seeded by ``name`` (see the comment above)."""
+    rng = np.random.default_rng(zlib.crc32(f"{name} schema".encode()))
+    share = np.asarray(sizes, dtype=np.float64) / sum(sizes)
+    count = len(sizes)
+    out = []
+    for r in range(relations):
+        src = r if r < count else int(rng.choice(count, p=share))
+        dst = int(rng.choice(count, p=share))
+        out.append(Relation(f"r{r}", src, dst))
+    return tuple(out)
+
+
+def _rdf(name: str, nodes: int, edges: int, etypes: int, ntypes: int, labelled: str,
+         classes: int) -> Profile:
+    sizes = _zipf_type_sizes(nodes, ntypes)
     return Profile(
         name=name,
         source=_RDF_SOURCE,
-        ntype_names=("entity",),
-        ntype_sizes=(nodes,),
+        ntype_names=(labelled, *(f"type{t}" for t in range(1, ntypes))),
+        ntype_sizes=sizes,
         num_edges=edges,
         num_etypes=etypes,
+        relations=_rdf_schema(name, sizes, etypes // 2),
         reverse_pairs=True,
         target_ntype=0,
         num_classes=classes,
-        feature_dims=(_RDF_FEATURES,),
+        feature_dims=(_RDF_FEATURES,) * ntypes,
     )
 
 
@@ -246,10 +365,10 @@ _BIOKG_RELATIONS = (
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        _rdf("aifb", nodes=7_262, edges=48_810, etypes=104, classes=4),
-        _rdf("mutag", nodes=27_163, edges=148_100, etypes=50, classes=2),
-        _rdf("bgs", nodes=94_806, edges=672_884, etypes=122, classes=2),
-        _rdf("am", nodes=881_680, edges=5_668_682, etypes=108, classes=11),
+        _rdf("aifb", nodes=7_262, edges=48_810, etypes=104, ntypes=7, labelled="Personen", classes=4),
+        _rdf("mutag", nodes=27_163, edges=148_100, etypes=50, ntypes=5, labelled="d", classes=2),
+        _rdf("bgs", nodes=94_806, edges=672_884, etypes=122, ntypes=27, labelled="NamedRockUnit", classes=2),
+        _rdf("am", nodes=881_680, edges=5_668_682, etypes=108, ntypes=7, labelled="proxy", classes=11),
         Profile(
             name="mag",
             source="ogbn-mag (Hu et al., 2020, Open Graph Benchmark), without reverse edges",
@@ -314,37 +433,6 @@ _DEDUP_ROUNDS = 8
 def scaled_count(count: int, scale: float) -> int:
     """``count * scale`` rounded to the nearest integer (halves round up)."""
     return int(math.floor(count * scale + 0.5))
-
-
-def _apportion(total: int, weights: np.ndarray, minimum: int) -> np.ndarray:
-    """Split ``total`` into integer parts proportional to ``weights`` (largest remainder).
-
-    When ``total`` allows it, parts whose share falls below ``minimum`` get exactly
-    ``minimum`` and the rest is shared among the others, so large parts stay
-    within one of their proportional share. Ties go to the lower index.
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    fixed = np.zeros(weights.size, dtype=bool)
-    if minimum > 0 and total >= minimum * weights.size:
-        while True:
-            free = np.where(fixed, 0.0, weights)
-            free_total = total - minimum * int(fixed.sum())
-            quota = free / max(free.sum(), 1e-300) * free_total
-            below = ~fixed & (quota < minimum)
-            if not below.any():
-                break
-            fixed |= below
-    free = np.where(fixed, 0.0, weights)
-    rest = total - minimum * int(fixed.sum())
-    if rest == 0 or free.sum() == 0.0:
-        return np.where(fixed, minimum, 0).astype(np.int64)
-    quota = free / free.sum() * rest
-    counts = np.floor(quota).astype(np.int64)
-    short = rest - int(counts.sum())
-    if short:
-        order = np.argsort(-(quota - counts), kind="stable")
-        counts[order[:short]] += 1
-    return np.where(fixed, minimum, counts)
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -510,7 +598,199 @@ def _pair_keys(
     return np.sort(np.concatenate([keys, draw(count - keys.size, 0.0, 0.0)]), kind="stable")
 
 
-def generate(profile: Profile | str, scale: float = 1.0, seed: int = 0) -> HeteroGraph:
+def _drawn_edges(rng: np.random.Generator, blocks: list, src_types: np.ndarray, dst_types: np.ndarray,
+                 rel_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sources and destinations of every relation, in relation order, from the
+    profiles' laws (steps 3 and 4 of the module docstring)."""
+    node_sizes = np.array([b.size for b in blocks], dtype=np.int64)
+    want_src, want_dst = _subset_sizes(rng, rel_sizes, node_sizes[src_types], node_sizes[dst_types])
+    fresh = _fresh_quotas(
+        np.concatenate([want_src, want_dst]), np.concatenate([src_types, dst_types]), node_sizes
+    )
+    count_rel = len(rel_sizes)
+    fresh_src, fresh_dst = fresh[:count_rel], fresh[count_rel:]
+    src_skew = rng.uniform(*_SRC_SKEW, count_rel)
+    dst_skew = rng.uniform(*_DST_SKEW, count_rel)
+
+    num_edges = int(rel_sizes.sum())
+    src = np.empty(num_edges, dtype=np.int64)
+    dst = np.empty(num_edges, dtype=np.int64)
+    offset = 0
+    for r, count in enumerate(rel_sizes.tolist()):
+        if count == 0:
+            continue
+        sources = blocks[src_types[r]].ranked_subset(rng, int(want_src[r]), int(fresh_src[r]))
+        targets = blocks[dst_types[r]].ranked_subset(rng, int(want_dst[r]), int(fresh_dst[r]))
+        keys = _pair_keys(rng, count, sources.size, targets.size, src_skew[r], dst_skew[r])
+        src[offset : offset + count] = sources[keys // targets.size]
+        dst[offset : offset + count] = targets[keys % targets.size]
+        offset += count
+    return src, dst
+
+
+# ---- set structure (the benchmark's structure sweep) ------------------------------
+_SWAP_ROUNDS = 64
+
+
+def _capped_sizes(sizes: np.ndarray, caps: np.ndarray, structure: Structure, name: str) -> np.ndarray:
+    """``sizes`` with none above its cap, the excess shared among the others in
+    proportion to their sizes (the total is kept)."""
+    total = int(sizes.sum())
+    if int(caps.sum()) < total:
+        raise ValueError(
+            f"Expected {name!r} to fit {structure.label}: its relations hold at most "
+            f"{int(caps.sum()):,} edges at that mean (repeats x the smaller end type's nodes), "
+            f"{total:,} are needed; use larger repeats or a larger scale"
+        )
+    sizes = sizes.copy()
+    while True:
+        over = sizes > caps
+        if not over.any():
+            return sizes
+        excess = int((sizes[over] - caps[over]).sum())
+        sizes[over] = caps[over]
+        room = sizes < caps
+        sizes[room] += _apportion(excess, np.maximum(sizes[room], 1).astype(np.float64), minimum=0)
+
+
+def _law_degrees(count: int, edges: int, skew: float, cap: int) -> np.ndarray:
+    """``count`` degrees summing to ``edges``, each in ``[1, cap]``: one each, and the
+    rest in proportion to ``(rank + 1) ** -skew`` (largest remainder); what a cap cuts
+    goes to the ranks below it, in the same proportions."""
+    weights = np.arange(1, count + 1, dtype=np.float64) ** -skew
+    degrees = np.ones(count, dtype=np.int64)
+    rest = edges - count
+    free = np.ones(count, dtype=bool)
+    while rest > 0:
+        degrees[free] += _apportion(rest, weights[free], minimum=0)
+        over = degrees > cap
+        rest = int((degrees[over] - cap).sum())
+        degrees[over] = cap
+        free &= degrees < cap
+    return degrees
+
+
+def _pairs_per_relation(sizes: np.ndarray, ends: np.ndarray, repeats: float) -> np.ndarray:
+    """The distinct sources (or destinations) of each relation: the profile's
+    ``round(edges / repeats)`` shared in proportion to the relation sizes, at least one
+    per relation with edges and at most its edges or its end type's nodes."""
+    total = int(sizes.sum())
+    wanted = max(1, int(math.floor(total / repeats + 0.5)))
+    has_edges = sizes > 0
+    pairs = np.zeros_like(sizes)
+    pairs[has_edges] = _apportion(wanted, sizes[has_edges].astype(np.float64), minimum=1)
+    return np.clip(pairs, np.minimum(1, sizes), np.minimum(sizes, ends))
+
+
+def _distinct_destinations(rng: np.random.Generator, src: np.ndarray, dst: np.ndarray, width: int) -> bool:
+    """Break repeated ``(src, dst)`` pairs in place by swapping destinations: each
+    repeated edge ``(s, d)`` and a random other edge ``(s', d')`` become ``(s, d')`` and
+    ``(s', d)`` where neither pair exists yet. A swap keeps every degree. Returns whether
+    every pair is distinct in the end."""
+    count = src.size
+    for _ in range(_SWAP_ROUNDS):
+        keys = src * width + dst
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        later = sorted_keys[1:] == sorted_keys[:-1]
+        if not later.any():
+            return True
+        repeated = order[1:][later]
+        others = np.setdiff1d(np.arange(count), repeated, assume_unique=True)
+        if others.size == 0:
+            return False
+        take = min(repeated.size, others.size)
+        repeated = rng.permutation(repeated)[:take]
+        partners = rng.choice(others, take, replace=False)
+        mine, theirs = src[repeated] * width + dst[partners], src[partners] * width + dst[repeated]
+        # Neither new pair may exist already, or be made twice in this round.
+        fresh = ~_isin_sorted(sorted_keys, mine) & ~_isin_sorted(sorted_keys, theirs) & (mine != theirs)
+        made = np.concatenate([mine[fresh], theirs[fresh]])
+        _, first, seen = np.unique(made, return_index=True, return_counts=True)
+        once = np.zeros(made.size, dtype=bool)
+        once[first[seen == 1]] = True
+        fresh[np.flatnonzero(fresh)] &= once[: fresh.sum()] & once[fresh.sum():]
+        i, j = repeated[fresh], partners[fresh]
+        dst[i], dst[j] = dst[j].copy(), dst[i].copy()
+    keys = np.sort(src * width + dst)
+    return not (keys[1:] == keys[:-1]).any()
+
+
+def _greedy_destinations(rng: np.random.Generator, out_degree: np.ndarray, in_degree: np.ndarray) -> np.ndarray:
+    """Destinations for sources ``0, 1, ...`` with these degrees and every pair distinct,
+    where random pairing and swaps did not get there (a relation nearly as dense as its
+    sources times its destinations): each source in turn, the largest first, takes the
+    destinations with the most edges left (ties at random), which succeeds whenever the
+    degrees allow distinct pairs (Gale-Ryser)."""
+    remaining = in_degree.astype(np.float64)
+    dst = np.empty(int(out_degree.sum()), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(out_degree)[:-1]])
+    for source in np.argsort(-out_degree, kind="stable"):
+        degree = int(out_degree[source])
+        chosen = np.argpartition(-(remaining + 0.5 * rng.random(remaining.size)), degree - 1)[:degree]
+        remaining[chosen] -= 1
+        dst[starts[source] : starts[source] + degree] = chosen
+    return dst
+
+
+def _structured_edges(rng: np.random.Generator, blocks: list, src_types: np.ndarray, dst_types: np.ndarray,
+                      rel_sizes: np.ndarray, structure: Structure) -> tuple[np.ndarray, np.ndarray]:
+    """Sources and destinations of every relation, in relation order, with the degrees
+    of ``structure`` (see the module docstring)."""
+    node_sizes = np.array([b.size for b in blocks], dtype=np.int64)
+    k_src = _pairs_per_relation(rel_sizes, node_sizes[src_types], structure.repeats)
+    k_dst = _pairs_per_relation(rel_sizes, node_sizes[dst_types], structure.repeats)
+    srcs, dsts = [], []
+    for r, count in enumerate(rel_sizes.tolist()):
+        if count == 0:
+            continue
+        src_block, dst_block = blocks[src_types[r]], blocks[dst_types[r]]
+        ks, kd = int(k_src[r]), int(k_dst[r])
+        # Room for distinct (src, dst) pairs: ks * kd >= count, within the types' sizes.
+        kd = min(dst_block.size, max(kd, -(-count // ks)))
+        ks = min(src_block.size, max(ks, -(-count // kd)))
+        # Skewed sources and even destinations: such degrees always admit distinct pairs
+        # (skew on both sides does not: Zipf hubs at both ends would need repeated pairs).
+        out_degree = _law_degrees(ks, count, structure.skew, cap=kd)
+        in_degree = _law_degrees(kd, count, 0.0, cap=ks)
+        # Popularity positions, most popular first: rank 0 is the relation's hub.
+        src_rank = np.sort(rng.choice(src_block.size, ks, replace=False))
+        dst_rank = np.sort(rng.choice(dst_block.size, kd, replace=False))
+        src_local = np.repeat(np.arange(ks), out_degree)
+        dst_local = rng.permutation(np.repeat(np.arange(kd), in_degree))
+        if not _distinct_destinations(rng, src_local, dst_local, kd):
+            dst_local = _greedy_destinations(rng, out_degree, in_degree)
+        srcs.append(src_block.by_popularity[src_rank[src_local]] + src_block.start)
+        dsts.append(dst_block.by_popularity[dst_rank[dst_local]] + dst_block.start)
+    return np.concatenate(srcs), np.concatenate(dsts)
+
+
+def structure_stats(graph: HeteroGraph) -> dict:
+    """What a graph's structure is, measured: ``repeats``, edges per distinct
+    ``(source, edge type)`` pair; ``dst_repeats``, the same per ``(destination, edge
+    type)``; ``top_decile_share``, the share of edges held by the 10 % of ``(source,
+    edge type)`` pairs with the most (0.1 when every pair has as many); ``duplicates``,
+    edges that repeat an earlier ``(src, dst, edge type)``."""
+    if graph.num_edges == 0:
+        return {"repeats": 0.0, "dst_repeats": 0.0, "top_decile_share": 0.0, "duplicates": 0}
+    etype = graph.etype.numpy()
+    src_key = graph.src.numpy() * graph.num_etypes + etype
+    counts = _run_lengths(np.sort(src_key))
+    dst_pairs = _sorted_unique(graph.dst.numpy() * graph.num_etypes + etype).size
+    triples = _sorted_unique(src_key * graph.num_nodes + graph.dst.numpy()).size
+    top = np.sort(counts)[::-1][: max(1, math.ceil(0.1 * counts.size))]
+    return {"repeats": graph.num_edges / counts.size, "dst_repeats": graph.num_edges / dst_pairs,
+            "top_decile_share": float(top.sum()) / graph.num_edges, "duplicates": graph.num_edges - triples}
+
+
+def _run_lengths(sorted_keys: np.ndarray) -> np.ndarray:
+    """How many times each distinct value of ``sorted_keys`` occurs."""
+    starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+    return np.diff(np.append(starts, sorted_keys.size))
+
+
+def generate(profile: Profile | str, scale: float = 1.0, seed: int = 0,
+             structure: Structure | None = None) -> HeteroGraph:
     """Generate the synthetic graph of ``profile`` (see the module docstring).
 
     Args:
@@ -519,6 +799,10 @@ def generate(profile: Profile | str, scale: float = 1.0, seed: int = 0) -> Heter
             ``(0, 1]``. Default ``1.0`` (exact counts).
         seed (int): seed of the generator; the same ``(profile, scale, seed)``
             always gives the same graph. Default ``0``.
+        structure (Structure, optional): set the mean repeats per ``(node, edge
+            type)`` pair and the degree skew exactly instead of drawing degrees from
+            the profile's laws (relation sizes above what the repeats allow are
+            capped). Default None.
 
     Returns:
         HeteroGraph: ``round(num_nodes * scale)`` nodes, ``round(num_edges * scale)``
@@ -533,6 +817,9 @@ def generate(profile: Profile | str, scale: float = 1.0, seed: int = 0) -> Heter
         raise ValueError(f"Expected `scale` to be a number in (0, 1] (got {scale})")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"Expected `seed` to be a non-negative int (got {seed!r})")
+    if structure is not None and not isinstance(structure, Structure):
+        raise ValueError(f"Expected `structure` to be a pigeon.data.profiles.Structure or None "
+                         f"(got {type(structure).__name__})")
     # Independent streams for sizes, nodes and edges keep the scale-1 relation sizes
     # (which smaller scales are proportional to) independent of the scale.
     sequence = np.random.SeedSequence([seed, zlib.crc32(profile.name.encode())])
@@ -546,29 +833,14 @@ def generate(profile: Profile | str, scale: float = 1.0, seed: int = 0) -> Heter
 
     src_types = np.array([r.src_type for r in relations])
     dst_types = np.array([r.dst_type for r in relations])
-    want_src, want_dst = _subset_sizes(edge_rng, rel_sizes, node_sizes[src_types], node_sizes[dst_types])
-    fresh = _fresh_quotas(
-        np.concatenate([want_src, want_dst]), np.concatenate([src_types, dst_types]), node_sizes
-    )
-    fresh_src, fresh_dst = fresh[: len(relations)], fresh[len(relations) :]
-    src_skew = edge_rng.uniform(*_SRC_SKEW, len(relations))
-    dst_skew = edge_rng.uniform(*_DST_SKEW, len(relations))
-
-    num_edges = int(rel_sizes.sum())
-    src = torch.empty(num_edges, dtype=torch.int64)
-    dst = torch.empty(num_edges, dtype=torch.int64)
-    etype = torch.empty(num_edges, dtype=torch.int64)
-    offset = 0
-    for r, count in enumerate(rel_sizes.tolist()):
-        if count == 0:
-            continue
-        sources = blocks[src_types[r]].ranked_subset(edge_rng, int(want_src[r]), int(fresh_src[r]))
-        targets = blocks[dst_types[r]].ranked_subset(edge_rng, int(want_dst[r]), int(fresh_dst[r]))
-        keys = _pair_keys(edge_rng, count, sources.size, targets.size, src_skew[r], dst_skew[r])
-        src[offset : offset + count] = torch.from_numpy(sources[keys // targets.size])
-        dst[offset : offset + count] = torch.from_numpy(targets[keys % targets.size])
-        etype[offset : offset + count] = r
-        offset += count
+    if structure is None:
+        src, dst = _drawn_edges(edge_rng, blocks, src_types, dst_types, rel_sizes)
+    else:
+        caps = np.floor(structure.repeats * np.minimum(node_sizes[src_types], node_sizes[dst_types]))
+        rel_sizes = _capped_sizes(rel_sizes, caps.astype(np.int64), structure, profile.name)
+        src, dst = _structured_edges(edge_rng, blocks, src_types, dst_types, rel_sizes, structure)
+    src, dst = torch.from_numpy(src), torch.from_numpy(dst)
+    etype = torch.repeat_interleave(torch.arange(len(relations), dtype=torch.int64), torch.from_numpy(rel_sizes))
 
     ntype = torch.repeat_interleave(
         torch.arange(len(node_sizes), dtype=torch.int64), torch.from_numpy(node_sizes)

@@ -28,6 +28,11 @@ def import_dgl():
     """Import and return ``dgl``, working around its graphbolt import failure."""
     if "dgl" in sys.modules:
         return sys.modules["dgl"]
+    # An import of dgl that failed before (another library trying it without the
+    # graphbolt stub, as ogb does) leaves its submodules behind; a new import would
+    # then find them and never bind them to the new package (``dgl.utils`` missing).
+    for name in [n for n in sys.modules if n.startswith("dgl.") and n != "dgl.graphbolt"]:
+        del sys.modules[name]
     os.environ.setdefault("DGLBACKEND", "pytorch")
     sys.modules.setdefault("dgl.graphbolt", types.ModuleType("dgl.graphbolt"))
     return importlib.import_module("dgl")

@@ -82,6 +82,20 @@ class Variants:
         self.lowered(candidate)
         return self._lowered[candidate][3]
 
+    def estimates(self, ctx: PassContext, target: Target) -> list[tuple[float, Options]]:
+        """``(seconds, candidate)`` for every candidate: what the cost model charges it on
+        ``ctx``'s graph (forward, and in training the backward that recomputes what it
+        needs). Needs the context's counts."""
+        rows = _rows(ctx, any(c.compact for c in self.candidates))
+        timed = []
+        for candidate in self.candidates:
+            _, forward, backward = self.lowered(candidate)
+            seconds = program_seconds(forward, rows, target)
+            if backward is not None:
+                seconds += program_seconds(backward, rows, target)
+            timed.append((seconds, candidate))
+        return timed
+
     def decide(self, ctx: PassContext, target: Target) -> Options:
         """The candidate the cost model finds cheapest on ``ctx``'s graph (module
         docstring); every open decision off without counts or on a small graph."""
@@ -91,14 +105,7 @@ class Variants:
         off = replace(options, reorder=options.reorder or False, compact=options.compact or False)
         if not ctx.has_counts or max(ctx.count(s) for s in ("node", "edge")) < SMALL:
             return off
-        rows = _rows(ctx, any(c.compact for c in self.candidates))
-        timed = []
-        for candidate in self.candidates:
-            _, forward, backward = self.lowered(candidate)
-            seconds = program_seconds(forward, rows, target)
-            if backward is not None:
-                seconds += program_seconds(backward, rows, target)
-            timed.append((seconds, candidate))
+        timed = self.estimates(ctx, target)
         best = min(timed, key=lambda item: item[0])[1]
         table = ", ".join(f"reorder={c.reorder} compact={c.compact}: {s * 1e3:.3g} ms" for s, c in timed)
         ctx.note(f"cost model ({'train' if self.training else 'infer'}): reorder={best.reorder} "
