@@ -47,10 +47,11 @@ def _rows(ctx: PassContext, compact: bool) -> RowCounts:
 
 
 def decide(program: Program, ctx: PassContext, options: Options, target: Target, training: bool,
-           layout: str | None = None) -> Options:
+           layout: str | None = None, elem: int = 4) -> Options:
     """``options`` with every open decision settled by the cost model (see the module
-    docstring). Requires row counts in ``ctx`` to decide anything: without them, or on a
-    graph whose spaces all have fewer than :data:`SMALL` rows, open decisions are off."""
+    docstring), for values of ``elem`` bytes (the storage dtype's). Requires row counts in
+    ``ctx`` to decide anything: without them, or on a graph whose spaces all have fewer
+    than :data:`SMALL` rows, open decisions are off."""
     candidates = variants(options)
     if len(candidates) == 1:
         return candidates[0]
@@ -62,11 +63,11 @@ def decide(program: Program, ctx: PassContext, options: Options, target: Target,
     for candidate in candidates:
         scratch = PassContext(rows=rows)
         forward = optimize(program, scratch, candidate)
-        seconds = program_seconds(lower(forward, layout), rows, target)
+        seconds = program_seconds(lower(forward, layout), rows, target, elem)
         if training:
             written = frozenset()   # the estimate recomputes what the backward needs: an upper bound
             backward = optimize(backward_program(forward, written), scratch, candidate)
-            seconds += program_seconds(lower(backward, layout), rows, target)
+            seconds += program_seconds(lower(backward, layout), rows, target, elem)
         timed.append((seconds, candidate))
     best_seconds, best = min(timed, key=lambda item: item[0])
     table = ", ".join(f"reorder={c.reorder} compact={c.compact}: {s * 1e3:.3g} ms" for s, c in timed)
