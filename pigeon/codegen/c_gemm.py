@@ -25,6 +25,9 @@ class CGemm:
 
     Called with ``args = (A, rows or NULL, W or B, blocks, out, place or NULL)`` and
     ``sizes = (number of blocks, number of types, threads)``; see ``kernels/gemm.c.jinja``.
+    A and W (or B) hold the library's ``storage`` type; ``out`` holds it too, except for a
+    weight gradient (per-thread partial sums) and a GEMM that scatters (its rows, which
+    the caller adds into their targets): those hold ``real``, the compute type.
     """
 
     name: str
@@ -48,6 +51,10 @@ def render_gemm(kernel: GemmKernel, name: str, k: int, n: int) -> CGemm:
     ``[types, k, n]``)."""
     tiles = [(start, min(GEMM_COL_TILE, n - start)) for start in range(0, n, GEMM_COL_TILE)]
     k_tile = next(t for t in (4, 2, 1) if k % t == 0)
+    # A weight gradient's per-thread partial sums and a scatter's rows are summed by the
+    # caller: they stay `real`, so the sums are rounded once (see CGemm).
+    wide = kernel.weight_grad or kernel.scatter is not None
     source = render("gemm.c.jinja", title=kernel.describe(), name=name, K=k, N=n, RB=GEMM_ROW_TILE,
-                    KB=k_tile, tiles=tiles, weight_grad=kernel.weight_grad)
+                    KB=k_tile, tiles=tiles, weight_grad=kernel.weight_grad,
+                    out_type="real" if wide else "storage", store="" if wide else "STORE")
     return CGemm(name, source, k, n, kernel.weight_grad)

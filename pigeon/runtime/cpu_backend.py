@@ -17,6 +17,11 @@ torch's BLAS, which is faster there; so do dense kernels.
 
 Graph-side arrays the kernels read (int64 index maps, the CSR of each group) come from
 the per-graph cache every backend shares (:class:`~pigeon.runtime.graph_index.GraphIndex`).
+
+Every dtype of :data:`~pigeon.runtime.precision.STORAGE_DTYPES` has a library of its own:
+bfloat16 and float16 buffers are converted to float in registers as the kernels read
+them and rounded as they write them (``kernels/library.c.jinja``); per-thread partial
+sums, scratch rows and the rows a GEMM scatters are float, rounded once when summed.
 """
 
 from __future__ import annotations
@@ -41,16 +46,18 @@ from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, ViewKernel, Traversal
 from pigeon.paths import cache_dir
 from pigeon.runtime import kernel_args
 from pigeon.runtime.graph_index import GRAPH_INDEX
-from pigeon.runtime.interpret import run, space_size
+from pigeon.runtime.interpret import space_size
+from pigeon.runtime.precision import HALF_DTYPES, check_storage, compute_dtype
 from pigeon.runtime.profiling import kernel_ranges
-from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_view
+from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_body, run_view, scatter_rows
 from pigeon.version import __version__
 
 SPLIT_BLOCK_ROWS = 256      # rows per block of a traversal split over few groups
 C_GEMM_MAX_AVG_ROWS = 8192   # above this, per-type BLAS calls amortise their overhead
 
 CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-std=c11")
-_REAL = {torch.float32: "float", torch.float64: "double"}
+#: The C element type of each storage dtype (``storage`` in ``kernels/library.c.jinja``).
+C_TYPES = {torch.float64: "double", torch.float32: "float", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 class CompilerError(RuntimeError):
@@ -122,8 +129,11 @@ class CpuExecutor:
             if name not in names or not isinstance(config, CConfig):
                 raise ValueError(f"Expected `configs` to map traversal kernel names of this program "
                                  f"({sorted(names)}) to CConfig (got {name!r}: {config!r})")
+        self._traversals = {i: (name, configs.get(name)) for name, i in names.items()}
+        # Rendered for buffers of `real`; the 16-bit libraries render their traversals
+        # again, converting rows as they read them (_narrow).
         self.rendered: dict[int, CKernel | CGemm] = {
-            i: render_traversal(program.kernels[i], name, configs.get(name)) for name, i in names.items()
+            i: render_traversal(program.kernels[i], name, config) for i, (name, config) in self._traversals.items()
         }
         for i, k in enumerate(program.kernels):
             if isinstance(k, GemmKernel):
@@ -132,17 +142,27 @@ class CpuExecutor:
                     n = w_shape[0] if k.weight_grad else w_shape[-2 if k.transpose_w else -1]
                     self.rendered[i] = render_gemm(k, f"g{i}", a_shape[0], n)
         self._libraries: dict[torch.dtype, ctypes.CDLL] = {}
+        self._narrow: dict[int, CKernel | CGemm] | None = None
+
+    def kernels(self, dtype: torch.dtype) -> dict[int, CKernel | CGemm]:
+        """The rendered kernels of the library for ``dtype``, by kernel index."""
+        if dtype not in HALF_DTYPES:
+            return self.rendered
+        if self._narrow is None:
+            self._narrow = {**self.rendered, **{
+                i: render_traversal(self.program.kernels[i], name, config, narrow=True)
+                for i, (name, config) in self._traversals.items()}}
+        return self._narrow
 
     def source(self, dtype: torch.dtype = torch.float32) -> str:
-        """The C file this program compiles to for ``dtype``."""
-        if dtype not in _REAL:
-            raise ValueError(f"backend='cpu' supports float32 and float64 tensors (got {dtype})")
-        return render_library(list(self.rendered.values()), _REAL[dtype], __version__)
+        """The C file this program compiles to for buffers of ``dtype``."""
+        check_storage(dtype, "cpu")
+        return render_library(list(self.kernels(dtype).values()), C_TYPES[dtype], __version__)
 
     def library(self, dtype: torch.dtype) -> ctypes.CDLL:
         if dtype not in self._libraries:
             library, _ = build_library(self.source(dtype))
-            for kernel in self.rendered.values():
+            for kernel in self.kernels(dtype).values():
                 getattr(library, kernel.name).restype = None
             self._libraries[dtype] = library
         return self._libraries[dtype]
@@ -154,14 +174,15 @@ class CpuExecutor:
         else:
             size = graph_rows(graph, traversal)
         threads = torch.get_num_threads()
+        compute = compute_dtype(dtype)   # what partial sums and scratch rows hold (`real`)
         pointers, keep = [], []
         for arg in kernel.args:
             if arg.kind.graph_array:
                 tensor = kernel_args.graph_array(graph, arg, kernel.group, SPLIT_BLOCK_ROWS)
             elif arg.kind is ArgKind.PARTIAL:
-                tensor = torch.zeros(threads * size * arg.key, dtype=dtype)
+                tensor = torch.zeros(threads * size * arg.key, dtype=compute)
             elif arg.kind is ArgKind.SCRATCH:
-                tensor = torch.empty(threads * self.index.largest(graph, kernel.group) * arg.key, dtype=dtype)
+                tensor = torch.empty(threads * self.index.largest(graph, kernel.group) * arg.key, dtype=compute)
             elif arg.kind is ArgKind.OUTPUT:
                 tensor = kernel_args.output(graph, arg, size, dtype, poison=self.poison)
                 env[arg.key] = tensor
@@ -199,11 +220,14 @@ class CpuExecutor:
             perm, rows = None, rows if k.a_gather is not None else None
         rows, perm = (None if v is None else v.contiguous() for v in (rows, perm))
         blocks = index.blocks(graph, k.segment, k.layout, GEMM_BLOCK_ROWS)
+        compute = compute_dtype(dtype)
         if k.weight_grad:
-            out = torch.zeros(torch.get_num_threads(), types, rendered.k, rendered.n, dtype=dtype)
+            out = torch.zeros(torch.get_num_threads(), types, rendered.k, rendered.n, dtype=compute)
             place, w = perm, w.contiguous()
         else:
-            out = kernel_args.new_output((bounds[-1], rendered.n), dtype, poison=self.poison)
+            # A scatter's rows stay in the compute dtype until they are summed (CGemm).
+            out = kernel_args.new_output((bounds[-1], rendered.n), compute if k.scatter is not None else dtype,
+                                         poison=self.poison)
             place = perm if k.scatter is None else None
             w = (w.transpose(-1, -2) if k.transpose_w else w).contiguous()
         pointers = [a.data_ptr(), 0 if rows is None else rows.data_ptr(), w.data_ptr(), blocks.data_ptr(),
@@ -211,10 +235,10 @@ class CpuExecutor:
         getattr(library, rendered.name)((ctypes.c_void_p * 6)(*pointers),
                                         (ctypes.c_int64 * 3)(blocks.shape[0], types, torch.get_num_threads()))
         if k.weight_grad:
-            return out.sum(0)
+            return out.sum(0).to(dtype)
         if k.scatter is not None:
             target, size = index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
-            return out.new_zeros(size, rendered.n).index_add_(0, target, out)
+            return scatter_rows(out, target, size, dtype)
         return out
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -223,6 +247,7 @@ class CpuExecutor:
         profiler each kernel is a range named ``{scope}/k{i}: ...``."""
         if graph.device.type != "cpu":
             raise ValueError(f"backend='cpu' runs on CPU tensors (the graph is on {graph.device})")
+        check_storage(dtype, "cpu")
         library = self.library(dtype) if self.rendered else None
         if library is not None:
             library.pigeon_set_threads(torch.get_num_threads())
@@ -239,8 +264,7 @@ class CpuExecutor:
                 elif isinstance(kernel, ViewKernel):
                     env[kernel.out] = run_view(kernel, graph, self.program, env)
                 else:
-                    body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
-                    env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+                    env.update(run_body(kernel.body, graph, env, dtype))
             for name in dead:
                 del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}
