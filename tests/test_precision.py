@@ -343,6 +343,20 @@ def test_autocast_leaves_float64_and_other_devices_alone():
         assert _rgcn()(graph, x.float()).dtype == torch.float32   # on for CUDA tensors only
 
 
+def test_autocast_under_torch_compile():
+    torch._dynamo.reset()
+    graph, layer = _small_graph(), _rgcn()
+    x = torch.randn(9, 4, requires_grad=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(graph, x)
+    want, want_grads = _by_hand(layer, graph, x, torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, want)
+    grads = torch.autograd.grad(out, [x, *layer.parameters()], torch.ones_like(out))
+    for got, expected in zip(grads, want_grads):
+        assert got.dtype == torch.float32 and torch.equal(got, expected.float())
+
+
 def test_parameter_casts_are_made_once_per_step():
     graph, layer = _small_graph(), _rgcn()
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from pigeon.data.graph import HeteroGraph
 from pigeon.train.common import (
-    add_common_arguments, load_checkpoint, progress, save_checkpoint, start_run, write_json,
+    PRECISIONS, Precision, add_common_arguments, add_precision_argument, load_checkpoint, progress, save_checkpoint,
+    start_run, write_json,
 )
 
 __all__ = ["NBFNetConfig", "LinkData", "load_link_data", "TripleFilter", "EdgeRemover",
@@ -66,6 +67,7 @@ class NBFNetConfig:
     eval_batch_size: int = 64
     remove_batch_edges: bool = True
     backend: str = "auto"
+    precision: str = "fp32"
     seed: int = 0
     threads: int | None = None
     extra: dict = field(default_factory=dict)
@@ -85,6 +87,8 @@ class NBFNetConfig:
                              f"(got {self.time_budget_s!r})")
         if self.backend not in BACKENDS:
             raise ValueError(f"Expected `backend` to be one of {list(BACKENDS)} (got {self.backend!r})")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Expected `precision` to be one of {list(PRECISIONS)} (got {self.precision!r})")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"Expected `threads` to be a positive int or None (got {self.threads!r})")
         return self
@@ -214,14 +218,15 @@ def _summarise(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model, data: LinkData, split: str, *, known: TripleFilter | None = None, batch_size: int = 64,
-             show_progress: bool = False) -> dict[str, float]:
+             show_progress: bool = False, precision: Precision | None = None) -> dict[str, float]:
     """Filtered MRR, hits@1/3/10 and mean rank of ``split``'s tail and head queries.
 
     Without OGB candidates every entity competes except the query's other true answers
     (``known``, built from all splits when None); with them (``data.negatives``) the
     answer competes against the dataset's ``head_neg``/``tail_neg`` rows, as OGB's
-    ``Evaluator`` does.
+    ``Evaluator`` does. The model scores under ``precision``'s autocast (default: float32).
     """
+    precision = precision or Precision()
     triples = {"valid": data.valid, "test": data.test, "train": data.train}.get(split)
     if triples is None:
         raise ValueError(f"Expected `split` to be 'valid', 'test' or 'train' (got {split!r})")
@@ -238,7 +243,9 @@ def evaluate(model, data: LinkData, split: str, *, known: TripleFilter | None = 
         for start in progress(starts, desc=f"{split} {direction}s", enabled=show_progress):
             rows = triples[start:start + batch_size]
             nodes, relations, answers = as_queries(rows, data.num_relations, 0 if direction == "head" else len(rows))
-            scores = model(graph, nodes.to(device), relations.to(device)).float().cpu()
+            with precision.autocast():
+                scores = model(graph, nodes.to(device), relations.to(device))
+            scores = scores.float().cpu()
             positive = scores.gather(1, answers.view(-1, 1))
             if candidates is None:
                 negative = scores.masked_fill(known.mask(nodes, relations), -math.inf)
@@ -306,6 +313,7 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
     data = data or load_link_data(config.dataset, config.root)
     model = build_model(config, data.num_relations)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    precision = Precision(config.precision, model.query.weight.device)
     known_train = TripleFilter(data.train, data.num_relations, data.num_nodes)
     known_all = TripleFilter(torch.cat([data.train, data.valid, data.test]), data.num_relations, data.num_nodes)
     remover = EdgeRemover(data.graph, data.graph.num_etypes)
@@ -316,12 +324,13 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        precision.load_state_dict(state.get("scaler", {}))
         first_epoch, history, best, elapsed = state["epoch"], state["history"], state["best"], state["seconds"]
         log(f"resumed from {resume} after epoch {first_epoch}")
 
     log(f"NBFNet on {data.name}: {data.num_nodes} entities, {data.num_relations} relations, "
         f"{data.train.shape[0]} / {data.valid.shape[0]} / {data.test.shape[0]} triples; "
-        f"{config.backend} backend, {torch.get_num_threads()} threads")
+        f"{config.backend} backend, {config.precision}, {torch.get_num_threads()} threads")
     started = time.perf_counter() - elapsed
     out_of_time = False
     for epoch in range(first_epoch, config.epochs):
@@ -334,12 +343,12 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
             batch = data.train[order[start:start + config.batch_size]]
             nodes, relations, answers = as_queries(batch, data.num_relations, head_from=(batch.shape[0] + 1) // 2)
             graph = remover.without(batch) if config.remove_batch_edges else data.graph
-            scores = model(graph, nodes, relations)
-            loss = adversarial_loss(scores, answers, known_train.mask(nodes, relations), config.num_negative,
+            with precision.autocast():
+                scores = model(graph, nodes, relations)
+            loss = adversarial_loss(scores.float(), answers, known_train.mask(nodes, relations), config.num_negative,
                                     config.adversarial_temperature, generator)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            precision.step(loss, optimizer)
             total, steps = total + loss.item(), steps + 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / steps:.4f}")
@@ -347,7 +356,7 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
                 out_of_time = True
                 break
         valid = evaluate(model, data, "valid", known=known_all, batch_size=config.eval_batch_size,
-                         show_progress=show_progress)
+                         show_progress=show_progress, precision=precision)
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "steps": steps,
                         "valid": valid, "seconds": seconds})
@@ -359,7 +368,7 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
         if checkpoint is not None:
             save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             generator=generator.get_state(), epoch=epoch + 1, history=history, best=best,
-                            seconds=seconds, config=asdict(config))
+                            seconds=seconds, config=asdict(config), scaler=precision.state_dict())
         if out_of_time:
             log(f"time budget of {config.time_budget_s:.0f} s reached during epoch {epoch + 1}")
             break
@@ -370,7 +379,7 @@ def train_nbfnet(config: NBFNetConfig | None = None, *, data: LinkData | None = 
                          f"that had finished them)")
     model.load_state_dict(best["model"])
     test = evaluate(model, data, "test", known=known_all, batch_size=config.eval_batch_size,
-                    show_progress=show_progress)
+                    show_progress=show_progress, precision=precision)
     result = {"valid": best["valid"], "test": test, "seconds": train_seconds, "best_epoch": best["epoch"],
               "epochs": len(history), "history": history, "config": asdict(config),
               "threads": torch.get_num_threads()}
@@ -440,5 +449,6 @@ def add_parsers(subparsers) -> None:
                         help="do not remove each batch's triples from the graph during training")
     parser.add_argument("--backend", default=defaults.backend, choices=BACKENDS,
                         help=f"Pigeon backend of the layers (default: {defaults.backend})")
+    add_precision_argument(parser)
     add_common_arguments(parser)
     parser.set_defaults(func=_command)
