@@ -25,9 +25,10 @@ class CGemm:
 
     Called with ``args = (A, rows or NULL, W or B, blocks, out, place or NULL)`` and
     ``sizes = (number of blocks, number of types, threads)``; see ``kernels/gemm.c.jinja``.
-    A and W (or B) hold the library's ``storage`` type; ``out`` holds it too, except for a
-    weight gradient (per-thread partial sums) and a GEMM that scatters (its rows, which
-    the caller adds into their targets): those hold ``real``, the compute type.
+    A, W (or B) and ``out`` hold the library's ``storage`` type, except a weight
+    gradient's ``out`` (per-thread partial sums, which the caller adds up): ``real``, the
+    compute type. A GEMM that scatters writes its rows (stored, so rounded) for the
+    caller to sum into their targets in the compute type.
     """
 
     name: str
@@ -51,9 +52,9 @@ def render_gemm(kernel: GemmKernel, name: str, k: int, n: int) -> CGemm:
     ``[types, k, n]``)."""
     tiles = [(start, min(GEMM_COL_TILE, n - start)) for start in range(0, n, GEMM_COL_TILE)]
     k_tile = next(t for t in (4, 2, 1) if k % t == 0)
-    # A weight gradient's per-thread partial sums and a scatter's rows are summed by the
-    # caller: they stay `real`, so the sums are rounded once (see CGemm).
-    wide = kernel.weight_grad or kernel.scatter is not None
+    # A weight gradient's per-thread partial sums are summed by the caller: they stay
+    # `real`, so the sum is rounded once (see CGemm).
+    wide = kernel.weight_grad
     source = render("gemm.c.jinja", title=kernel.describe(), name=name, K=k, N=n, RB=GEMM_ROW_TILE,
                     KB=k_tile, tiles=tiles, weight_grad=kernel.weight_grad,
                     out_type="real" if wide else "storage", store="" if wide else "STORE")

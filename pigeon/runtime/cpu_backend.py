@@ -21,7 +21,10 @@ the per-graph cache every backend shares (:class:`~pigeon.runtime.graph_index.Gr
 Every dtype of :data:`~pigeon.runtime.precision.STORAGE_DTYPES` has a library of its own:
 bfloat16 and float16 buffers are converted to float in registers as the kernels read
 them and rounded as they write them (``kernels/library.c.jinja``); per-thread partial
-sums, scratch rows and the rows a GEMM scatters are float, rounded once when summed.
+sums and scratch rows are float; the rows a GEMM scatters are summed per target in
+float by the library's ``pigeon_sum_rows``, in parallel and without a float buffer.
+Dense kernels run as torch operations, each storing its result in the dtype (torch sums
+16-bit values in float32), so their temporaries take half the memory too.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import space_size
 from pigeon.runtime.precision import HALF_DTYPES, check_storage, compute_dtype
 from pigeon.runtime.profiling import kernel_ranges
-from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_body, run_view, scatter_rows
+from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_body, run_view
 from pigeon.version import __version__
 
 SPLIT_BLOCK_ROWS = 256      # rows per block of a traversal split over few groups
@@ -162,8 +165,8 @@ class CpuExecutor:
     def library(self, dtype: torch.dtype) -> ctypes.CDLL:
         if dtype not in self._libraries:
             library, _ = build_library(self.source(dtype))
-            for kernel in self.kernels(dtype).values():
-                getattr(library, kernel.name).restype = None
+            for name in [kernel.name for kernel in self.kernels(dtype).values()] + ["pigeon_sum_rows"]:
+                getattr(library, name).restype = None
             self._libraries[dtype] = library
         return self._libraries[dtype]
 
@@ -225,9 +228,7 @@ class CpuExecutor:
             out = torch.zeros(torch.get_num_threads(), types, rendered.k, rendered.n, dtype=compute)
             place, w = perm, w.contiguous()
         else:
-            # A scatter's rows stay in the compute dtype until they are summed (CGemm).
-            out = kernel_args.new_output((bounds[-1], rendered.n), compute if k.scatter is not None else dtype,
-                                         poison=self.poison)
+            out = kernel_args.new_output((bounds[-1], rendered.n), dtype, poison=self.poison)
             place = perm if k.scatter is None else None
             w = (w.transpose(-1, -2) if k.transpose_w else w).contiguous()
         pointers = [a.data_ptr(), 0 if rows is None else rows.data_ptr(), w.data_ptr(), blocks.data_ptr(),
@@ -236,9 +237,13 @@ class CpuExecutor:
                                         (ctypes.c_int64 * 3)(blocks.shape[0], types, torch.get_num_threads()))
         if k.weight_grad:
             return out.sum(0).to(dtype)
-        if k.scatter is not None:
-            target, size = index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
-            return scatter_rows(out, target, size, dtype)
+        if k.scatter is not None:   # the rows summed per target, in parallel, in the compute dtype
+            rowptr, positions = index.scatter_csr(graph, k.scatter, k.segment, k.layout)
+            summed = torch.empty(rowptr.numel() - 1, rendered.n, dtype=dtype)
+            library.pigeon_sum_rows((ctypes.c_void_p * 4)(out.data_ptr(), rowptr.data_ptr(), positions.data_ptr(),
+                                                          summed.data_ptr()),
+                                    (ctypes.c_int64 * 2)(summed.shape[0], rendered.n))
+            return summed
         return out
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -263,8 +268,8 @@ class CpuExecutor:
                     self._launch(library, self.rendered[i], kernel, graph, env, dtype)
                 elif isinstance(kernel, ViewKernel):
                     env[kernel.out] = run_view(kernel, graph, self.program, env)
-                else:
-                    env.update(run_body(kernel.body, graph, env, dtype))
+                else:   # dense: torch ops, each storing its result (run_body)
+                    env.update(run_body(kernel.body, graph, env, dtype, fused=False))
             for name in dead:
                 del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}

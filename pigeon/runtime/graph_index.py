@@ -109,6 +109,17 @@ class GraphIndex(PerGraphCache):
             return (index if perm is None else index[perm]), size
         return self._memo(graph, ("scatter", scatter.name, segment.name), build)
 
+    def scatter_csr(self, graph: HeteroGraph, scatter: IndexMap, segment: IndexMap,
+                    layout: SegmentLayout | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rowptr, positions): for each target row of a GEMM's scatter, the positions (in
+        segment order) whose rows add into it: the CSR a per-target sum walks."""
+        def build():
+            targets, size = self.sorted_scatter(graph, scatter, segment, layout)
+            rowptr = torch.zeros(size + 1, dtype=torch.int64, device=targets.device)
+            torch.cumsum(torch.bincount(targets, minlength=size), 0, out=rowptr[1:])
+            return rowptr, torch.sort(targets, stable=True).indices.contiguous()
+        return self._memo(graph, ("scatter_csr", scatter.name, segment.name), build)
+
     def group_csr(self, graph: HeteroGraph, group: IndexMap) -> tuple[torch.Tensor, torch.Tensor]:
         """(rowptr, perm): the source rows of each target row of ``group``, in row order
         (the CSR a node-parallel traversal walks)."""

@@ -55,26 +55,39 @@ def run_view(kernel: ViewKernel, graph: HeteroGraph, program: KernelProgram, env
     return a.view(a.shape[0], *program.buffer(kernel.out).type.shape)
 
 
-def run_body(body, graph: HeteroGraph, env: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A traversal or dense kernel's body through the level-1 interpreter, as a generated
-    kernel runs it: its inputs (stored in ``dtype``) converted to the compute dtype,
-    every value computed there (``equal`` comparing values as stored), its outputs
-    rounded to ``dtype`` once."""
-    compute = compute_dtype(dtype)
+def run_body(body, graph: HeteroGraph, env: Mapping[str, torch.Tensor], dtype: torch.dtype,
+             fused: bool = True) -> dict[str, torch.Tensor]:
+    """A traversal or dense kernel's body through the level-1 interpreter, its inputs and
+    outputs stored in ``dtype``.
+
+    ``fused``: as a generated kernel runs it, its intermediate values in registers: the
+    inputs converted to the compute dtype, every value computed there (``equal``
+    comparing values as stored), the outputs rounded once. Otherwise op by op in
+    ``dtype``, as torch runs a sequence of its operations: each computes in its own
+    accumulation type (float32 for 16-bit tensors) and stores its result, rounded, in
+    ``dtype``; intermediate values take the storage dtype's memory."""
+    compute = compute_dtype(dtype) if fused else dtype
     inputs = {n.attr("name"): env[n.attr("name")].to(compute) for n in body.nodes if n.op is Op.INPUT}
     outputs = run(body, graph, inputs, {}, dtype=compute, storage=None if compute == dtype else dtype)
     return {name: value.to(dtype) for name, value in outputs.items()}
 
 
-def scatter_rows(rows: torch.Tensor, index: torch.Tensor, size: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``rows`` summed into ``size`` rows by ``index`` (``[size, *rows.shape[1:]]``, stored
-    in ``dtype``, default the rows'), the sums kept in the compute dtype and rounded once:
-    16-bit rows go through a float32 buffer (some of torch's index_add_ paths add 16-bit
-    rows in 16 bits)."""
-    dtype = dtype or rows.dtype
-    compute = compute_dtype(dtype)
+SCATTER_CHUNK_BYTES = 64 * 2**20   # 16-bit rows converted to the compute dtype this many bytes at a time
+
+
+def scatter_rows(rows: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """``rows`` summed into ``size`` rows by ``index`` (``[size, *rows.shape[1:]]`` in the
+    rows' dtype), the sums kept in the compute dtype and rounded once. 16-bit rows are
+    added into a float32 buffer (some of torch's index_add_ paths add 16-bit rows in 16
+    bits), converted a chunk at a time so no float32 copy of them all exists."""
+    compute = compute_dtype(rows.dtype)
+    if compute == rows.dtype:
+        return rows.new_zeros(size, *rows.shape[1:]).index_add_(0, index, rows)
     out = torch.zeros(size, *rows.shape[1:], dtype=compute, device=rows.device)
-    return out.index_add_(0, index, rows.to(compute)).to(dtype)
+    step = max(1, SCATTER_CHUNK_BYTES // max(1, rows[:1].numel() * 4))
+    for start in range(0, rows.shape[0], step):
+        out.index_add_(0, index[start:start + step], rows[start:start + step].to(compute))
+    return out.to(rows.dtype)
 
 
 class TorchExecutor:
