@@ -101,7 +101,7 @@ def cmd_show_ir(args: argparse.Namespace) -> int:
 
 # Backends whose executors generate source code, and how a line comment starts in it.
 SOURCE_BACKENDS = {"triton": "#", "cpu": "//"}
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class BackendUnavailable(RuntimeError):
@@ -125,6 +125,7 @@ def kernel_source(layer: str, backend: str, graph, dim: int, heads: int,
         raise BackendUnavailable(f"the {backend!r} backend is not registered in "
                                  f"pigeon.runtime.compiled.EXECUTORS (it has {list(EXECUTORS)})")
     module, tensors = example_layer(layer, graph, dim, heads, backend=backend)
+    tensors = {name: value.to(dtype) for name, value in tensors.items()}   # planned for the dtype it renders
     try:
         plan = module.compiled.plan(graph, tensors)
     except ImportError as exc:

@@ -160,15 +160,23 @@ def _check(kernel, types, graph, dtype, k):
     if dtype == torch.float64:
         torch.testing.assert_close(got, want, **F64, msg=lambda m: f"{kernel.describe()}: {m}")
         return
-    # float32 inputs are exact in float64, so the error is float32's accumulation alone:
-    # each of the L additions of a sum rounds by at most eps/2 of the sum of the products'
-    # magnitudes (the same GEMM on |A|, |W|), and the roundings add up like a random walk,
-    # about eps * sqrt(L) of it (4x for the tail of the distribution).
+    # The inputs (float32, or 16-bit) are exact in float64, so the error is the float32
+    # accumulation's: each of the L additions of a sum rounds by at most eps/2 of the sum
+    # of the products' magnitudes (the same GEMM on |A|, |W|), and the roundings add up
+    # like a random walk, about eps * sqrt(L) of it (4x for the tail of the distribution).
+    # 16-bit storage adds its own eps/2 twice at most: a scattered row is stored before
+    # the rows are summed, and the result is stored.
     magnitude = TorchExecutor(program).gemm(kernel, graph, {n: v.double().abs() for n, v in env.items()})
     bound = 4 * torch.finfo(torch.float32).eps * math.sqrt(_products_per_result(kernel, types, graph, k))
+    # Below the smallest normal value a stored result is a multiple of the subnormal
+    # spacing (float16's 2^-24), an absolute error of half of it.
+    slack = 1e-30
+    if dtype in (torch.bfloat16, torch.float16):
+        bound += torch.finfo(dtype).eps
+        slack = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
     error = (got.double() - want).abs()
     assert not got.isnan().any(), kernel.describe()
-    assert (error <= bound * magnitude + 1e-30).all(), f"{kernel.describe()}: error {float(error.max()):.2e}"
+    assert (error <= bound * magnitude + slack).all(), f"{kernel.describe()}: error {float(error.max()):.2e}"
 
 
 # (k, n): a width below one vector, widths with a partial vector and a scalar tail, and
@@ -176,7 +184,7 @@ def _check(kernel, types, graph, dtype, k):
 WIDTHS = [(3, 5), (20, 37), (13, 90), (64, 64)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("k,n", WIDTHS, ids=lambda v: str(v))
 @pytest.mark.parametrize("case", list(_cases(1, 1)))
 def test_generated_gemm_matches_torch(case, k, n, dtype, monkeypatch):
@@ -275,23 +283,24 @@ def test_micro_kernel_keeps_vector_accumulators_in_a_register_tile():
 def test_heads_loop_over_their_matrices_and_shared_vectors_are_rows():
     heads = _source("heads-forward")
     assert "for (int h = 0; h < 3; h++)" in heads
-    assert "const real *w = packed + (t * 3 + h) * 4096;" in heads
+    assert "const real *w = weights + (t * 3 + h) * 4096;" in heads
     shared = _source("shared-forward")
     assert "for (int h = 0; h < 1; h++)" in shared and "for (int m = 0; m < 5; m++, count++)" in shared
 
 
 def test_data_gradient_packs_the_transposed_weights_once():
     source = _source("heads-data-grad")
-    assert "gemm_transpose_(W + th * 4096, packed + th * 4096, 64, 64);" in source
+    assert "gemm_pack_(W + th * 4096, packed + th * 4096, 64, 64, 1);" in source and "const int pack = 1;" in source
     assert "if (slot[th / 3] == -1) continue;" in source    # types without rows are not packed
-    assert "gemm_transpose_(W" not in _source("heads-forward")
+    # W in place, unless its storage is 16-bit (then converted once into `packed`).
+    assert "const int pack = PIGEON_NARROW;" in _source("heads-forward")
 
 
 def test_scatter_sums_each_target_row_on_one_thread():
     source = _source("heads-data-grad")
     assert "atomic" not in source
     assert "for (int64_t g = 0; g < targets; g++) {" in source
-    assert "const real *r = out + target_pos[e] * 192;" in source and "y[j] += r[j];" in source
+    assert "const storage *r = out + target_pos[e] * 192;" in source and "y[j] += LOAD(r[j]);" in source
     assert "target_pos" not in _source("heads-forward")
 
 

@@ -43,7 +43,7 @@ def test_rgat_is_one_node_parallel_traversal_without_atomics():
     assert "att_src" in first.split("/* sweep 0 */")[1] and "att_src" not in second
 
 
-def test_pna_statistics_share_one_pass_over_the_edges():
+def test_pna_statistics_share_one_traversal_of_the_edges():
     graph = _graph()
     layer = pnn.NBFNetLayer(4, graph.num_etypes, aggregate="pna", backend="cpu")
     tensors = {"x": torch.randn(graph.num_nodes, 2, 4), "boundary": torch.randn(graph.num_nodes, 2, 4),
@@ -52,9 +52,14 @@ def test_pna_statistics_share_one_pass_over_the_edges():
     source, _ = _forward_source(layer, graph, tensors)
     kernel = source[source.index("/* traversal"):]
     assert [line for line in source.splitlines() if line.startswith("void k")] == [kernel.splitlines()[1]]
-    assert kernel.count("/* sweep") == 1
-    assert kernel.count("max_(a") == 1 and kernel.count("min_(a") == 1  # max and min updated in that sweep
-    assert "count + 1" in kernel  # the boundary is one more message of every mean
+    # Mean, max and min in the first sweep; the squared deviations from that mean (read
+    # from registers: the variance never subtracts two stored moments) in the second.
+    first, second = kernel.split("/* sweep 1 */")
+    assert "/* sweep 2 */" not in second
+    assert first.count("max_(a") == 1 and first.count("min_(a") == 1
+    assert "count + 1" in first  # the boundary is one more message of every mean
+    mean = re.search(r"const real \*v(\d+) = a(\d+);", second)   # the group's mean, gathered in registers
+    assert mean and f"a{mean.group(2)}[j] /= (real)(count + 1)" in first
 
 
 @pytest.mark.parametrize("cls, args, kwargs", [

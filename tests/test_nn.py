@@ -106,8 +106,8 @@ def test_bad_inputs_name_the_argument():
     layer = pnn.RGCN(3, 4, 2)
     with pytest.raises(ValueError, match=r"Expected `x` to have one row per node \(2\) \(got \[3, 3\]\)"):
         layer(graph, torch.randn(3, 3))
-    with pytest.raises(ValueError, match="one floating dtype"):
-        layer(graph, torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"Expected `x` to be a floating tensor \(got torch.int64\)"):
+        layer(graph, torch.ones(2, 3, dtype=torch.int64))
     fn = pigeon.compile(functional.rgat)
     with pytest.raises(TypeError, match="missing parameter `att_src`"):
         fn(graph, x=torch.randn(2, 3), weight=torch.randn(2, 3, 4))

@@ -27,7 +27,9 @@ def _run(tmp_path, *args):
 @pytest.mark.parametrize("problem,extra", [
     ("burgers", ["--resolution", "32", "--width", "8", "--modes", "4"]),
     ("darcy", ["--resolution", "15", "--width", "6", "--modes", "3", "--padding", "3", "--coarse-fraction", "0.5"]),
-])
+    ("darcy", ["--resolution", "15", "--width", "6", "--modes", "3", "--padding", "3", "--coarse-fraction", "0.5",
+               "--precision", "bf16"]),
+], ids=["burgers", "darcy", "darcy-bf16"])
 def test_command_writes_metrics(tmp_path, problem, extra):
     report = tmp_path / "metrics.json"
     done = _run(tmp_path, "--problem", problem, "--epochs", "4", "--eval-every", "2", "--n-train", "12",
@@ -42,6 +44,8 @@ def test_command_writes_metrics(tmp_path, problem, extra):
     assert f"{problem}: test relative L2 {result['test']['rel_l2']:.4f}" in done.stdout
     if problem == "darcy":  # half the run on every second point of the 15 x 15 grid
         assert [h["grid"] for h in result["history"]] == ["8x8", "8x8", "15x15", "15x15"]
+    assert result["config"]["precision"] == ("bf16" if "bf16" in extra else "fp32")
+    assert (", bf16," in done.stdout) == ("bf16" in extra)
 
 
 class _Stop(Exception):
@@ -97,7 +101,36 @@ def test_relative_l2():
     (dict(coarse_fraction=1.0), r"Expected `coarse_fraction` to be a number in \[0, 1\) \(got 1.0\)"),
     (dict(problem="darcy", padding=4), r"Expected `padding` to be odd or 0 with a coarse-grid phase"),
     (dict(path="fast"), r"Expected `path` to be one of \['auto', 'fft', 'dft'\] \(got 'fast'\)"),
+    (dict(precision="half"), r"Expected `precision` to be one of \['fp32', 'bf16', 'fp16'\] \(got 'half'\)"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         FNOConfig(**overrides).resolved()
+
+
+def test_float16_steps_through_the_loss_scale():
+    from pigeon.train.common import Precision
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    precision = Precision("fp16")
+    x = torch.randn(4, 3)
+    start = model.weight.detach().clone()
+    scales = [precision.state_dict()["scale"]]
+    for _ in range(20):   # steps whose scaled gradients overflow float16 are skipped, the scale halves
+        optimizer.zero_grad()
+        with precision.autocast():
+            out = model(x)
+        assert out.dtype == torch.float16
+        precision.step(out.float().pow(2).mean(), optimizer)
+        scales.append(precision.state_dict()["scale"])
+    assert not torch.equal(model.weight, start) and model.weight.grad.dtype == torch.float32
+    assert scales[-1] < scales[0]
+    optimizer.zero_grad()
+    before = model.weight.detach().clone()
+    with precision.autocast():
+        out = model(torch.full((1, 3), float("inf")))
+    precision.step(out.float().sum(), optimizer)
+    assert torch.equal(model.weight, before) and precision.state_dict()["scale"] < scales[-1]
+    assert Precision("bf16").state_dict() == {} and not Precision("fp32").scaler.is_enabled()

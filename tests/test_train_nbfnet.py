@@ -167,12 +167,25 @@ def test_training_is_reproducible_and_resumes_from_a_checkpoint(tmp_path):
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
 
 
-def test_training_lifts_the_filtered_mrr_above_chance(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_lifts_the_filtered_mrr_above_chance(tmp_path, precision):
     data = load_link_data("umls", _fixture_kg(tmp_path / "kg"))
     result = train_nbfnet(NBFNetConfig(seed=0, **{**TINY, "epochs": 6, "dim": 8}), data=data, lr=1e-2,
-                          show_progress=False, log=lambda *_: None)
+                          precision=precision, show_progress=False, log=lambda *_: None)
     # 24 candidates: a random scorer's expected filtered MRR is below 0.2.
     assert result["valid"]["mrr"] > 0.35, result["history"]
+    assert result["config"]["precision"] == precision
+
+
+def test_float16_training_scales_the_loss_and_checkpoints_the_scale(tmp_path):
+    data = load_link_data("umls", _fixture_kg(tmp_path / "kg"))
+    checkpoint = tmp_path / "run.pt"
+    result = train_nbfnet(NBFNetConfig(seed=0, **{**TINY, "epochs": 1}), data=data, precision="fp16",
+                          checkpoint=checkpoint, show_progress=False, log=lambda *_: None)
+    assert math.isfinite(result["history"][0]["loss"]) and 0 < result["test"]["mrr"] <= 1
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["scaler"]["scale"] > 0   # a GradScaler ran (fp32 and bf16 checkpoint an empty state)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
 
 
 def test_training_with_ogb_candidates_ranks_against_them(tmp_path):
@@ -192,6 +205,8 @@ def test_bad_settings_name_the_argument():
         NBFNetConfig(backend="cuda").check()
     with pytest.raises(ValueError, match="`lr` to be a positive number"):
         NBFNetConfig(lr=float("nan")).check()
+    with pytest.raises(ValueError, match=r"Expected `precision` to be one of \['fp32', 'bf16', 'fp16'\] \(got 'fp8'\)"):
+        NBFNetConfig(precision="fp8").check()
     with pytest.raises(ValueError, match="link-prediction dataset"):
         load_link_data("aifb")
 

@@ -142,9 +142,11 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
 
 def test_unsupported_dtype_is_a_clear_error():
     graph = _graph().to(DEVICE)
-    module = _rgat(graph, backend="triton").half().to(DEVICE)
-    with pytest.raises(ValueError, match="float32 and float64.*float16"):
-        module(graph, torch.randn(graph.num_nodes, 8, dtype=torch.float16, device=DEVICE))
+    module = _rgat(graph, backend="triton").to(DEVICE)
+    x = torch.randn(graph.num_nodes, 8, device=DEVICE).to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=r"one of float64, float32, bfloat16, float16 for backend='triton' "
+                                         r"\(got torch.float8_e4m3fn\)"):
+        module(graph, x)
 
 
 def test_a_template_error_names_the_template_and_line():

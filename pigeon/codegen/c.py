@@ -104,11 +104,12 @@ def _label(name: str) -> str:
 class _Planner(SweepPlan):
     """Plans sweeps and fills the C statements of one traversal kernel."""
 
-    def __init__(self, kernel: TraversalKernel, name: str, config: CConfig):
+    def __init__(self, kernel: TraversalKernel, name: str, config: CConfig, narrow: bool = False):
         super().__init__(kernel.body, kernel.domain, kernel.group)
         self.k = kernel
         self.name = name
         self.config = config
+        self.narrow = narrow   # buffers hold a narrower type than `real`: rows are converted as read
         self.args: list[KernelArg] = []
         self.arg_decls: list[str] = []
         self.ptr: dict[str, str] = {}         # buffers read or written, by name
@@ -150,6 +151,11 @@ class _Planner(SweepPlan):
             self.index_var[key] = self.graph_array(kind, index)
         return NAME["at"].format(var=self.index_var[key], position=position)
 
+    def read_row(self, i: int, ptr: str, row: str, n: int) -> list[str]:
+        """Row ``row`` of a buffer as value ``v{i}``: read in place when the buffer holds
+        ``real``, converted into registers when it holds a narrower type."""
+        return lines("row_load" if self.narrow else "row", id=i, ptr=ptr, row=row, n=n)
+
     # -- per-row values ------------------------------------------------------------------
     def ref(self, i: int) -> str:
         kind = "group_value" if self.body.nodes[i].op in GROUP_VALUES else "row_value"
@@ -190,7 +196,7 @@ class _Planner(SweepPlan):
                 body += lines("kept", id=i, width=width, offset=kept[i][0])
             elif node.op is Op.INPUT:
                 if node.type.space == self.k.domain:
-                    body += lines("row", id=i, ptr=self.buffer(node.attr("name")), row="row", n=node.type.numel)
+                    body += self.read_row(i, self.buffer(node.attr("name")), "row", node.type.numel)
             elif node.op is not Op.CONST:
                 self.emit_row(node, body)
         for r in self.reductions:
@@ -275,7 +281,8 @@ class _Planner(SweepPlan):
                for line in lines("const", id=n.id, value=c_text.real(n.attr("value")))]
         for n in self.body.nodes:
             if n.op is Op.INPUT and n.type.space == GLOBAL:
-                top += lines("alias", id=n.id, src=self.buffer(n.attr("name")))
+                ptr = self.buffer(n.attr("name"))
+                top += self.read_row(n.id, ptr, "0", n.type.numel) if self.narrow else lines("alias", id=n.id, src=ptr)
         sweeps = []
         for k in range(self.last_sweep() + 1):
             body, finished = self.sweep_lines(k)
@@ -360,7 +367,7 @@ def _gather(pl: _Planner, node: Node, out: list[str]) -> None:
     if source.op is not Op.INPUT:
         raise CodegenError("gathers read buffers or this pass's own reductions", node)
     row = "g" if pl.group is not None and index == pl.group else pl.row_index(index)
-    out += lines("row", id=node.id, ptr=pl.buffer(source.attr("name")), row=row, n=node.type.numel)
+    out += pl.read_row(node.id, pl.buffer(source.attr("name")), row, node.type.numel)
 
 
 def _elementwise(pl: _Planner, node: Node, out: list[str]) -> None:
@@ -468,17 +475,28 @@ _RULES = {
 }
 
 
-def render_traversal(kernel: TraversalKernel, name: str, config: CConfig | None = None) -> CKernel:
+def render_traversal(kernel: TraversalKernel, name: str, config: CConfig | None = None,
+                     narrow: bool = False) -> CKernel:
     """Plan and render one traversal kernel as a C function called ``name``; ``config``
-    (default :func:`default_config`) sets its OpenMP schedule. The C backend walks the
+    (default :func:`default_config`) sets its OpenMP schedule; ``narrow``: for buffers of
+    a type narrower than ``real`` (bfloat16, float16), whose rows are converted into
+    registers as they are read (:mod:`pigeon.codegen.c_text`). The C backend walks the
     CSR of a traversal's group: an edge-parallel (COO) traversal is an error."""
     if kernel.layout is TraversalLayout.COO:
         raise CodegenError(f"`{kernel.describe().splitlines()[0]}` is edge-parallel (COO), and the C backend "
                            "has only node-parallel traversals: lower with layout='csr'")
-    return _Planner(kernel, name, config or default_config(kernel)).render()
+    return _Planner(kernel, name, config or default_config(kernel), narrow).render()
 
 
-def render_library(kernels: list, real: str, version: str) -> str:
-    """The whole C file of one program: its traversal kernels and segmented GEMMs
-    (anything with a ``source``)."""
-    return render("library.c.jinja", kernels=[k.source for k in kernels], real=real, version=version)
+#: The element types a C library is rendered for: ``storage`` of its buffers, with
+#: ``real`` (what arithmetic runs in) double for double and float for the others.
+C_STORAGE = ("double", "float", "bfloat16", "float16")
+
+
+def render_library(kernels: list, storage: str, version: str) -> str:
+    """The whole C file of one program for buffers of ``storage`` (one of
+    :data:`C_STORAGE`): its traversal kernels and segmented GEMMs (anything with a
+    ``source``). Traversals for bfloat16 and float16 are rendered ``narrow``."""
+    if storage not in C_STORAGE:
+        raise ValueError(f"Expected `storage` to be one of {list(C_STORAGE)} (got {storage!r})")
+    return render("library.c.jinja", kernels=[k.source for k in kernels], storage=storage, version=version)

@@ -36,6 +36,10 @@ class CGemm:
     does not read are NULL or 0. See ``kernels/gemm.c.jinja``.
     ``vectors`` is the number of K-vectors of an A row (``prod(mid)``), ``heads`` the
     number of weight matrices per type (``vectors`` when batched, else 1).
+    A, W (or B), ``out`` and the scatter's result hold the library's ``storage`` type,
+    except a weight gradient's ``out`` and its slices: ``real``, the compute type (the
+    caller rounds it once). ``scratch`` holds W's matrices packed in ``real`` where W is
+    transposed or ``storage`` is narrower than ``real``.
     """
 
     name: str

@@ -6,6 +6,12 @@ where each sweep's statements go); this table owns the statements. Patterns are
 ``str.format`` strings (``{{``, ``}}`` are literal braces). Values are ``real`` arrays in
 registers, ``v{id}`` per row and ``a{id}`` per group; ``j`` walks a value's elements and
 ``i0, i1, ...`` its dimensions.
+
+Buffers hold ``storage`` elements, read through ``LOAD`` and written through ``STORE``
+(``kernels/library.c.jinja`` defines the three per dtype): for float and double they are
+``real`` and a row is read in place; for bfloat16 and float16 a row is converted into a
+``real`` array in registers as it is read (``row_load``) and each element rounded as it
+is stored.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ ARG = "{type} *{var} = ({type} *)args[{i}];"
 ARG_TYPE = {
     ArgKind.ROWPTR: "const int64_t", ArgKind.PERM: "const int64_t", ArgKind.BLOCKS: "const int64_t",
     ArgKind.INDEX: "const int64_t", ArgKind.INDEX_SORTED: "const int64_t", ArgKind.COUNT: "const int64_t",
-    ArgKind.BUFFER: "const real", ArgKind.OUTPUT: "real", ArgKind.PARTIAL: "real", ArgKind.SCRATCH: "real",
+    ArgKind.BUFFER: "const storage", ArgKind.OUTPUT: "storage", ArgKind.PARTIAL: "real", ArgKind.SCRATCH: "real",
 }
 #: The variable an argument is read through: ``{n}`` numbers the kernel's buffers.
 ARG_VAR = {
@@ -47,7 +53,9 @@ UNARY = {
 LEAKY_RELU = "({x} > 0 ? {x} : {alpha} * {x})"
 BINARY = {
     Binary.ADD: "{a} + {b}", Binary.SUB: "{a} - {b}", Binary.MUL: "{a} * {b}", Binary.DIV: "{a} / {b}",
-    Binary.MAX: "max_({a}, {b})", Binary.MIN: "min_({a}, {b})", Binary.EQ: "({a} == {b} ? (real)1 : (real)0)",
+    Binary.MAX: "max_({a}, {b})", Binary.MIN: "min_({a}, {b})",
+    # Equal as stored (ROUND: rounded to `storage`; see pigeon.runtime.interpret.run).
+    Binary.EQ: "(ROUND({a}) == ROUND({b}) ? (real)1 : (real)0)",
 }
 
 # ---- names ----------------------------------------------------------------------------------
@@ -59,7 +67,7 @@ NAME = {
     "running_sum": "s{id}",
     "element": "{var}[j]",
     "at": "{var}[{position}]",
-    "group_element": "{ptr}[g * {n} + j]",
+    "group_element": "LOAD({ptr}[g * {n} + j])",
     "ahead": "p + {ahead}",        # the position PREFETCH_AHEAD rows further
 }
 
@@ -69,7 +77,8 @@ STMT = {
     # values: memory read in place, or a register array
     "const": "const real v{id}[1] = {{{value}}};",
     "alias": "const real *v{id} = {src};",                      # another value's memory
-    "row": "const real *v{id} = {ptr} + {row} * {n};",          # a row of a buffer
+    "row": "const real *v{id} = {ptr} + {row} * {n};",          # a row of a buffer, read in place
+    "row_load": "real v{id}[{n}]; for (int j = 0; j < {n}; j++) v{id}[j] = LOAD({ptr}[{row} * {n} + j]);",
     "decl": "real v{id}[{n}];",
     "zero": "for (int j = 0; j < {n}; j++) v{id}[j] = 0;",
     "loop": "for (int i{d} = 0; i{d} < {size}; i{d}++)",
@@ -98,16 +107,16 @@ STMT = {
     # rows gathered PREFETCH_AHEAD positions ahead; past the group's end are the next
     # groups' rows, which this thread likely takes next
     "prefetch_if": "if (p + {ahead} < rowptr[num_groups]) {{",
-    "prefetch": "    for (int c = 0; c < (int)({n} * sizeof(real)); c += 64) "
+    "prefetch": "    for (int c = 0; c < (int)({n} * sizeof(storage)); c += 64) "
                 "__builtin_prefetch((const char *)({ptr} + {row} * {n}) + c);",
     "end": "}}",
     # stores
-    "store_row": "for (int j = 0; j < {n}; j++) {ptr}[row * {n} + j] = {src}[j];",
-    "store_group": "for (int j = 0; j < {n}; j++) {ptr}[g * {n} + j] = a{id}[j];",
+    "store_row": "for (int j = 0; j < {n}; j++) {ptr}[row * {n} + j] = STORE({src}[j]);",
+    "store_group": "for (int j = 0; j < {n}; j++) {ptr}[g * {n} + j] = STORE(a{id}[j]);",
     # reductions (rules.REDUCTIONS, rules.finish)
     "reduce_decl": "real a{id}[{n}];",
     "reduce_start": "for (int j = 0; j < {n}; j++) a{id}[j] = {start};",
-    "reduce_self": "for (int j = 0; j < {n}; j++) a{id}[j] = {ptr}[g * {n} + j];",
+    "reduce_self": "for (int j = 0; j < {n}; j++) a{id}[j] = LOAD({ptr}[g * {n} + j]);",
     "reduce_step": "for (int j = 0; j < {n}; j++) a{id}[j] = {combined};",
     "reduce_mean": "if ({rows} > 0) for (int j = 0; j < {n}; j++) a{id}[j] /= (real){rows};",
     "reduce_empty": "if (count == 0) for (int j = 0; j < {n}; j++) a{id}[j] = {empty};",
@@ -128,7 +137,7 @@ STMT = {
     "split_add": "for (int j = 0; j < {n}; j++) mine[g * {width} + {offset} + j] += a{id}[j];",
     "split_store": "for (int j = 0; j < {n}; j++) {{ real t = {start}; "
                    "for (int64_t th = 0; th < threads; th++) t += partial[(th * num_groups + g) * {width} + {offset} + j]; "
-                   "{ptr}[g * {n} + j] = t; }}",
+                   "{ptr}[g * {n} + j] = STORE(t); }}",
 }
 
 def lines(name: str, **fields) -> list[str]:

@@ -7,6 +7,10 @@ CSR, or per block of rows; where each sweep's statements go); this table owns th
 statements. Patterns are ``str.format`` strings. Values are register tiles
 ``[lead, *padded row shape]``: ``lead`` is ``BLOCK`` for a value per row and 1 for a
 value per group or a global one; each row dimension is padded to a power of two.
+
+Tiles hold ``REAL``, the compute dtype (float32 for bfloat16 and float16 buffers): a load
+converts to it and a store rounds to the buffer's element type (``tl.store`` casts);
+atomics add into buffers of the compute dtype. ``STORAGE`` is the buffers' dtype.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ LEAKY_RELU = "tl.where({x} > 0, {x}, {alpha} * {x})"
 BINARY = {
     Binary.ADD: "{a} + {b}", Binary.SUB: "{a} - {b}", Binary.MUL: "{a} * {b}", Binary.DIV: "{a} / {b}",
     Binary.MAX: "tl.maximum({a}, {b})", Binary.MIN: "tl.minimum({a}, {b})",
-    Binary.EQ: "tl.where({a} == {b}, 1.0, 0.0)",
+    # Equal as stored (rounded to STORAGE; see pigeon.runtime.interpret.run).
+    Binary.EQ: "tl.where({a}.to(STORAGE).to(REAL) == {b}.to(STORAGE).to(REAL), 1.0, 0.0)",
 }
 #: The reduction of a block's rows (axis 0) that each combine op folds with.
 BLOCK_REDUCE = {Binary.ADD: "tl.sum", Binary.MAX: "tl.max", Binary.MIN: "tl.min"}
@@ -81,7 +86,7 @@ EXPR = {
 STMT = {
     # values
     "index_rows": "{var} = tl.load({ptr} + row, mask=rmask, other=0)",
-    "load": "{var} = tl.load({address}{mask})",
+    "load": "{var} = tl.load({address}{mask}).to(REAL)",
     "to_tile": "{var} = tl.reshape({var}, {tile})",
     "const": "v{id} = tl.full({tile}, {value}, REAL)",
     "value": "v{id} = {expr}",

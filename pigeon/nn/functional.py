@@ -77,12 +77,28 @@ def _nbf_message(kind: str, x_src, rel):
 
 
 def _pna(g, msg, boundary):
-    """Mean, max, min and std, each times the degree scalers 1, s, 1/max(s, 0.01)."""
+    """Mean, max, min and std, each times the degree scalers 1, s, 1/max(s, 0.01).
+
+    The variance of a node's n + 1 messages (its edges' and its boundary b) is the mean
+    square deviation from their mean m, written as sums that never subtract two stored
+    values, not the mean square less the squared mean (the reference's formula, equal
+    in exact arithmetic): that difference cancels where the spread is small beside the
+    mean, keeping only the rounding of the two moments, which in bfloat16 or float16
+    storage is all there is. Here the traversal's first sweep sums m_e - b over the
+    edges (``drift``: (n + 1)(m - b)) and its second sweep the squared deviations
+    (m_e - m)^2, reading m from float32 registers; then
+    variance = (sum (m_e - m)^2 + (b - m)^2) / (n + 1), with b - m = -drift / (n + 1)."""
     batch, dim = msg.shape
     mean = aggregate(g, msg, "mean", self_message=boundary)
-    square = aggregate(g, msg * msg, "mean", self_message=boundary * boundary)
-    stats = [mean, aggregate(g, msg, "max", self_message=boundary),
-             aggregate(g, msg, "min", self_message=boundary), sqrt(maximum(square - mean * mean, 1e-6))]
+    high = aggregate(g, msg, "max", self_message=boundary)
+    low = aggregate(g, msg, "min", self_message=boundary)
+    drift = aggregate(g, msg - g.dst(boundary), "sum")
+    deviation = msg - g.dst(mean)
+    spread = aggregate(g, deviation * deviation, "sum")
+    count = g.in_degree() + 1.0
+    own = drift / count
+    variance = (spread + own * own) / count
+    stats = [mean, high, low, sqrt(maximum(variance, 1e-6))]
     log_degree = log(g.in_degree() + 1.0)          # the boundary counts as a message
     flat = equal(mean_rows(log_degree), 0.0)       # no edges at all: s = 1
     s = (log_degree + flat) / (mean_rows(log_degree) + flat)

@@ -18,6 +18,12 @@ Two ways to reach the modes:
   size instead of ``log`` of the grid size, so it pays only for few modes.
 
 ``path="auto"`` uses :func:`choose_path`, whose rule comes from ``bench/spectral.py``.
+
+In bfloat16 and float16 (inputs in them, or under ``torch.autocast``) the mix runs in
+the 16-bit dtype like every compiled layer (:mod:`pigeon.runtime.precision`); the FFT
+path transforms in float32, as torch has no 16-bit FFT on the CPU (and autocast runs
+FFTs in float32), and stores the modes it hands to the mix, and its output, in the
+16-bit dtype.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pigeon.reference._common import check_choice
 from pigeon.reference.spectral import check_spectral_input
 from pigeon.compiler import compile as compile_layer
 from pigeon.runtime.compiled import BACKENDS
+from pigeon.runtime.precision import compute_dtype
 
 __all__ = ["SpectralConv", "FNO", "spectral_mix", "choose_path", "SPECTRAL_PATHS"]
 
@@ -173,14 +180,16 @@ class SpectralConv(reference.SpectralConv):
     def _forward_fft(self, x: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
         batch, cin, cout, k = x.shape[0], self.in_channels, self.out_channels, self.num_modes
         axes = tuple(range(-self.dim, 0))
-        x_ft = torch.fft.rfftn(x, dim=axes)
+        x_ft = torch.fft.rfftn(x.to(compute_dtype(x.dtype)), dim=axes)
         if self.dim == 1:
             kept = x_ft[..., : self.modes[0]]                                  # [B, I, K]
         else:
             m1, m2 = self.modes
             kept = torch.stack([x_ft[..., :m1, :m2], x_ft[..., -m1:, :m2]], dim=2).reshape(batch, cin, k)
-        rows = torch.view_as_real(kept).permute(2, 0, 3, 1).reshape(k * batch, 2 * cin)
+        rows = torch.view_as_real(kept).permute(2, 0, 3, 1).reshape(k * batch, 2 * cin).to(x.dtype)
         y = self.mix(rows, batch).view(k, batch, 2, cout)
+        stored = y.dtype   # the mix's storage dtype: x's, or autocast's
+        y = y.to(compute_dtype(stored))
         y_modes = torch.complex(y[:, :, 0], y[:, :, 1]).permute(1, 2, 0)         # [B, O, K]
         if self.dim == 2:
             m1, m2 = self.modes
@@ -188,7 +197,7 @@ class SpectralConv(reference.SpectralConv):
             middle = y_modes.new_zeros(batch, cout, spatial[0] - 2 * m1, m2)
             y_modes = torch.cat([blocks[:, :, 0], middle, blocks[:, :, 1]], dim=2)
         # irfftn pads the last axis with zeros up to s // 2 + 1.
-        return torch.fft.irfftn(y_modes, s=spatial, dim=axes)
+        return torch.fft.irfftn(y_modes, s=spatial, dim=axes).to(stored)
 
     # -- DFT path -----------------------------------------------------------------------
     def bases(self, spatial: tuple[int, ...], dtype, device) -> _Bases:

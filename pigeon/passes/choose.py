@@ -82,21 +82,21 @@ class Variants:
         self.lowered(candidate)
         return self._lowered[candidate][3]
 
-    def estimates(self, ctx: PassContext, target: Target) -> list[tuple[float, Options]]:
+    def estimates(self, ctx: PassContext, target: Target, elem: int = 4) -> list[tuple[float, Options]]:
         """``(seconds, candidate)`` for every candidate: what the cost model charges it on
-        ``ctx``'s graph (forward, and in training the backward that recomputes what it
-        needs). Needs the context's counts."""
+        ``ctx``'s graph for values of ``elem`` bytes (the storage dtype's): forward, and in
+        training the backward that recomputes what it needs. Needs the context's counts."""
         rows = _rows(ctx, any(c.compact for c in self.candidates))
         timed = []
         for candidate in self.candidates:
             _, forward, backward = self.lowered(candidate)
-            seconds = program_seconds(forward, rows, target)
+            seconds = program_seconds(forward, rows, target, elem)
             if backward is not None:
-                seconds += program_seconds(backward, rows, target)
+                seconds += program_seconds(backward, rows, target, elem)
             timed.append((seconds, candidate))
         return timed
 
-    def decide(self, ctx: PassContext, target: Target) -> Options:
+    def decide(self, ctx: PassContext, target: Target, elem: int = 4) -> Options:
         """The candidate the cost model finds cheapest on ``ctx``'s graph (module
         docstring); every open decision off without counts or on a small graph."""
         if len(self.candidates) == 1:
@@ -105,7 +105,7 @@ class Variants:
         off = replace(options, reorder=options.reorder or False, compact=options.compact or False)
         if not ctx.has_counts or max(ctx.count(s) for s in ("node", "edge")) < SMALL:
             return off
-        timed = self.estimates(ctx, target)
+        timed = self.estimates(ctx, target, elem)
         best = min(timed, key=lambda item: item[0])[1]
         table = ", ".join(f"reorder={c.reorder} compact={c.compact}: {s * 1e3:.3g} ms" for s, c in timed)
         ctx.note(f"cost model ({'train' if self.training else 'infer'}): reorder={best.reorder} "
@@ -114,8 +114,9 @@ class Variants:
 
 
 def decide(program: Program, ctx: PassContext, options: Options, target: Target, training: bool,
-           layout: str | None = None) -> Options:
+           layout: str | None = None, elem: int = 4) -> Options:
     """``options`` with every open decision settled by the cost model (see the module
-    docstring). Requires row counts in ``ctx`` to decide anything: without them, or on a
-    graph whose spaces all have fewer than :data:`SMALL` rows, open decisions are off."""
-    return Variants(program, options, layout, training).decide(ctx, target)
+    docstring), for values of ``elem`` bytes (the storage dtype's). Requires row counts in
+    ``ctx`` to decide anything: without them, or on a graph whose spaces all have fewer
+    than :data:`SMALL` rows, open decisions are off."""
+    return Variants(program, options, layout, training).decide(ctx, target, elem)

@@ -150,8 +150,10 @@ class _Lowering:
                 owner = self.region_of.get(j)
                 if owner is not None and owner is not region and owner in self.open:
                     self.close(owner)
-            if i in self.recompute:
-                # Read mid-pass, a leaf of this region's own would be a partial reduction.
+            if i in self.recompute and self.region_of.get(i) is not region:
+                # Read mid-pass, a leaf of this region's own would be a partial reduction
+                # (an operand computed in this region has had its reads checked already: a
+                # reduction gathered along the group is final in a later sweep).
                 for j in self.leaves[i]:
                     if region is not None and self.region_of.get(j) is region:
                         self.close(region)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -152,7 +154,11 @@ class NBFNetLayer(nn.Module):
             return zeros.index_add(1, index, values)
 
         def extreme(reduce):
-            return zeros.scatter_reduce(1, expanded, messages, reduce=reduce, include_self=False)
+            # From -inf (+inf), every node having a message: torch's backward of
+            # scatter_reduce with include_self=False still splits the gradient with the
+            # excluded start value where the result equals it (a maximum of exactly 0).
+            start = messages.new_full((batch, num_nodes, self.dim), -math.inf if reduce == "amax" else math.inf)
+            return start.scatter_reduce(1, expanded, messages, reduce=reduce, include_self=True)
 
         if self.aggregate == "sum":
             return total(messages)

@@ -12,6 +12,7 @@ operators of :mod:`pigeon.runtime.ops`, which run the same plans.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ from pigeon.passes.lower import lower
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.cpu_backend import CpuExecutor
 from pigeon.runtime.ops import call_layer_op, register_layer
+from pigeon.runtime.precision import CastCache, autocast_dtype, call_dtype, check_storage, element_size
 from pigeon.runtime.profiling import RANGE_PREFIX, layer_range
 from pigeon.runtime.target import machine_target
 from pigeon.runtime.torch_backend import TorchExecutor
@@ -113,11 +115,11 @@ def default_save_budget() -> int:
 
 
 def _over_budget(program: KernelProgram, saved: tuple[tuple[str, str], ...], ctx: PassContext,
-                 budget: int) -> dict[str, int]:
+                 budget: int, elem: int) -> dict[str, int]:
     """The forward buffers to recompute instead of saving, largest first, until what is
-    left fits ``budget`` bytes (float32 rows of the graph's row counts): with their sizes,
-    a buffer's views (charged to it, 0 bytes each) dropped with it. Empty when everything
-    fits."""
+    left fits ``budget`` bytes (rows of the graph's row counts, ``elem`` bytes per
+    element: the storage dtype's): with their sizes, a buffer's views (charged to it,
+    0 bytes each) dropped with it. Empty when everything fits."""
     root = {}
     for kernel in program.kernels:
         if isinstance(kernel, ViewKernel):
@@ -126,7 +128,7 @@ def _over_budget(program: KernelProgram, saved: tuple[tuple[str, str], ...], ctx
     for buffer, _ in saved:
         owner = root.get(buffer, buffer)
         t = program.buffer(owner).type
-        sizes[owner] = (1 if t.space == GLOBAL else ctx.count(t.space.name)) * t.numel * 4
+        sizes[owner] = (1 if t.space == GLOBAL else ctx.count(t.space.name)) * t.numel * elem
     total, dropped = sum(sizes.values()), {}
     for owner, size in sorted(sizes.items(), key=lambda item: -item[1]):
         if total <= budget:
@@ -179,9 +181,10 @@ class Plan:
     def execute_forward(self, graph: HeteroGraph, values: Mapping[str, torch.Tensor], dtype: torch.dtype,
                         keep: tuple[str, ...] = ()):
         """Run the forward kernels: (outputs by name, the buffers named in ``keep``), in a
-        profiler range ``pigeon.<layer>.forward`` with one range per kernel inside."""
+        profiler range ``pigeon.<layer>.forward`` with one range per kernel inside.
+        ``dtype`` is the storage dtype of every value (:mod:`pigeon.runtime.precision`)."""
         scope = f"{RANGE_PREFIX}{self.name}.forward"
-        with layer_range(scope):
+        with layer_range(scope), _no_autocast(graph.device):
             return self.run_forward(graph, values, dtype, keep=keep, scope=scope)
 
     def execute_backward(self, graph: HeteroGraph, values: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -191,7 +194,7 @@ class Plan:
         depend on (see :meth:`backward_for`)."""
         _, run = self.backward_for(needed)
         scope = f"{RANGE_PREFIX}{self.name}.backward"
-        with layer_range(scope):
+        with layer_range(scope), _no_autocast(graph.device):
             grads, _ = run(graph, values, dtype, scope=scope)
         return grads
 
@@ -223,6 +226,15 @@ class Plan:
             configs = _carried_configs(self.backward_kernels, dict(self.choice.backward), kernels)
             self._specialised[key] = kernels, _executor(self.backend, kernels, tuple(configs.items()))
         return self._specialised[key]
+
+
+def _no_autocast(device: torch.device):
+    """Autocast off for the kernels: they store in the call's dtype and compute in its
+    compute dtype by themselves, where autocast would cast the torch ops some of them
+    run (the torch backend, dense kernels) to dtypes of its own lists."""
+    if autocast_dtype(device) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def _kernel_shape(program: KernelProgram, kernel) -> object:
@@ -280,7 +292,8 @@ class _Apply(torch.autograd.Function):
 
 #: What a copy of a compiled layer plans again rather than carries (loaded libraries do
 #: not pickle), and its operator handle, which a copy gets anew.
-_UNPICKLED = ("_plans", "_tuned", "_traced", "_variants", "_backwards", "_backward_notes", "_built", "op_handle")
+_UNPICKLED = ("_plans", "_tuned", "_traced", "_variants", "_backwards", "_backward_notes", "_built", "_casts",
+              "op_handle")
 
 
 class Compiled:
@@ -306,17 +319,20 @@ class Compiled:
         self._built: dict[tuple, Plan] = {}
         # Per signature, dtype and mode, per bucket of graph sizes: the tuning lookup's answer.
         self._tuned: dict[tuple, dict[tuple, Choice]] = {}
+        # Parameters cast to a call's storage dtype, reused while they are unchanged.
+        self._casts = CastCache()
         # How the torch.library operators name this layer under torch.compile (pigeon.runtime.ops).
         self.op_handle = register_layer(self)
         self._traced: dict[tuple, Program] = {}
 
     def __getstate__(self) -> dict:
         # Plans hold loaded libraries, which do not pickle: a copy plans again.
-        return {k: v for k, v in self.__dict__.items() if k not in _UNPICKLED}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_plans", "_tuned", "_traced", "_casts", "op_handle")}
 
     def __setstate__(self, state: dict) -> None:
         # A copy (copy.deepcopy of a module, an unpickled one) is an operator's layer of its own.
-        self.__dict__.update(state, **{name: {} for name in _UNPICKLED if name != "op_handle"})
+        self.__dict__.update(state, _plans={}, _tuned={}, _traced={}, _casts=CastCache())
         self.op_handle = register_layer(self)
 
     # -- planning ------------------------------------------------------------------------
@@ -371,18 +387,19 @@ class Compiled:
         """
         inputs, params = self._shapes(graph, tensors)
         backend = resolve_backend(self.backend, graph.device)
+        dtype = call_dtype(tensors, self.layer.input_names, graph.device)
         tuned = choice is None and autotune_enabled()
         if choice is None:
-            choice = self._cached_choice(inputs, params, graph, tensors, backend, mode) if tuned else Choice()
+            choice = self._cached_choice(inputs, params, graph, tensors, backend, dtype, mode) if tuned else Choice()
         training = mode == "train" if mode is not None else _training(tensors)
-        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, choice, training)
+        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, dtype, choice, training)
         candidates = self._plans.setdefault(key, [])
         for read, plan in candidates:
             if all(bucket(RowCounts.count_of(graph, name)) == value for name, value in read):
                 return plan
         ctx = PassContext(graph=graph)
         try:
-            plan = self._build(key, ctx, backend, choice, training)
+            plan = self._build(key, ctx, backend, dtype, choice, training)
         except ValueError as err:
             # A cached choice tuned on a graph of the same buckets whose cost-model decisions
             # differed names kernels this program does not have: keep its decisions only.
@@ -393,20 +410,18 @@ class Compiled:
                           "this graph to tune it.", RuntimeWarning, stacklevel=3)
             ctx = PassContext(graph=graph)
             plain = replace(choice, forward=(), backward=())
-            plan = self._build(key[:3] + (plain, training), ctx, backend, plain, training)
+            plan = self._build(key[:4] + (plain, training), ctx, backend, dtype, plain, training)
         candidates.append((tuple(sorted(ctx.read.items())), plan))
         return plan
 
     def _cached_choice(self, inputs: dict, params: dict, graph: HeteroGraph, tensors: dict[str, torch.Tensor],
-                       backend: str, mode: str | None = None) -> Choice:
+                       backend: str, dtype: torch.dtype, mode: str | None = None) -> Choice:
         """The lookup's answer, asked once per signature, dtype, mode and bucket of the
         graph's sizes (nodes, destinations, edges, types): the lookup's own key reads
         statistics that cost a sort, which the sampled blocks of a mini-batch run must not
         pay batch after batch. ``mode`` None: training when a tensor requires gradients."""
         if self.lookup is None:
             return Choice()
-        floats = [v for v in tensors.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-        dtype = floats[0].dtype if floats else torch.get_default_dtype()
         if mode is None:
             mode = "train" if _training(tensors) else "infer"
         memo = self._tuned.setdefault((tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend,
@@ -426,7 +441,8 @@ class Compiled:
         cache again (:func:`pigeon.tune` calls it after storing a choice)."""
         self._tuned.clear()
 
-    def _build(self, key: tuple, ctx: PassContext, backend: str, choice: Choice, training: bool) -> Plan:
+    def _build(self, key: tuple, ctx: PassContext, backend: str, dtype: torch.dtype, choice: Choice,
+               training: bool) -> Plan:
         """The plan for ``ctx``'s graph. What it is made of does not depend on the graph
         but through the decisions (the cost model's, and which forward values the save
         budget keeps), so the programs of every variant, the backward programs and the plans
@@ -443,7 +459,8 @@ class Compiled:
             traced = self.layer.trace(inputs, params, **self.config)
             self._variants[variant_key] = Variants(traced, options, layout, training)
         variants = self._variants[variant_key]
-        options = variants.decide(ctx, machine_target(backend, ctx.graph.device))
+        elem = element_size(dtype)   # bytes a stored value takes, for the cost model and the save budget
+        options = variants.decide(ctx, machine_target(backend, ctx.graph.device), elem)
         forward, forward_kernels, _ = variants.lowered(options)
         ctx.decisions.extend(variants.notes(options))
         # Values the forward kernels write to memory anyway are kept for the backward pass
@@ -453,7 +470,7 @@ class Compiled:
         backward, backward_kernels, saved = self._backward(variant_key, forward, written, options, layout)
         recomputed: dict[str, int] = {}
         # A backward that no longer reads a value may read others to recompute it: repeat.
-        while dropped := _over_budget(forward_kernels, saved, ctx, self.save_budget):
+        while dropped := _over_budget(forward_kernels, saved, ctx, self.save_budget, elem):
             recomputed.update(dropped)
             written = written - {int(name[1:]) for name in dropped}
             backward, backward_kernels, saved = self._backward(variant_key, forward, written, options, layout)
@@ -495,33 +512,41 @@ class Compiled:
     def call(self, graph: HeteroGraph, tensors: dict[str, torch.Tensor], choice: Choice | None = None):
         """``fn(graph, **tensors)``, with the plan built for ``choice`` (see :meth:`plan`).
 
+        The call runs in one storage dtype (:func:`~pigeon.runtime.precision.call_dtype`:
+        the autocast dtype under ``torch.autocast``, else the inputs'); floating tensors
+        in another are cast to it once per call, a parameter's cast reused while the
+        parameter is unchanged, and gradients come back in each tensor's own dtype.
+
         Under ``torch.compile`` the call is the torch.library operators of
         :mod:`pigeon.runtime.ops`, which plan and check at run time, as here."""
+        if not isinstance(graph, HeteroGraph):
+            raise TypeError(f"Expected `graph` to be a pigeon.HeteroGraph (got {type(graph).__name__})")
+        dtype = self.check_call(graph, tensors)
+        tensors = self._casts.cast_all(tensors, dtype)
         if torch.compiler.is_compiling():
             if choice is not None:
                 raise ValueError("Expected no `choice` under torch.compile (got one): tuned choices come from the "
                                  "tuning cache there")
             return call_layer_op(self, graph, tensors)
-        if not isinstance(graph, HeteroGraph):
-            raise TypeError(f"Expected `graph` to be a pigeon.HeteroGraph (got {type(graph).__name__})")
-        dtype = self.check_call(graph, tensors)
         plan = self.plan(graph, tensors, choice)
         names = tuple(tensors)
         outputs = _Apply.apply(plan, graph, names, dtype, *(tensors[n] for n in names))
         names_out = [n.attr("name") for n in plan.forward.outputs()]
         return outputs[0] if names_out == ["out"] else dict(zip(names_out, outputs))
 
-    @staticmethod
-    def check_call(graph: HeteroGraph, tensors: Mapping[str, torch.Tensor]) -> torch.dtype:
-        """The tensors' one dtype; an error unless they and the graph share one device."""
-        floats = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-        dtypes = {v.dtype for v in floats.values()}
-        if len(dtypes) != 1:
-            raise ValueError(f"Expected every tensor in one floating dtype (got {sorted(map(str, dtypes))})")
-        devices = {v.device for v in floats.values()} | {graph.device}
+    def check_call(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor]) -> torch.dtype:
+        """The call's storage dtype (:func:`~pigeon.runtime.precision.call_dtype`); an
+        error unless every tensor is floating and they and the graph share one device."""
+        given = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+        devices = {v.device for v in given.values()} | {graph.device}
         if len(devices) != 1:
             raise ValueError(f"Expected the graph and every tensor on one device (got {sorted(map(str, devices))})")
-        return dtypes.pop()
+        for name, value in given.items():
+            if not value.is_floating_point():
+                raise ValueError(f"Expected `{name}` to be a floating tensor (got {value.dtype})")
+        dtype = call_dtype(tensors, self.layer.input_names, graph.device)
+        check_storage(dtype, self.backend)
+        return dtype
 
     def traced_for(self, tensors: Mapping[str, torch.Tensor]) -> Program:
         """The traced level-1 program for the row shapes of ``tensors`` (their rows are

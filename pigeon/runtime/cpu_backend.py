@@ -15,11 +15,20 @@ Measured on the 2-core development machine (``bench/gemm.py``, one thread, CPU t
 it beats torch's per-type loop from 8 to 100,000 rows per type, skewed or uniform, and
 one batched ``bmm`` of uniform types, by 1.2x to 8x; the kernel alone, on 100,000 rows
 of one type (K = N = 64 and 128, float32), runs at 110 to 150 GFLOP/s where
-``torch.matmul`` reaches 88 on 2048^2 matrices. Torch keeps only the transposed product of one row per matrix over uniform types
-(:meth:`CpuExecutor.gemm_in_c`), untyped GEMMs (one BLAS call) and dense kernels.
+``torch.matmul`` reaches 88 on 2048^2 matrices. Torch keeps only the transposed product
+of one row per matrix over uniform types (:meth:`CpuExecutor.gemm_in_c`), untyped GEMMs (one BLAS call) and dense kernels.
 
 Graph-side arrays the kernels read (int64 index maps, the CSR of each group) come from
 the per-graph cache every backend shares (:class:`~pigeon.runtime.graph_index.GraphIndex`).
+
+Every dtype of :data:`~pigeon.runtime.precision.STORAGE_DTYPES` has a library of its own:
+bfloat16 and float16 buffers are converted to float in registers as the kernels read
+them and rounded as they write them (``kernels/library.c.jinja``); per-thread partial
+sums and scratch rows are float; a GEMM converts a block's rows into a small per-thread
+float buffer as the block starts and each used weight matrix once, and the rows it
+scatters are stored, then summed per target in float (``kernels/gemm.c.jinja``).
+Dense kernels run as torch operations, each storing its result in the dtype (torch sums
+16-bit values in float32), so their temporaries take half the memory too.
 """
 
 from __future__ import annotations
@@ -39,13 +48,15 @@ from pigeon.clib import CompilerError, build_library
 from pigeon.runtime import kernel_args
 from pigeon.runtime.graph_index import GRAPH_INDEX, PerGraphCache
 from pigeon.runtime.interpret import run, space_size
+from pigeon.runtime.precision import HALF_DTYPES, check_storage, compute_dtype
 from pigeon.runtime.profiling import kernel_ranges
-from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_view
+from pigeon.runtime.torch_backend import DeadBuffers, TorchExecutor, run_body, run_view
 from pigeon.version import __version__
 
 SPLIT_BLOCK_ROWS = 256      # rows per block of a traversal split over few groups
 
-_REAL = {torch.float32: "float", torch.float64: "double"}
+#: The C element type of each storage dtype (``storage`` in ``kernels/library.c.jinja``).
+C_TYPES = {torch.float64: "double", torch.float32: "float", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 class CpuExecutor:
@@ -75,8 +86,11 @@ class CpuExecutor:
             if name not in names or not isinstance(config, CConfig):
                 raise ValueError(f"Expected `configs` to map traversal kernel names of this program "
                                  f"({sorted(names)}) to CConfig (got {name!r}: {config!r})")
+        self._traversals = {i: (name, configs.get(name)) for name, i in names.items()}
+        # Rendered for buffers of `real`; the 16-bit libraries render their traversals
+        # again, converting rows as they read them (_narrow).
         self.rendered: dict[int, CKernel | CGemm] = {
-            i: render_traversal(program.kernels[i], name, configs.get(name)) for name, i in names.items()
+            i: render_traversal(program.kernels[i], name, config) for i, (name, config) in self._traversals.items()
         }
         for i, k in enumerate(program.kernels):
             if isinstance(k, GemmKernel):
@@ -85,18 +99,28 @@ class CpuExecutor:
                     n = w_shape[-1] if k.weight_grad else w_shape[-2 if k.transpose_w else -1]
                     self.rendered[i] = render_gemm(k, f"g{i}", a_shape, n)
         self._libraries: dict[torch.dtype, ctypes.CDLL] = {}
+        self._narrow: dict[int, CKernel | CGemm] | None = None
+
+    def kernels(self, dtype: torch.dtype) -> dict[int, CKernel | CGemm]:
+        """The rendered kernels of the library for ``dtype``, by kernel index."""
+        if dtype not in HALF_DTYPES:
+            return self.rendered
+        if self._narrow is None:
+            self._narrow = {**self.rendered, **{
+                i: render_traversal(self.program.kernels[i], name, config, narrow=True)
+                for i, (name, config) in self._traversals.items()}}
+        return self._narrow
 
     def source(self, dtype: torch.dtype = torch.float32) -> str:
-        """The C file this program compiles to for ``dtype``."""
-        if dtype not in _REAL:
-            raise ValueError(f"backend='cpu' supports float32 and float64 tensors (got {dtype})")
-        return render_library(list(self.rendered.values()), _REAL[dtype], __version__)
+        """The C file this program compiles to for buffers of ``dtype``."""
+        check_storage(dtype, "cpu")
+        return render_library(list(self.kernels(dtype).values()), C_TYPES[dtype], __version__)
 
     def library(self, dtype: torch.dtype) -> ctypes.CDLL:
         if dtype not in self._libraries:
             library, _ = build_library(self.source(dtype))
-            for kernel in self.rendered.values():
-                getattr(library, kernel.name).restype = None
+            for name in [kernel.name for kernel in self.kernels(dtype).values()]:
+                getattr(library, name).restype = None
             self._libraries[dtype] = library
         return self._libraries[dtype]
 
@@ -107,14 +131,15 @@ class CpuExecutor:
         else:
             size = graph_rows(graph, traversal)
         threads = torch.get_num_threads()
+        compute = compute_dtype(dtype)   # what partial sums and scratch rows hold (`real`)
         pointers, keep = [], []
         for arg in kernel.args:
             if arg.kind.graph_array:
                 tensor = kernel_args.graph_array(graph, arg, kernel.group, SPLIT_BLOCK_ROWS)
             elif arg.kind is ArgKind.PARTIAL:
-                tensor = torch.zeros(threads * size * arg.key, dtype=dtype)
+                tensor = torch.zeros(threads * size * arg.key, dtype=compute)
             elif arg.kind is ArgKind.SCRATCH:
-                tensor = torch.empty(threads * self.index.largest(graph, kernel.group) * arg.key, dtype=dtype)
+                tensor = torch.empty(threads * self.index.largest(graph, kernel.group) * arg.key, dtype=compute)
             elif arg.kind is ArgKind.OUTPUT:
                 tensor = kernel_args.output(graph, arg, size, dtype, poison=self.poison)
                 env[arg.key] = tensor
@@ -172,16 +197,17 @@ class CpuExecutor:
         mid = a.shape[1:-1]
         slot, shared_types = _SLOTS(graph, k, rendered.block_positions, types)
         scratch, scatter = None, [None, None, None]
+        compute = compute_dtype(dtype)   # `real`: what a weight gradient and packed weights hold
         if k.weight_grad:
             heads = mid if k.batched else ()
-            out = kernel_args.new_output((types, *heads, rendered.k, rendered.n), dtype, poison=self.poison)
-            scratch = torch.empty(max(threads * shared_types, 1), *out.shape[1:], dtype=dtype)  # per-thread slices
+            out = kernel_args.new_output((types, *heads, rendered.k, rendered.n), compute, poison=self.poison)
+            scratch = torch.empty(max(threads * shared_types, 1), *out.shape[1:], dtype=compute)  # per-thread slices
             place, w = perm, w.contiguous()
         else:
             out = kernel_args.new_output((bounds[-1], *mid, rendered.n), dtype, poison=self.poison)
             place, w = (perm if k.scatter is None else None), w.contiguous()
-            if k.transpose_w:   # where the kernel packs W transposed
-                scratch = torch.empty(w.shape[0], *w.shape[1:-2], rendered.k, rendered.n, dtype=dtype)
+            if k.transpose_w or compute != dtype:   # where the kernel packs W (transposed, or in `real`)
+                scratch = torch.empty(w.shape[0], *w.shape[1:-2], rendered.k, rendered.n, dtype=compute)
             if k.scatter is not None:   # `out` in segment order, summed into the targets by the kernel
                 target_ptr, target_pos, size = _SCATTER_CSR(graph, k)
                 summed = kernel_args.new_output((size, *mid, rendered.n), dtype, poison=self.poison)
@@ -191,6 +217,8 @@ class CpuExecutor:
         targets = 0 if scatter[2] is None else scatter[2].shape[0]
         sizes = (blocks.shape[0], types, threads, shared_types, targets)
         getattr(library, rendered.name)((ctypes.c_void_p * 11)(*pointers), (ctypes.c_int64 * 5)(*sizes))
+        if k.weight_grad:
+            return out.to(dtype)   # summed in `real`, rounded once
         return out if scatter[2] is None else scatter[2]
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -199,6 +227,7 @@ class CpuExecutor:
         profiler each kernel is a range named ``{scope}/k{i}: ...``."""
         if graph.device.type != "cpu":
             raise ValueError(f"backend='cpu' runs on CPU tensors (the graph is on {graph.device})")
+        check_storage(dtype, "cpu")
         library = self.library(dtype) if self.rendered else None
         if library is not None:
             library.pigeon_set_threads(torch.get_num_threads())
@@ -214,9 +243,8 @@ class CpuExecutor:
                     self._launch(library, self.rendered[i], kernel, graph, env, dtype)
                 elif isinstance(kernel, ViewKernel):
                     env[kernel.out] = run_view(kernel, graph, self.program, env)
-                else:
-                    body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
-                    env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+                else:   # dense: torch ops, each storing its result (run_body)
+                    env.update(run_body(kernel.body, graph, env, dtype, fused=False))
             for name in dead:
                 del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}

@@ -110,8 +110,10 @@ def _gelu_grad(x: torch.Tensor) -> torch.Tensor:
     return cdf + x * pdf
 
 
-def _binary(fn: Binary, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _binary(fn: Binary, a: torch.Tensor, b: torch.Tensor, storage: torch.dtype | None = None) -> torch.Tensor:
     if fn is Binary.EQ:
+        if storage is not None:   # equal as stored: see run()
+            return (a.to(storage) == b.to(storage)).to(torch.promote_types(a.dtype, b.dtype))
         return (a == b).to(torch.promote_types(a.dtype, b.dtype))
     table = {
         Binary.ADD: torch.add, Binary.SUB: torch.sub, Binary.MUL: torch.mul, Binary.DIV: torch.div,
@@ -168,9 +170,16 @@ def _typed_linear(x: torch.Tensor, w: torch.Tensor, index: torch.Tensor, batched
 
 def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor],
         params: Mapping[str, torch.Tensor], bindings: Mapping[str, tuple] | None = None,
-        dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        dtype: torch.dtype | None = None, storage: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Evaluate ``program``; returns its outputs by name. Constants and degrees take
-    ``dtype`` (default: the first input's)."""
+    ``dtype`` (default: the first input's).
+
+    ``storage`` (default None: ``dtype``) is the dtype values are stored in when a
+    kernel computes in ``dtype`` (:mod:`pigeon.runtime.precision`): ``equal`` then
+    compares its operands as they would be stored, rounded to ``storage``. It finds the
+    rows that reached a maximum, whose value the backward pass reads as stored (rounded)
+    while it recomputes the rows in ``dtype``; rounding is monotonic, so the rounded
+    maximum is the maximum of the rounded rows, and some row always matches."""
     values: list[torch.Tensor | None] = []
     outputs: dict[str, torch.Tensor] = {}
     if dtype is None:
@@ -230,7 +239,7 @@ def run(program: Program, graph: HeteroGraph, inputs: Mapping[str, torch.Tensor]
             else:
                 a, b = (_rows_first(v, program.nodes[i]) for v, i in zip(args, node.inputs))
                 a, b = _align(a, b)
-                value = _binary(node.attr("fn"), a, b) if op is Op.BINARY else (a * b).sum(-1)
+                value = _binary(node.attr("fn"), a, b, storage) if op is Op.BINARY else (a * b).sum(-1)
                 if node.type.space == GLOBAL:
                     value = value.squeeze(0)
         elif op is Op.SUM_LAST:

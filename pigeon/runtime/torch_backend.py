@@ -4,6 +4,13 @@ GEMMs run as one matmul per type segment on the rows the graph's layout groups f
 that segment (the unfused reference lowering the generated backends are measured
 against); traversal and dense bodies run through the level-1 interpreter, which
 materialises per-row temporaries that the Triton and C templates keep in registers.
+
+Precision follows the generated kernels' rule (:mod:`pigeon.runtime.precision`), so this
+backend stays their executable semantics: every buffer is stored in the call's dtype, a
+kernel body computes in the compute dtype (:func:`run_body`: its inputs converted, its
+outputs rounded once), matmuls take the stored operands and sum in float32 (torch's
+rule for 16-bit matmuls), and a GEMM's scatter sums its rows in the compute dtype
+(:func:`scatter_rows`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pigeon.ir.graph_ir import GLOBAL, IndexMap, Op
 from pigeon.ir.kernel_ir import GemmKernel, KernelProgram, View, ViewKernel, dead_after
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import pad_rows, run
+from pigeon.runtime.precision import compute_dtype
 from pigeon.runtime.profiling import kernel_ranges
 
 
@@ -45,6 +53,41 @@ def run_view(kernel: ViewKernel, graph: HeteroGraph, program: KernelProgram, env
     if kernel.view is View.ZERO_EXTEND:
         return pad_rows(a, graph.num_nodes)
     return a.view(a.shape[0], *program.buffer(kernel.out).type.shape)
+
+
+def run_body(body, graph: HeteroGraph, env: Mapping[str, torch.Tensor], dtype: torch.dtype,
+             fused: bool = True) -> dict[str, torch.Tensor]:
+    """A traversal or dense kernel's body through the level-1 interpreter, its inputs and
+    outputs stored in ``dtype``.
+
+    ``fused``: as a generated kernel runs it, its intermediate values in registers: the
+    inputs converted to the compute dtype, every value computed there (``equal``
+    comparing values as stored), the outputs rounded once. Otherwise op by op in
+    ``dtype``, as torch runs a sequence of its operations: each computes in its own
+    accumulation type (float32 for 16-bit tensors) and stores its result, rounded, in
+    ``dtype``; intermediate values take the storage dtype's memory."""
+    compute = compute_dtype(dtype) if fused else dtype
+    inputs = {n.attr("name"): env[n.attr("name")].to(compute) for n in body.nodes if n.op is Op.INPUT}
+    outputs = run(body, graph, inputs, {}, dtype=compute, storage=None if compute == dtype else dtype)
+    return {name: value.to(dtype) for name, value in outputs.items()}
+
+
+SCATTER_CHUNK_BYTES = 64 * 2**20   # 16-bit rows converted to the compute dtype this many bytes at a time
+
+
+def scatter_rows(rows: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """``rows`` summed into ``size`` rows by ``index`` (``[size, *rows.shape[1:]]`` in the
+    rows' dtype), the sums kept in the compute dtype and rounded once. 16-bit rows are
+    added into a float32 buffer (some of torch's index_add_ paths add 16-bit rows in 16
+    bits), converted a chunk at a time so no float32 copy of them all exists."""
+    compute = compute_dtype(rows.dtype)
+    if compute == rows.dtype:
+        return rows.new_zeros(size, *rows.shape[1:]).index_add_(0, index, rows)
+    out = torch.zeros(size, *rows.shape[1:], dtype=compute, device=rows.device)
+    step = max(1, SCATTER_CHUNK_BYTES // max(1, rows[:1].numel() * 4))
+    for start in range(0, rows.shape[0], step):
+        out.index_add_(0, index[start:start + step], rows[start:start + step].to(compute))
+    return out.to(rows.dtype)
 
 
 class TorchExecutor:
@@ -121,7 +164,7 @@ class TorchExecutor:
     def _scatter(self, graph: HeteroGraph, k: GemmKernel, out_sorted: torch.Tensor) -> torch.Tensor:
         """Rows in segment order summed into the rows of ``k.scatter``'s target."""
         index, size = self.index.sorted_scatter(graph, k.scatter, k.segment, k.layout)
-        return out_sorted.new_zeros(size, *out_sorted.shape[1:]).index_add_(0, index, out_sorted)
+        return scatter_rows(out_sorted, index, size)
 
     def _untyped_gemm(self, k: GemmKernel, graph: HeteroGraph, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if k.a_gather is not None:
@@ -136,7 +179,7 @@ class TorchExecutor:
         out = torch.einsum("r...i,...io->r...o", a, w) if w.dim() > 2 else a @ w
         if k.scatter is not None:
             index, size = self.index.index(graph, k.scatter)
-            out = out.new_zeros(size, *out.shape[1:]).index_add_(0, index, out)
+            out = scatter_rows(out, index, size)
         return out
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -152,8 +195,7 @@ class TorchExecutor:
                 elif isinstance(kernel, ViewKernel):
                     env[kernel.out] = run_view(kernel, graph, self.program, env)
                 else:
-                    body_inputs = {n.attr("name"): env[n.attr("name")] for n in kernel.body.nodes if n.op is Op.INPUT}
-                    env.update(run(kernel.body, graph, body_inputs, {}, dtype=dtype))
+                    env.update(run_body(kernel.body, graph, env, dtype))
             for name in dead:
                 del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}

@@ -5,6 +5,11 @@ and dense kernels from ``kernels/traversal.py.jinja``) is joined into one Python
 written to a file named by the hash of its content under ``PIGEON_CACHE_DIR`` (so
 tracebacks point at real lines) and imported from there. Kernels run on CUDA tensors,
 or on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``).
+
+One module serves every dtype of :data:`~pigeon.runtime.precision.STORAGE_DTYPES`: a
+kernel's loads convert to ``REAL``, the compute dtype, and its stores round to the
+buffer's type. Outputs a kernel adds into with atomics are allocated in the compute
+dtype and rounded once after the kernel's launches.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Mapping
 
 import torch
 
-from pigeon.codegen.rules import ArgKind
+from pigeon.codegen.rules import ArgKind, OutputKind
 from pigeon.codegen.triton import TritonConfig, TritonTraversal, render_dense, render_traversal
 from pigeon.codegen.triton_gemm import GemmConfig, render_gemm
 from pigeon.data.graph import HeteroGraph
@@ -27,6 +32,7 @@ from pigeon.paths import cache_dir
 from pigeon.runtime import kernel_args
 from pigeon.runtime.graph_index import GRAPH_INDEX
 from pigeon.runtime.interpret import space_size
+from pigeon.runtime.precision import check_storage, compute_dtype
 from pigeon.runtime.profiling import kernel_ranges
 from pigeon.runtime.torch_backend import DeadBuffers, run_view
 from pigeon.runtime.triton_gemm import interpreted, launch_gemm
@@ -111,9 +117,9 @@ class TritonExecutor:
         return [part.source for parts in self.rendered.values() for part in parts]
 
     def source(self, dtype: torch.dtype = torch.float32) -> str:
-        """The Triton module this program runs (one module for every dtype: the element
-        type arrives as ``REAL``)."""
-        _real(dtype)
+        """The Triton module this program runs (one module for every dtype: the compute
+        dtype arrives as ``REAL``, buffers bring their own)."""
+        check_storage(dtype, "triton")
         return PRELUDE + "\n\n".join(self.sources()) + "\n"
 
     def module(self) -> ModuleType:
@@ -122,30 +128,38 @@ class TritonExecutor:
         return self._module
 
     def _launch(self, module: ModuleType, t: TritonTraversal, graph: HeteroGraph, env: dict,
-                dtype: torch.dtype) -> None:
+                dtype: torch.dtype) -> list[str]:
+        """Launch ``t``; returns the outputs it adds into with atomics (in the compute dtype)."""
         if t.mode is TraversalLayout.CSR:
             num = grid = self.index.group_csr(graph, t.group)[0].shape[0] - 1   # groups
         else:
             num = space_size(graph, t.domain)
             grid = -(-num // t.block)
-        args = []
+        compute = compute_dtype(dtype)
+        args, summed = [], []
         for arg in t.args:
             if arg.kind.graph_array:
                 args.append(kernel_args.graph_array(graph, arg, t.group))
             elif arg.kind is ArgKind.BUFFER:
                 tensor = env[arg.key]
-                if tensor.dtype != dtype:
+                # The sums a first launch added up for the second are still in the compute dtype.
+                if tensor.dtype not in (dtype, compute):
                     raise ValueError(f"buffer {arg.key}: expected {dtype}, got {tensor.dtype}")
                 args.append(tensor.contiguous())
             elif arg.kind is ArgKind.OUTPUT:
-                env[arg.key] = kernel_args.output(graph, arg, num, dtype, graph.device, self.poison)
+                atomic = arg.output is OutputKind.ATOMIC
+                env[arg.key] = kernel_args.output(graph, arg, num, compute if atomic else dtype, graph.device,
+                                                  self.poison)
                 args.append(env[arg.key])
+                if atomic:
+                    summed.append(arg.key)
             else:
                 raise ValueError(f"Triton kernel {t.name}: no launcher for a {arg.kind} argument")
         if grid > 0:
             c = t.config
-            getattr(module, t.name)[(grid,)](*args, num, REAL=_real(dtype), BLOCK=c.block,
-                                             num_warps=c.num_warps, num_stages=c.num_stages)
+            getattr(module, t.name)[(grid,)](*args, num, REAL=_tl_dtype(compute), STORAGE=_tl_dtype(dtype),
+                                             BLOCK=c.block, num_warps=c.num_warps, num_stages=c.num_stages)
+        return summed
 
     def __call__(self, graph: HeteroGraph, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype,
                  keep: tuple[str, ...] = (), scope: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -155,7 +169,7 @@ class TritonExecutor:
             raise ValueError(f"backend='triton' runs on CUDA tensors (the graph is on {graph.device}); "
                              "set TRITON_INTERPRET=1 before importing triton to run it on CPU tensors "
                              "through Triton's interpreter")
-        _real(dtype)
+        check_storage(dtype, "triton")
         module = self.module()
         env = dict(tensors)
         ranges = kernel_ranges(self, self.program, scope)
@@ -166,18 +180,17 @@ class TritonExecutor:
                 elif isinstance(kernel, ViewKernel):
                     env[kernel.out] = run_view(kernel, graph, self.program, env)
                 else:
-                    for part in self.rendered[i]:
-                        self._launch(module, part, graph, env, dtype)
+                    summed = [key for part in self.rendered[i] for key in self._launch(module, part, graph, env, dtype)]
+                    for key in summed:   # atomic sums, rounded once
+                        env[key] = env[key].to(dtype)
             for name in dead:
                 del env[name]
         return {name: env[buffer] for name, buffer in self.program.outputs}, {name: env[name] for name in keep}
 
 
-def _real(dtype: torch.dtype):
-    """Triton's element type for ``dtype`` (float32 and float64 are supported)."""
+def _tl_dtype(dtype: torch.dtype):
+    """Triton's type for ``dtype``."""
     import triton.language as tl
 
-    reals = {torch.float32: tl.float32, torch.float64: tl.float64}
-    if dtype not in reals:
-        raise ValueError(f"backend='triton' supports float32 and float64 tensors (got {dtype})")
-    return reals[dtype]
+    return {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
+            torch.float16: tl.float16}[dtype]

@@ -30,6 +30,9 @@ __all__ = ["launch_gemm"]
 #: Accumulator dtype per input dtype: fp32 for all but fp64.
 _ACC_DTYPES = {torch.float64: tl.float64, torch.float32: tl.float32,
                torch.float16: tl.float32, torch.bfloat16: tl.float32}
+#: The dtype of the tiles tl.dot takes, per input dtype: their own.
+_DOT_DTYPES = {torch.float64: tl.float64, torch.float32: tl.float32,
+               torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 def interpreted() -> bool:
@@ -75,10 +78,6 @@ def _check_dtype(dtype: torch.dtype) -> None:
     if dtype not in _ACC_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in _ACC_DTYPES)
         raise ValueError(f"Expected `dtype` to be one of {names} for a Triton GEMM (got {dtype})")
-    if dtype == torch.bfloat16 and interpreted():
-        # Triton's interpreter (3.9) multiplies the bf16 bit patterns as integers in tl.dot.
-        raise ValueError("bfloat16 Triton GEMMs need a CUDA device: Triton's interpreter "
-                         "(TRITON_INTERPRET=1) computes tl.dot on bfloat16 wrongly")
 
 
 def _operand(env: dict, name: str, role: str, kernel: GemmKernel, type_: TensorType,
@@ -99,6 +98,16 @@ def _operand(env: dict, name: str, role: str, kernel: GemmKernel, type_: TensorT
         raise ValueError(f"Expected {what} of shape [{want}] (got {list(value.shape)})")
     value = value.contiguous()
     return value.unsqueeze(0) if is_global else value
+
+
+def _dot_dtype(dtype: torch.dtype):
+    """The dtype tiles enter tl.dot in: the operands' own, except bfloat16 in Triton's
+    interpreter (3.9), whose tl.dot multiplies bfloat16 bit patterns as integers: there
+    the tiles are converted to float32 first, which gives the same products (a product of
+    two bfloat16 values is exact in float32) and the same float32 sums."""
+    if dtype == torch.bfloat16 and interpreted():
+        return tl.float32
+    return _DOT_DTYPES[dtype]
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -211,7 +220,8 @@ def _launch_product(fn, gemm: TritonGemm, graph: HeteroGraph, a: torch.Tensor, w
     args += [o3.stride(0), *([o3.stride(1)] if s.batch else []), o3.stride(2)]
     grid = (num_m, triton.cdiv(n, config["BLOCK_N"]), batch) if s.batch else (num_m, triton.cdiv(n, config["BLOCK_N"]))
     if num_m > 0 and out.numel() > 0:
-        fn[grid](*args, **_launch_options(config), ACC_DTYPE=_ACC_DTYPES[dtype], DOT_PRECISION=_dot_precision(dtype))
+        fn[grid](*args, **_launch_options(config), ACC_DTYPE=_ACC_DTYPES[dtype],
+                 DOT_DTYPE=_dot_dtype(dtype), DOT_PRECISION=_dot_precision(dtype))
     out = out.to(dtype)
     return out.squeeze(0) if a_global else out
 
@@ -270,5 +280,6 @@ def _launch_weight_grad(fn, gemm: TritonGemm, graph: HeteroGraph, a: torch.Tenso
     if s.batch and not s.batch_sum:
         grid += (batch,)
     if out.numel() > 0:
-        fn[grid](*args, **_launch_options(config), ACC_DTYPE=_ACC_DTYPES[dtype], DOT_PRECISION=_dot_precision(dtype))
+        fn[grid](*args, **_launch_options(config), ACC_DTYPE=_ACC_DTYPES[dtype],
+                 DOT_DTYPE=_dot_dtype(dtype), DOT_PRECISION=_dot_precision(dtype))
     return out if s.typed else out.squeeze(0)

@@ -1,7 +1,9 @@
-"""What every training command shares: seeding, progress bars, checkpoints, the JSON report."""
+"""What every training command shares: seeding, progress bars, checkpoints, the JSON
+report, and the numeric precision a run trains in (:class:`Precision`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -16,7 +18,8 @@ import torch
 from pigeon.arguments import existing_file, non_negative_int, output_file, positive_int
 
 __all__ = ["seed_everything", "start_run", "progress", "write_json", "save_checkpoint", "load_checkpoint",
-           "CheckpointError", "resume_from", "add_common_arguments", "operator_report"]
+           "CheckpointError", "resume_from", "add_common_arguments", "operator_report", "PRECISIONS", "Precision",
+           "add_precision_argument"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -142,6 +145,68 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--json", type=output_file, default=None, dest="json_path",
                         help="write the final metrics to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+#: ``--precision`` of the training commands: the dtype of the forward pass (None: float32 throughout).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """The numeric precision a training run computes in.
+
+    ``"fp32"``: float32 throughout. ``"bf16"`` and ``"fp16"``: mixed precision. The
+    model's parameters stay float32 (the master weights the optimizer updates); the
+    forward pass, and the evaluation, run under ``torch.autocast`` in the 16-bit dtype,
+    where Pigeon's layers store activations in it and sum in float32
+    (:mod:`pigeon.runtime.precision`); gradients arrive in float32. float16's narrow
+    range would flush small gradients to zero, so ``"fp16"`` scales the loss
+    (``torch.amp.GradScaler``): each step's gradients are unscaled before the
+    optimizer sees them, a step whose gradients overflowed is skipped, and the scale
+    adapts. A training loop needs three lines::
+
+        with precision.autocast():
+            loss = ...
+        precision.step(loss, optimizer)   # backward, unscale, step, update the scale
+
+    Args:
+        name (str): one of :data:`PRECISIONS`. Default: ``"fp32"``.
+        device (str or torch.device): where the model runs (autocast and the scaler are
+            per device type). Default: ``"cpu"``.
+    """
+
+    def __init__(self, name: str = "fp32", device="cpu"):
+        if name not in PRECISIONS:
+            raise ValueError(f"Expected `precision` to be one of {list(PRECISIONS)} (got {name!r})")
+        self.name, self.dtype = name, PRECISIONS[name]
+        self.device_type = torch.device(device).type
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=name == "fp16")
+
+    def autocast(self):
+        """The context the forward pass (and evaluation) runs in."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``loss.backward()`` and ``optimizer.step()``, through the loss scale for fp16."""
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loss scale's state, for checkpoints (empty unless fp16)."""
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.scaler.load_state_dict(state)
+
+
+def add_precision_argument(parser) -> None:
+    """``--precision`` (the ``precision`` field of a run's config; see :class:`Precision`)."""
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="fp32, or mixed precision: the forward pass under torch.autocast in bfloat16 or "
+                             "float16 with float32 master weights, the loss scaled for fp16 (default: fp32)")
 
 
 def operator_report(config, history: list, test: dict, train: dict, seconds: float, json_path=None,

@@ -29,7 +29,8 @@ import torch
 
 from pigeon.arguments import fraction, named_by, non_negative_int, positive_float, positive_int, usage_error
 from pigeon.train.common import (
-    CheckpointError, add_common_arguments, operator_report, progress, resume_from, save_checkpoint, start_run,
+    PRECISIONS, CheckpointError, Precision, add_common_arguments, add_precision_argument, operator_report, progress,
+    resume_from, save_checkpoint, start_run,
 )
 
 __all__ = ["FNOConfig", "PROBLEM_DEFAULTS", "relative_l2", "PointwiseNormalizer", "build_model", "evaluate",
@@ -73,6 +74,7 @@ class FNOConfig:
     eval_every: int = 5
     backend: str = "auto"
     path: str = "auto"
+    precision: str = "fp32"
     seed: int = 0
     threads: int | None = None
     extra: dict = field(default_factory=dict)
@@ -111,7 +113,8 @@ class FNOConfig:
             raise ValueError(f"Expected `time_budget_s` to be a positive number of seconds or None "
                              f"(got {config.time_budget_s!r})")
         for name, value, choices in (("backend", config.backend, BACKENDS), ("path", config.path, PATHS),
-                                     ("schedule", config.schedule, SCHEDULES)):
+                                     ("schedule", config.schedule, SCHEDULES),
+                                     ("precision", config.precision, tuple(PRECISIONS))):
             if value not in choices:
                 raise ValueError(f"Expected `{name}` to be one of {list(choices)} (got {value!r})")
         return config
@@ -155,13 +158,18 @@ def build_model(config: FNOConfig, dim: int):
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, x_norm, y_norm, batch_size: int) -> dict[str, float]:
-    """Mean and max relative L2 error of ``model`` over ``(x, y)``."""
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, x_norm, y_norm, batch_size: int,
+             precision: Precision | None = None) -> dict[str, float]:
+    """Mean and max relative L2 error of ``model`` over ``(x, y)``, the model run under
+    ``precision``'s autocast (default: float32) and the error measured in float32."""
+    precision = precision or Precision()
     model.eval()
     errors = []
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        prediction = y_norm.decode(model(x_norm.encode(xb).unsqueeze(1)).squeeze(1))
+        with precision.autocast():
+            output = model(x_norm.encode(xb).unsqueeze(1))
+        prediction = y_norm.decode(output.float().squeeze(1))
         errors.append(relative_l2(prediction, yb))
     errors = torch.cat(errors)
     return {"rel_l2": float(errors.mean()), "max_rel_l2": float(errors.max()), "functions": int(errors.numel())}
@@ -240,19 +248,21 @@ def train_fno(config: FNOConfig | None = None, *, data=None, checkpoint=None, re
         x_norm = y_norm = _Identity()
     model = build_model(config, dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    precision = Precision(config.precision, next(model.parameters()).device)
     total_steps = math.ceil(x_train.shape[0] / config.batch_size) * config.epochs
 
     first_epoch, step, history, elapsed = 0, 0, [], 0.0
     if resume is not None:
         state = resume_from(resume, generator, ("epoch", "step", "history", "seconds"), model=model,
                             optimizer=optimizer)
+        precision.load_state_dict(state.get("scaler", {}))
         first_epoch, step, history, elapsed = state["epoch"], state["step"], state["history"], state["seconds"]
         log(f"resumed from {resume} after epoch {first_epoch}")
 
     grid = "x".join(str(s) for s in x_train.shape[1:])
     log(f"FNO on {config.problem}: {x_train.shape[0]} / {x_test.shape[0]} functions on a {grid} grid; width "
         f"{config.width}, modes {config.modes}, {config.num_layers} layers, {config.backend} backend, "
-        f"{config.path} path, {torch.get_num_threads()} threads")
+        f"{config.path} path, {config.precision}, {torch.get_num_threads()} threads")
     started = time.perf_counter() - elapsed
 
     def run_progress() -> float:
@@ -277,10 +287,11 @@ def train_fno(config: FNOConfig | None = None, *, data=None, checkpoint=None, re
                 group["lr"] = learning_rate(config, run_progress())
             index = order[start:start + config.batch_size]
             xb, yb = x_scale.encode(xs[index]).unsqueeze(1), ys[index]
-            errors = relative_l2(y_scale.decode(model(xb).squeeze(1)), yb)
+            with precision.autocast():
+                output = model(xb)
+            errors = relative_l2(y_scale.decode(output.float().squeeze(1)), yb)
             optimizer.zero_grad()
-            errors.mean().backward()
-            optimizer.step()
+            precision.step(errors.mean(), optimizer)
             step += 1
             total, count = total + float(errors.detach().sum()), count + index.numel()
             if hasattr(bar, "set_postfix"):
@@ -294,14 +305,16 @@ def train_fno(config: FNOConfig | None = None, *, data=None, checkpoint=None, re
         line = f"epoch {epoch + 1}{' (coarse grid)' if coarse else ''}: train rel L2 {record['train_rel_l2']:.4f}"
         # The held-out error is the curve to report, but costs a tenth of an epoch: every few epochs.
         if (epoch + 1) % config.eval_every == 0:
-            record["test_rel_l2"] = evaluate(model, x_test, y_test, x_norm, y_norm, config.batch_size)["rel_l2"]
+            record["test_rel_l2"] = evaluate(model, x_test, y_test, x_norm, y_norm, config.batch_size,
+                                             precision)["rel_l2"]
             line += f", test rel L2 {record['test_rel_l2']:.4f}"
         history.append(record)
         log(f"{line} ({seconds:.0f} s)")
         if checkpoint is not None:
             save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             generator=generator.get_state(), epoch=epoch + 1, step=step, history=history,
-                            seconds=time.perf_counter() - started, config=asdict(config))
+                            seconds=time.perf_counter() - started, config=asdict(config),
+                            scaler=precision.state_dict())
         if run_progress() >= 1.0:
             if step < total_steps:
                 log(f"time budget of {config.time_budget_s:.0f} s reached during epoch {epoch + 1}")
@@ -311,9 +324,10 @@ def train_fno(config: FNOConfig | None = None, *, data=None, checkpoint=None, re
         raise ValueError(f"Expected at least one epoch to train (got epochs={config.epochs} and a checkpoint "
                          f"that had finished them)")
     seconds = time.perf_counter() - started
-    test = evaluate(model, x_test, y_test, x_norm, y_norm, config.batch_size)
+    test = evaluate(model, x_test, y_test, x_norm, y_norm, config.batch_size, precision)
     # As many training functions as test functions: the same cost, enough to show overfitting.
-    train = evaluate(model, x_train[:x_test.shape[0]], y_train[:x_test.shape[0]], x_norm, y_norm, config.batch_size)
+    train = evaluate(model, x_train[:x_test.shape[0]], y_train[:x_test.shape[0]], x_norm, y_norm, config.batch_size,
+                     precision)
     return operator_report(config, history, test, train, seconds, json_path, log)
 
 
@@ -357,6 +371,7 @@ def add_parsers(subparsers) -> None:
                         help="Pigeon backend of the spectral contractions (default: auto)")
     parser.add_argument("--path", default="auto", choices=PATHS,
                         help="spectral path: FFT, truncated DFT as GEMMs, or by size (default: auto)")
+    add_precision_argument(parser)
     add_common_arguments(parser)
     parser.set_defaults(func=_command, command_parser=parser)
 

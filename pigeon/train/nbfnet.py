@@ -41,7 +41,8 @@ from pigeon.arguments import (UsageError, existing_folder, named_by, one_name, p
                               usage_error)
 from pigeon.data.graph import HeteroGraph
 from pigeon.train.common import (
-    CheckpointError, add_common_arguments, progress, resume_from, save_checkpoint, start_run, write_json,
+    PRECISIONS, CheckpointError, Precision, add_common_arguments, add_precision_argument, progress, resume_from,
+    save_checkpoint, start_run, write_json,
 )
 from pigeon.train.distributed import (
     DistContext, close_distributed, equal_shard, init_distributed, launch, threads_per_rank,
@@ -81,6 +82,7 @@ class NBFNetConfig:
     backend: str = "auto"
     nproc: int = 1
     dist_timeout_s: float = 300.0
+    precision: str = "fp32"
     seed: int = 0
     threads: int | None = None
     extra: dict = field(default_factory=dict)
@@ -100,6 +102,8 @@ class NBFNetConfig:
                              f"(got {self.time_budget_s!r})")
         if self.backend not in BACKENDS:
             raise ValueError(f"Expected `backend` to be one of {list(BACKENDS)} (got {self.backend!r})")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Expected `precision` to be one of {list(PRECISIONS)} (got {self.precision!r})")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"Expected `threads` to be a positive int or None (got {self.threads!r})")
         return self
@@ -231,15 +235,18 @@ def _summarise(parts: list[dict[str, torch.Tensor]], ctx: DistContext) -> dict[s
 
 @torch.no_grad()
 def evaluate(model, data: LinkData, split: str, *, known: TripleFilter | None = None, batch_size: int = 64,
-             show_progress: bool = False, ctx: DistContext | None = None) -> dict[str, float]:
+             show_progress: bool = False, ctx: DistContext | None = None,
+             precision: Precision | None = None) -> dict[str, float]:
     """Filtered MRR, hits@1/3/10 and mean rank of ``split``'s tail and head queries.
 
     Without OGB candidates every entity competes except the query's other true answers
     (``known``, built from all splits when None); with them (``data.negatives``) the
     answer competes against the dataset's ``head_neg``/``tail_neg`` rows, as OGB's
     ``Evaluator`` does. Under ``ctx`` each rank ranks a contiguous share of the triples
-    and the sums are added over the ranks.
+    and the sums are added over the ranks. The model scores under ``precision``'s
+    autocast (default: float32).
     """
+    precision = precision or Precision()
     triples = {"valid": data.valid, "test": data.test, "train": data.train}.get(split)
     if triples is None:
         raise ValueError(f"Expected `split` to be 'valid', 'test' or 'train' (got {split!r})")
@@ -257,7 +264,9 @@ def evaluate(model, data: LinkData, split: str, *, known: TripleFilter | None = 
         for start in progress(starts, desc=f"{split} {direction}s", enabled=show_progress):
             rows = triples[start:min(start + batch_size, last)]
             nodes, relations, answers = as_queries(rows, data.num_relations, 0 if direction == "head" else len(rows))
-            scores = model(graph, nodes.to(device), relations.to(device)).float().cpu()
+            with precision.autocast():
+                scores = model(graph, nodes.to(device), relations.to(device))
+            scores = scores.float().cpu()
             positive = scores.gather(1, answers.view(-1, 1))
             if candidates is None:
                 negative = scores.masked_fill(known.mask(nodes, relations), -math.inf)
@@ -356,6 +365,7 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
     data = payload["data"] or load_link_data(config.dataset, config.root)
     model = build_model(config, data.num_relations)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    precision = Precision(config.precision, model.query.weight.device)
     known_train = TripleFilter(data.train, data.num_relations, data.num_nodes)
     known_all = TripleFilter(torch.cat([data.train, data.valid, data.test]), data.num_relations, data.num_nodes)
     remover = EdgeRemover(data.graph, data.graph.num_etypes)
@@ -364,6 +374,7 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
     if resume is not None:
         state = resume_from(resume, generator, ("epoch", "history", "best", "seconds"), model=model,
                             optimizer=optimizer)
+        precision.load_state_dict(state.get("scaler", {}))
         if ctx.distributed:
             order_generator.set_state(state["order_generator"])
         first_epoch, history, best, elapsed = state["epoch"], state["history"], state["best"], state["seconds"]
@@ -378,7 +389,7 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
 
     log(f"NBFNet on {data.name}: {data.num_nodes} entities, {data.num_relations} relations, "
         f"{data.train.shape[0]} / {data.valid.shape[0]} / {data.test.shape[0]} triples; "
-        f"{config.backend} backend, {ctx.world_size} rank(s) x {torch.get_num_threads()} threads")
+        f"{config.backend} backend, {config.precision}, {ctx.world_size} rank(s) x {torch.get_num_threads()} threads")
     started = time.perf_counter() - elapsed
     out_of_time = False
     for epoch in range(first_epoch, config.epochs):
@@ -391,12 +402,12 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
             batch = data.train[order[start:start + config.batch_size]]
             nodes, relations, answers = as_queries(batch, data.num_relations, head_from=(batch.shape[0] + 1) // 2)
             graph = remover.without(batch) if config.remove_batch_edges else data.graph
-            scores = trained(graph, nodes, relations)
-            loss = adversarial_loss(scores, answers, known_train.mask(nodes, relations), config.num_negative,
+            with precision.autocast():
+                scores = trained(graph, nodes, relations)
+            loss = adversarial_loss(scores.float(), answers, known_train.mask(nodes, relations), config.num_negative,
                                     config.adversarial_temperature, generator)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            precision.step(loss, optimizer)
             total, epoch_steps, steps = total + loss.item(), epoch_steps + 1, steps + 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / epoch_steps:.4f}")
@@ -408,7 +419,7 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
                     break
         loss_sum, loss_steps = ctx.sum([total, epoch_steps])
         valid = evaluate(model, data, "valid", known=known_all, batch_size=config.eval_batch_size,
-                         show_progress=show_progress, ctx=ctx)
+                         show_progress=show_progress, ctx=ctx, precision=precision)
         seconds = time.perf_counter() - started
         mean_loss = loss_sum / max(loss_steps, 1)
         history.append({"epoch": epoch + 1, "loss": mean_loss, "steps": epoch_steps, "valid": valid,
@@ -422,7 +433,8 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
             extra = {"order_generator": order_generator.get_state()} if ctx.distributed else {}
             save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             generator=generator.get_state(), epoch=epoch + 1, history=history, best=best,
-                            seconds=seconds, steps=steps, config=asdict(config), **extra)
+                            seconds=seconds, steps=steps, config=asdict(config), scaler=precision.state_dict(),
+                            **extra)
         if out_of_time:
             log(f"time budget of {config.time_budget_s:.0f} s reached during epoch {epoch + 1}")
             break
@@ -434,7 +446,7 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
     in_sync = len(set(ctx.gather_objects(_digest(model)))) == 1
     model.load_state_dict(best["model"])
     test = evaluate(model, data, "test", known=known_all, batch_size=config.eval_batch_size,
-                    show_progress=show_progress, ctx=ctx)
+                    show_progress=show_progress, ctx=ctx, precision=precision)
     result = {"valid": best["valid"], "test": test, "seconds": train_seconds, "best_epoch": best["epoch"],
               "epochs": len(history), "history": history, "config": asdict(config),
               "threads": torch.get_num_threads(), "world_size": ctx.world_size, "steps": steps,
@@ -544,10 +556,11 @@ def add_parsers(subparsers) -> None:
                         help="do not remove each batch's triples from the graph during training")
     parser.add_argument("--backend", default=defaults.backend, choices=BACKENDS,
                         help=f"Pigeon backend of the layers (default: {defaults.backend})")
-    parser.add_argument("--nproc", type=int, default=defaults.nproc,
+    parser.add_argument("--nproc", type=positive_int, default=defaults.nproc,
                         help="data-parallel processes to start on this machine, gloo between them (1 under "
                              "torchrun, which starts them) (default: 1)")
-    parser.add_argument("--dist-timeout-s", type=float, default=defaults.dist_timeout_s,
+    parser.add_argument("--dist-timeout-s", type=positive_float, default=defaults.dist_timeout_s,
                         help=f"timeout of the process group's collectives (default: {defaults.dist_timeout_s:.0f})")
+    add_precision_argument(parser)
     add_common_arguments(parser)
     parser.set_defaults(func=_command, command_parser=parser)

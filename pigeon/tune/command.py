@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds after which no new candidate starts (default: 60)")
     parser.add_argument("--dim", type=positive_int, default=64, help="hidden size, in and out (default: 64)")
     parser.add_argument("--heads", type=positive_int, default=2, help="attention heads of rgat/hgt (default: 2)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16", "float16"),
                         help="element type (default: float32)")
     parser.add_argument("--show", action="store_true", help="list the tuning cache's entries and exit")
     parser.add_argument("--clear", action="store_true", help="delete every tuning cache entry and exit")
@@ -89,7 +89,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.backend == "cpu" and args.device != "cpu":
         raise UsageError(f"--backend cpu runs on CPU tensors (got --device {args.device})")
     graph = load_graph(args.dataset, args.scale, default_scale=1.0).graph.to(args.device)
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    dtype = getattr(torch, args.dtype)
     module, tensors = example_layer(args.model, graph, args.dim, args.heads, backend=args.backend)
     module = module.to(args.device, dtype)
     tensors["x"] = tensors["x"].to(args.device)
