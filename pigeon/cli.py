@@ -289,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. A mistake in the arguments, found while parsing or after, is one
     line naming the argument after the command's usage, and status 2; anything else
     raised is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"] and "--minibatch" in argv:
+        # The mini-batch benchmark has options of its own (pigeon/bench/minibatch.py).
+        from pigeon.bench.minibatch import main as minibatch_main
+
+        return minibatch_main([a for a in argv[1:] if a != "--minibatch"])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

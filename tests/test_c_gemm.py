@@ -184,8 +184,12 @@ def _check(kernel, types, graph, dtype, k):
 WIDTHS = [(3, 5), (20, 37), (13, 90), (64, 64)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("k,n", WIDTHS, ids=lambda v: str(v))
+# 16-bit storage at two widths: a partial vector with a scalar tail, and whole tiles.
+DTYPES_AND_WIDTHS = [(dtype, width) for dtype in (torch.float64, torch.float32) for width in WIDTHS] + [
+    (dtype, width) for dtype in (torch.bfloat16, torch.float16) for width in ((20, 37), (64, 64))]
+
+
+@pytest.mark.parametrize("dtype,k,n", [(d, *w) for d, w in DTYPES_AND_WIDTHS], ids=lambda v: str(v))
 @pytest.mark.parametrize("case", list(_cases(1, 1)))
 def test_generated_gemm_matches_torch(case, k, n, dtype, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: THREADS)

@@ -57,7 +57,7 @@ def _gemm_source(fn, part: TritonGemm) -> ASTSource:
     config = part.config.as_dict() if part.config is not None else default_config(
         part.structure.weight_grad, 32, 32, torch.float32)
     constants = {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"], "BLOCK_K": config["BLOCK_K"],
-                 "ACC_DTYPE": tl.float32, "DOT_PRECISION": "ieee"}
+                 "ACC_DTYPE": tl.float32, "DOT_DTYPE": tl.float32, "DOT_PRECISION": "ieee"}
     sig = {}
     for name in fn.arg_names:
         if name in constants:

@@ -220,6 +220,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also profile Pigeon's systems (torch.profiler, the timed step --repeat times) and "
                              "print the time of each generated kernel, forward and backward, per case")
+    parser.add_argument("--minibatch", action="store_true",
+                        help="run the mini-batch benchmark instead (sampled training steps on the mag profile, "
+                             "Pigeon against DGL, 1 and 2 processes); its options: pigeon bench --minibatch --help")
     parser.add_argument("--structure", action="store_true",
                         help="the structure sweep: each dataset's profile generated at every --repeats and "
                              "--skews point instead of as published; the tables give the speedup per point")

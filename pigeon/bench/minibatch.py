@@ -8,7 +8,10 @@ layers, a linear classifier, cross-entropy on the profile's planted labels, Adam
 every node's input a row of one random feature table. Each (model, system) runs in a
 process of its own (its peak memory its own), with 1 or 2 data-parallel processes
 (gloo, one thread each when there are two, ``DistributedDataParallel``); the sampler's
-seed is the same for every run, so every system sees the same batches.
+seed is the same for every run, so every system sees the same seed nodes in the same
+batches and nearly the same neighbours (DGL samples on several threads, and its draws
+are not repeatable bit for bit across runs: the block sizes differ by a fraction of a
+percent).
 
 Systems: ``pigeon`` (``pigeon.nn.RGCN/RGAT/HGT`` on the blocks, backend ``auto``) and
 ``dgl``: ``RelGraphConv`` (RGCN, the same maths: right-normalised messages, a self-loop,
@@ -30,6 +33,7 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -122,7 +126,7 @@ def _percentiles(values: list[float]) -> dict:
     values = sorted(values)
     if not values:
         return {"median": None, "q1": None, "q3": None}
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
     return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
 
 
@@ -139,7 +143,6 @@ def _rank(payload: dict) -> dict:
     torch.manual_seed(payload["seed"])
     data = load(payload["dataset"], scale=payload["scale"], seed=payload["seed"], reverse=True, node_task=True)
     graph = data.graph
-    seed_type = graph.ntype_names.index(payload["seed_ntype"])
     labels = data.node_labels
     classes = int(labels.max()) + 1
     gen = torch.Generator().manual_seed(payload["seed"])
@@ -286,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                               "error": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"}
                 results.append(result)
                 print(_table([result]).splitlines()[-1], flush=True)
-    report = {"machine": describe_machine("cpu"), "git": git_state(), "command": argv,
+    command = ["pigeon", "bench", "--minibatch", *(sys.argv[1:] if argv is None else argv)]
+    report = {"machine": describe_machine("cpu"), "git": git_state(), "command": command,
               "settings": {"dataset": "mag", "scale": args.scale, "fanouts": [25, 20], "batch_size": args.batch_size,
                            "dim": 64, "layers": 2, "steps": args.steps, "warmup": args.warmup},
               "results": results}

@@ -327,12 +327,12 @@ class Compiled:
 
     def __getstate__(self) -> dict:
         # Plans hold loaded libraries, which do not pickle: a copy plans again.
-        return {k: v for k, v in self.__dict__.items()
-                if k not in ("_plans", "_tuned", "_traced", "_casts", "op_handle")}
+        return {k: v for k, v in self.__dict__.items() if k not in _UNPICKLED}
 
     def __setstate__(self, state: dict) -> None:
         # A copy (copy.deepcopy of a module, an unpickled one) is an operator's layer of its own.
-        self.__dict__.update(state, _plans={}, _tuned={}, _traced={}, _casts=CastCache())
+        self.__dict__.update(state, **{name: {} for name in _UNPICKLED if name not in ("op_handle", "_casts")})
+        self._casts = CastCache()
         self.op_handle = register_layer(self)
 
     # -- planning ------------------------------------------------------------------------
