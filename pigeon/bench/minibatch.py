@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import statistics
 import sys
@@ -160,7 +161,11 @@ def _rank(payload: dict) -> dict:
     if ctx is not None:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(model)
+        # DGL's HeteroGraphConv keeps one GATConv per relation: a relation absent from a
+        # batch leaves its parameters without gradients, which DDP must be told to expect.
+        # Pigeon's typed parameters are stacked tensors, used whatever the batch holds.
+        unused = payload["system"] == "dgl" and payload["model"] == "rgat"
+        trained = DistributedDataParallel(model, find_unused_parameters=unused)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(inputs, graphs, seeds):
@@ -225,7 +230,11 @@ def run_case(model: str, system: str, *, nproc: int = 1, dataset: str = "mag", s
                "seed": seed, "seed_ntype": "paper", "overhead": overhead and system == "pigeon",
                "threads": threads or threads_per_rank(nproc), "timeout_s": timeout_s}
     started = time.perf_counter()
-    ranks = launch(_rank, payload, nproc)["ranks"]
+    if nproc == 1:   # launch() would run one rank here: its peak memory would be this process's
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            ranks = pool.apply(_rank, (payload,))["ranks"]
+    else:
+        ranks = launch(_rank, payload, nproc)["ranks"]
     records = [r for rank in ranks for r in rank["records"]]
     model_s = [r["model_s"] for r in records]
     step_s = [r["sample_s"] + r["convert_s"] + r["model_s"] for r in records]
@@ -286,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                                       warmup=args.warmup, batch_size=args.batch_size)
                 except Exception as error:   # a baseline that fails is a result, not the end of the run
                     result = {"model": model, "system": system, "nproc": nproc,
-                              "error": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"}
+                              # a rank's exception ends the message of the one that carries it
+                              "error": f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1][:160]}"}
                 results.append(result)
                 print(_table([result]).splitlines()[-1], flush=True)
     command = ["pigeon", "bench", "--minibatch", *(sys.argv[1:] if argv is None else argv)]
