@@ -46,7 +46,7 @@ def _layers(graph):
 
 def _signature(fn, part: TritonTraversal) -> dict[str, str]:
     sig = {name: ("*i64" if arg.kind.graph_array else "*fp32") for arg, name in zip(part.args, fn.arg_names)}
-    return {**sig, "num": "i64", "REAL": "constexpr", "BLOCK": "constexpr"}
+    return {**sig, "num": "i64", "REAL": "constexpr", "STORAGE": "constexpr", "BLOCK": "constexpr"}
 
 
 # GEMM pointers to index arrays; every other pointer is to fp32 operands.
@@ -106,7 +106,8 @@ def compile_layer(name: str, folder: Path, one_per_kind: bool = False) -> list[s
                     source = _gemm_source(getattr(generated, f"{part.name}_kernel"), part)
                 else:
                     fn = getattr(generated, part.name)
-                    source = ASTSource(fn, _signature(fn, part), {"REAL": tl.float32, "BLOCK": part.block})
+                    source = ASTSource(fn, _signature(fn, part), {"REAL": tl.float32, "STORAGE": tl.float32,
+                                                                   "BLOCK": part.block})
                 triton.compile(source, target=target)
                 compiled.append(_kind(part))
     return compiled
