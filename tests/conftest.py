@@ -10,6 +10,12 @@ os.environ.setdefault("PIGEON_VERIFY", "1")
 # Fill every output a generated kernel writes with NaN before it runs: an element it skips fails.
 os.environ.setdefault("PIGEON_POISON", "1")
 
+# The cost model plans with fixed rates (a 2-core CI machine's float32 GFLOP/s and GB/s)
+# instead of a measurement taken while the suite loads the machine: the plans the tests
+# compile, and the decisions they check, are then the same on every run and machine.
+# tests/test_bench_floor.py tests the measurement itself.
+os.environ.setdefault("PIGEON_COST_RATES", "150,30")
+
 # Without a GPU, Triton kernels run through Triton's interpreter on CPU tensors. It must be
 # on before anything imports triton (torch_geometric does, in test_reference.py): kernels
 # jitted before it was set fail in the interpreter.

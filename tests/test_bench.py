@@ -37,15 +37,6 @@ def _pigeon(*args) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    """One real run through the command line: 2 models x 2 systems, training."""
-    out = tmp_path_factory.mktemp("bench")
-    result = _pigeon("bench", "--models", "rgcn,rgat", "--modes", "train", "--systems", "pigeon-torch,dgl",
-                     *TINY, "--json", out / "run.json", "--markdown", out / "run.md", "--plot", out / "run.png")
-    return result, out
-
-
 # ---- every system computes what the reference computes ---------------------------------
 # Systems this machine can run (pigeon-triton needs CUDA: tests/test_triton_backend.py
 # covers it on the CPU through the interpreter).
@@ -140,9 +131,12 @@ def test_a_worker_that_died_is_classified_from_its_exit(returncode, output, stat
 
 
 # ---- the command line -----------------------------------------------------------------
-@pytest.mark.xdist_group("bench-cli-run")  # one worker runs the module fixture, once
-def test_bench_command_writes_results_markdown_and_chart(cli_run):
-    result, out = cli_run
+def test_bench_command_writes_results_markdown_chart_and_provenance(tmp_path, capsys):
+    # One real run through the command line (2 models x 2 systems, training), checked
+    # three ways: its results and files, their provenance, and --compare against it.
+    out = tmp_path
+    result = _pigeon("bench", "--models", "rgcn,rgat", "--modes", "train", "--systems", "pigeon-torch,dgl",
+                     *TINY, "--json", out / "run.json", "--markdown", out / "run.md", "--plot", out / "run.png")
     assert result.returncode == 0, result.stderr
     report = load_report(out / "run.json")
     assert report["schema"] == SCHEMA
@@ -175,10 +169,11 @@ def test_bench_command_writes_results_markdown_and_chart(cli_run):
     assert (out / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # tqdm draws on stderr only when asked; --no-progress keeps it quiet.
     assert "case/s" not in result.stderr
+    _check_provenance(out)
+    _check_compare(out, tmp_path, capsys)
 
 
-def test_every_results_file_records_its_provenance(cli_run):
-    _, out = cli_run
+def _check_provenance(out):
     report = load_report(out / "run.json")
     p = report["provenance"]
     assert len(p["commit"]) == 40 and isinstance(p["clean"], bool)
@@ -208,9 +203,8 @@ def test_tuned_runs_record_the_cache_they_read(tmp_path, monkeypatch):
     assert tuning_state(False)["state"] == "fresh-empty"
 
 
-@pytest.mark.xdist_group("bench-cli-run")  # one worker runs the module fixture, once
-def test_compare_prints_the_ratio_of_each_case(cli_run, tmp_path, capsys):
-    _, out = cli_run
+def _check_compare(out, tmp_path, capsys):
+    """--compare prints the ratio of each case of a run to another's."""
     old = load_report(out / "run.json")
     new = copy.deepcopy(old)
     for r in new["results"]:
@@ -382,7 +376,7 @@ def test_the_structure_sweep_makes_one_case_per_point_with_the_requested_structu
 def test_a_structure_run_reports_the_speedup_at_each_point(tmp_path):
     out = tmp_path / "sweep.json"
     result = _pigeon("bench", "--models", "rgcn", "--modes", "infer", "--systems", "pigeon-torch,ref",
-                     "--datasets", "aifb", "--scale", "0.1", "--dim", "8", "--repeat", "1", "--warmup", "0",
+                     "--datasets", "aifb", "--scale", "0.05", "--dim", "8", "--repeat", "1", "--warmup", "0",
                      "--no-progress", "--structure", "--repeats", "1,4", "--skews", "1", "--json", out)
     assert result.returncode == 0, result.stderr
     report = load_report(out)

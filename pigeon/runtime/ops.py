@@ -235,9 +235,15 @@ def _backward(ctx, grads):
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.compiler.assume_constant_result
 def _output_names(layer: str, names: str) -> tuple[str, ...]:
     return _OUTPUT_NAMES[(layer, names)]
+
+
+# What ``torch.compiler.assume_constant_result`` does (Dynamo calls the function at trace
+# time and keeps its result as a constant), without importing torch._dynamo, which that
+# decorator does: a second of start-up for every process that imports pigeon.
+# tests/test_torch_integration.py traces through it with fullgraph=True.
+_output_names._dynamo_marked_constant = True
 
 
 def call_layer_op(compiled, graph: HeteroGraph, tensors: dict[str, torch.Tensor]):
