@@ -51,6 +51,7 @@ def test_command_line_trains_rgcn_on_two_processes_far_above_chance(tmp_path):
     assert set(report["time_split"]) == {"sampling", "conversion", "forward", "backward", "optimizer",
                                          "communication"}
     assert report["seeds_per_s"] > 0 and report["steps"] > 0
+    assert len(report["provenance"]["commit"]) == 40 and report["provenance"]["command"][1:3] == ["train", "rgcn"]
 
 
 def test_two_ranks_match_one_process_and_train_rgat_hgt_and_nbfnet(tmp_path):

@@ -39,6 +39,10 @@ def test_command_writes_metrics(tmp_path, problem, extra):
     assert 0.0 < result["test"]["rel_l2"] < 10.0 and result["test"]["functions"] == 6
     assert result["seconds"] > 0 and result["epochs"] == 4
     assert result["config"]["problem"] == problem and result["config"]["n_train"] == 12
+    # Every report names the code it came from (the suite runs in a git checkout).
+    provenance = result["provenance"]
+    assert len(provenance["commit"]) == 40 and isinstance(provenance["clean"], bool)
+    assert provenance["command"][:3] == ["pigeon", "train", "fno"] and provenance["torch"] == torch.__version__
     assert [("test_rel_l2" in h) for h in result["history"]] == [False, True, False, True]
     assert result["history"][-1]["test_rel_l2"] == pytest.approx(result["test"]["rel_l2"])
     assert f"{problem}: test relative L2 {result['test']['rel_l2']:.4f}" in done.stdout

@@ -11,26 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 
+from pigeon.version import git_state
+
 __all__ = ["provenance", "finish_report", "other_load", "tuning_state", "git_state"]
-
-
-def git_state() -> dict | None:
-    """``{"commit": sha, "clean": bool}`` of the Pigeon checkout (clean: no uncommitted
-    change to a tracked file), or None outside a git checkout."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "clean": not dirty}
 
 
 def _version(package: str) -> str | None:

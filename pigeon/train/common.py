@@ -10,14 +10,16 @@ import pickle
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
 from pigeon.arguments import existing_file, non_negative_int, output_file, positive_int
+from pigeon.version import git_state
 
-__all__ = ["seed_everything", "start_run", "progress", "write_json", "save_checkpoint", "load_checkpoint",
+__all__ = ["seed_everything", "start_run", "progress", "write_json", "write_report", "save_checkpoint", "load_checkpoint",
            "CheckpointError", "resume_from", "add_common_arguments", "operator_report", "PRECISIONS", "Precision",
            "add_precision_argument"]
 
@@ -80,6 +82,15 @@ def write_json(path, data: dict[str, Any]) -> None:
             json.dump(data, handle, indent=2, sort_keys=False)
             handle.write("\n")
     _atomic_write(Path(path), write)
+
+
+def write_report(path, result: dict[str, Any]) -> None:
+    """Write a training run's final metrics to ``path`` (as :func:`write_json`) with what
+    they came from: the checkout's commit and whether its tree was clean, the command,
+    torch's version and the date (``result["provenance"]``)."""
+    record = {**(git_state() or {"commit": None, "clean": None}), "command": ["pigeon", *sys.argv[1:]],
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    write_json(path, {**result, "provenance": record})
 
 
 def save_checkpoint(path, **state: Any) -> None:
@@ -222,5 +233,5 @@ def operator_report(config, history: list, test: dict, train: dict, seconds: flo
     log(f"{config.problem}: test relative L2 {test['rel_l2']:.4f} (max {test['max_rel_l2']:.4f}, "
         f"{test['functions']} functions), train {train['rel_l2']:.4f}; {len(history)} epochs in {seconds:.0f} s")
     if json_path is not None:
-        write_json(json_path, result)
+        write_report(json_path, result)
     return result

@@ -46,7 +46,7 @@ from torch import nn
 
 from pigeon.data.graph import HeteroGraph
 from pigeon.train.common import (
-    add_common_arguments, load_checkpoint, progress, save_checkpoint, seed_everything, write_json,
+    add_common_arguments, load_checkpoint, progress, save_checkpoint, seed_everything, write_report,
 )
 from pigeon.train.distributed import (
     DistContext, close_distributed, equal_shard, init_distributed, launch, threads_per_rank,
@@ -576,7 +576,7 @@ def train_rank(config: EntityConfig, ctx: DistContext, payload: dict) -> dict | 
         return None
     log(format_result(result))
     if payload.get("json_path") is not None:
-        write_json(payload["json_path"], result)
+        write_report(payload["json_path"], result)
     return result
 
 

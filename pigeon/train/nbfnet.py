@@ -42,7 +42,7 @@ from pigeon.arguments import (UsageError, existing_folder, named_by, one_name, p
 from pigeon.data.graph import HeteroGraph
 from pigeon.train.common import (
     PRECISIONS, CheckpointError, Precision, add_common_arguments, add_precision_argument, progress, resume_from,
-    save_checkpoint, start_run, write_json,
+    save_checkpoint, start_run, write_report,
 )
 from pigeon.train.distributed import (
     DistContext, close_distributed, equal_shard, init_distributed, launch, threads_per_rank,
@@ -455,7 +455,7 @@ def train_nbfnet_rank(config: NBFNetConfig, ctx: DistContext, payload: dict) -> 
         return None
     log(format_metrics(result))
     if payload["json_path"] is not None:
-        write_json(payload["json_path"], result)
+        write_report(payload["json_path"], result)
     return result
 
 
