@@ -170,7 +170,7 @@ def test_bench_command_writes_results_markdown_chart_and_provenance(tmp_path, ca
     # tqdm draws on stderr only when asked; --no-progress keeps it quiet.
     assert "case/s" not in result.stderr
     _check_provenance(out)
-    _check_compare(out, tmp_path, capsys)
+    _check_compare(out, capsys)
 
 
 def _check_provenance(out):
@@ -203,15 +203,15 @@ def test_tuned_runs_record_the_cache_they_read(tmp_path, monkeypatch):
     assert tuning_state(False)["state"] == "fresh-empty"
 
 
-def _check_compare(out, tmp_path, capsys):
+def _check_compare(out, capsys):
     """--compare prints the ratio of each case of a run to another's."""
     old = load_report(out / "run.json")
     new = copy.deepcopy(old)
     for r in new["results"]:
         r["median_s"] *= 2
     new["results"].pop()
-    save_report(new, tmp_path / "new.json")
-    assert main(["bench", "--from-json", str(tmp_path / "new.json"), "--compare", str(out / "run.json")]) == 0
+    save_report(new, out / "new.json")
+    assert main(["bench", "--from-json", str(out / "new.json"), "--compare", str(out / "run.json")]) == 0
     printed = capsys.readouterr().out
     assert printed.count("2.00x (slower)") == len(new["results"]) == 3
     assert "compared with" in printed and "pigeon-torch rgcn aifb train" in printed
