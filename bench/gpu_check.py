@@ -3,14 +3,17 @@
 It records the environment (GPU, commit and whether the tree was clean, versions) and
 renders the Triton source of every layer's forward and backward kernels, as ``pigeon
 show-kernels`` does (nothing is compiled or launched). Without a CUDA device (and without
-``--smoke``) it stops there with status 2. Then three stages, each a process of its own:
+``--smoke``) it stops there with status 2. Then four stages, each a process of its own:
 
 1. **tests**: pytest on the tests marked ``gpu`` and the Triton tests (by default each
    file's subset in :data:`TRITON_TESTS`);
 2. **sync**: pytest on ``tests/test_gpu_sync.py``: warm compiled layers never synchronise
    the host with the GPU;
 3. **bench**: ``pigeon bench`` on pigeon-triton, pigeon-torch and PyG (and ``ref`` and
-   ``inductor`` where pigeon bench has them), each case in a worker of its own.
+   ``inductor`` where pigeon bench has them), each case in a worker of its own;
+4. **precision**: ``bench/precision.py --device cuda``: peak GPU memory and time of
+   forward + backward in float32 against bfloat16 (RGCN, RGAT, HGT on bgs, the NBFNet
+   PNA layer on fb15k), each case in a process of its own.
 
 A test that runs past ``--test-limit-s`` ends pytest (``bench/gpu_check_pytest.py``),
 which starts again without it and without the tests done. A stage's deadline is its
@@ -52,13 +55,14 @@ TRITON_TESTS = {
 SMOKE_TESTS = {"tests/test_triton_gemm.py": "hand_built_gemms_match_torch"}
 SYNC_TESTS = "tests/test_gpu_sync.py"
 BENCH_SYSTEMS = ("pigeon-triton", "pigeon-torch", "pyg", "ref", "inductor")
-STAGE_BUDGETS = {"tests": 180.0, "sync": 60.0, "bench": 180.0}
+STAGE_BUDGETS = {"tests": 170.0, "sync": 50.0, "bench": 160.0, "precision": 100.0}
 MIN_START_S = 10.0        # no stage and no pytest restart starts with less time left
 MAX_PYTEST_RUNS = 8       # per stage: restarts after tests that hung or crashed
 FAILING = ("failed", "error", "timeout", "crashed")
 NO_CUDA_EXIT = 2
 NO_CUDA_MESSAGE = "gpu_check: no CUDA device; stopping before the GPU stages"
-SMOKE = {"models": "rgcn", "scale": 0.01, "dim": 16, "repeat": 1}
+SMOKE = {"models": "rgcn", "scale": 0.01, "dim": 16, "repeat": 1, "precision_models": "rgcn",
+         "precision_scale": 0.01}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -79,6 +83,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--dim", type=int, default=64, help="hidden size (default: 64)")
     add("--repeat", type=int, default=3, help="timed runs per benchmark case (default: 3)")
     add("--case-limit-s", type=float, default=120.0, help="time limit of one benchmark case (default: 120)")
+    add("--precision-models", default="rgcn,rgat,hgt,nbfnet", help="bench/precision.py's cases (default: "
+                                                                   "%(default)s)")
+    add("--precision-scale", type=float, default=1.0, help="scale of its graphs (default: 1)")
     for stage, seconds in STAGE_BUDGETS.items():
         add(f"--{stage}-s", type=float, default=seconds, help=f"budget of the {stage} stage (default: {seconds:g})")
     add("--budget-s", type=float, default=480.0, help="the whole run (default: 480)")
@@ -278,6 +285,28 @@ def run_bench(command: list[str], json_path: Path, planned: int, deadline: float
         record["status"] = "passed" if run["returncode"] == 0 and len(results) == planned else "error"
 
 
+def precision_command(args: argparse.Namespace, device: str, out: Path) -> list[str]:
+    """bench/precision.py on ``device``, writing ``out``.json and .md as each case ends."""
+    return [sys.executable, str(ROOT / "bench" / "precision.py"), "--device", device, "--models",
+            args.precision_models, "--scale", str(args.precision_scale), "--dim", str(args.dim), "--repeat",
+            str(args.repeat), "--timeout-s", str(args.case_limit_s), "--out", str(out)]
+
+
+def run_precision(command: list[str], out: Path, planned: int, deadline: float, record: dict, log: Path) -> None:
+    """bench/precision.py until it ends or ``deadline``; its rows go into ``record``."""
+    results = out.with_name(out.name + ".json")
+    results.unlink(missing_ok=True)
+    run = run_command(command, log, deadline)
+    rows = json.loads(results.read_text())["rows"] if results.exists() else []
+    record.update(run=run, results_file=str(results), planned=planned, finished=len(rows), rows=rows)
+    if run["killed_at_deadline"]:
+        record["status"] = "timeout"
+    elif run["returncode"] != 0 or any(r["status"] != "ok" for r in rows):
+        record["status"] = "failed"
+    else:
+        record["status"] = "passed" if len(rows) == planned else "error"
+
+
 # ---- the report ------------------------------------------------------------------------------
 def environment(args: argparse.Namespace, argv: list[str], device: str) -> dict:
     """The machine and versions as pigeon bench records them, the commit and whether the
@@ -359,22 +388,26 @@ def format_summary(report: dict) -> str:
             lines.append(f"  running at the deadline: {record['running_at_deadline']}")
         if record.get("left_out"):
             lines.append("  left out: " + ", ".join(f"{s} ({why})" for s, why in record["left_out"].items()))
-        if record.get("finished"):
+        if record.get("finished") and name == "bench":
             lines.append(format_table(load_report(record["results_file"])))
+        elif record.get("finished"):   # precision: its markdown table
+            lines.append(Path(record["results_file"]).with_suffix(".md").read_text().rstrip())
     verdict = "FAILED: " + "; ".join(report["problems"]) if report["problems"] else "all passed"
     return "\n".join([*lines, f"gpu_check: {verdict} ({report['seconds']:.0f} s)"])
 
 
 def report_files(args: argparse.Namespace) -> dict[str, Path]:
     """The report and beside it the summary, the kernels, the log of every stage and
-    pigeon bench's results: five files, within what a lent machine sends back."""
+    pigeon bench's results and bench/precision.py's (.json, .md): seven files, within what a lent
+    machine sends back."""
     if args.json:
         report = Path(args.json).resolve()
     elif os.environ.get("OUT"):
         report = Path(os.environ["OUT"]).resolve() / "gpu_check.json"
     else:
         report = ROOT / "bench" / "results" / ("gpu-check-smoke.json" if args.smoke else "gpu-check.json")
-    beside = {"summary": "-summary.txt", "kernels": "-kernels.txt", "log": ".log", "bench": "-bench.json"}
+    beside = {"summary": "-summary.txt", "kernels": "-kernels.txt", "log": ".log", "bench": "-bench.json",
+              "precision": "-precision"}   # .json and .md
     return {"report": report, **{name: report.with_name(report.stem + end) for name, end in beside.items()}}
 
 
@@ -431,7 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     stages = [("tests", args.tests_s, lambda d, r: run_tests(test_selections(args), args.test_limit_s, d, r,
                                                               files["log"])),
               ("sync", args.sync_s, lambda d, r: run_tests([[SYNC_TESTS]], args.test_limit_s, d, r, files["log"])),
-              ("bench", args.bench_s, bench)]
+              ("bench", args.bench_s, bench),
+              ("precision", args.precision_s,
+               lambda d, r: run_precision(precision_command(args, device, files["precision"]), files["precision"],
+                                          2 * len(args.precision_models.split(",")), d, r, files["log"]))]
     # An outer time limit's SIGTERM, like Ctrl-C, ends the stage running (its tree is
     # killed on the way out: its own session would outlive this process) and the report
     # is still written.

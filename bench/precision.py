@@ -1,6 +1,8 @@
-"""Peak memory and time of forward + backward in float32 against bfloat16, on the cpu backend.
+"""Peak memory and time of forward + backward in float32 against bfloat16, on the cpu
+backend or, with ``--device cuda``, on the triton backend on the GPU.
 
-Cases: RGCN, RGAT and HGT on the bgs profile (``dim`` in and out, one head), and one
+Cases: RGCN, RGAT and HGT on the bgs profile (``--graph`` for another, e.g. am, for
+full-graph training memory; ``dim`` in and out, one head), and one
 NBFNet layer (PNA aggregation, DistMult messages) on the fb15k profile with a batch of
 16 queries of ``nbfnet_dim`` features packed into each node's row. Each (case, dtype)
 runs in its own process: build the graph, the layer and its inputs, with inputs and
@@ -10,9 +12,14 @@ memory is the rise of the process's resident set during the timed runs (``VmHWM`
 after a reset, minus the resident set before them, with glibc's mmap threshold fixed
 so that freed tensors leave the resident set), so imports, the graph, its indices, the
 inputs and the weights do not count: what is counted is what a step allocates,
-activations, saved values, gradients and temporaries. Every case also checks its output
+activations, saved values, gradients and temporaries (the whole process's high water
+mark is reported beside it, ``peak_total_mib``). Every case also checks its output
 and gradients against the float64 reference on a 2% scale graph of the same profile
 (norm-wise relative error; bfloat16 keeps 8 significant bits, u = 2^-8 = 0.0039).
+
+On the GPU (``--device cuda``, the triton backend, what ``bench/gpu_check.sh`` runs),
+peak memory is the rise of ``torch.cuda.max_memory_allocated`` over what was allocated
+before the timed runs, and each run is timed between device synchronisations.
 
     python bench/precision.py --out bench/results/precision-cpu-DATE
 
@@ -39,6 +46,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"rgcn": "bgs", "rgat": "bgs", "hgt": "bgs", "nbfnet": "fb15k"}
 DTYPES = ("float32", "bfloat16")
+BACKENDS = {"cpu": "cpu", "cuda": "triton"}
+
+
+def _dataset(model: str, args) -> str:
+    """The profile a case runs on: ``--graph`` for RGCN, RGAT and HGT, fb15k for NBFNet."""
+    return CASES[model] if model == "nbfnet" else args.graph
 
 
 def _rss_mib(field: str) -> float:
@@ -49,7 +62,8 @@ def _rss_mib(field: str) -> float:
 
 
 def _layer(model: str, graph, args, dtype, reference: bool = False):
-    """The layer of ``model`` for ``graph`` (the reference layer when ``reference``), in ``dtype``."""
+    """The layer of ``model`` for ``graph`` (the reference layer when ``reference``), in
+    ``dtype`` on ``args.device``."""
     import torch
 
     from pigeon import nn as pnn
@@ -57,7 +71,7 @@ def _layer(model: str, graph, args, dtype, reference: bool = False):
 
     torch.manual_seed(0)
     library = ref if reference else pnn
-    options = {} if reference else {"backend": "cpu"}
+    options = {} if reference else {"backend": BACKENDS[args.device]}
     if model == "rgcn":
         layer = library.RGCN(args.dim, args.dim, graph.num_etypes, norm="relation", **options)
     elif model == "rgat":
@@ -66,7 +80,7 @@ def _layer(model: str, graph, args, dtype, reference: bool = False):
         layer = library.HGT(args.dim, args.dim, graph.num_ntypes, graph.num_etypes, heads=1, **options)
     else:
         layer = library.NBFNetLayer(args.nbfnet_dim, graph.num_etypes, aggregate="pna", message="distmult", **options)
-    return layer.to(dtype)
+    return layer.to(args.device, dtype)
 
 
 def _inputs(model: str, graph, args, dtype, batch: int, seed: int = 1):
@@ -80,8 +94,8 @@ def _inputs(model: str, graph, args, dtype, batch: int, seed: int = 1):
         out = (batch, graph.num_nodes, dim)
     else:
         shapes, out = [(graph.num_nodes, args.dim)], (graph.num_nodes, args.dim)
-    inputs = [torch.randn(s, generator=gen).to(dtype).requires_grad_() for s in shapes]
-    return inputs, torch.randn(out, generator=gen).to(dtype)
+    inputs = [torch.randn(s, generator=gen).to(args.device, dtype).requires_grad_() for s in shapes]
+    return inputs, torch.randn(out, generator=gen).to(args.device, dtype)
 
 
 def _check(model: str, dtype, args) -> float:
@@ -91,7 +105,7 @@ def _check(model: str, dtype, args) -> float:
 
     from pigeon.data import load
 
-    graph = load(CASES[model], scale=0.02, seed=0).graph
+    graph = load(_dataset(model, args), scale=0.02, seed=0).graph.to(args.device)
     layer = _layer(model, graph, args, dtype)
     ref = _layer(model, graph, args, torch.float64, reference=True)
     ref.load_state_dict(layer.state_dict())
@@ -119,9 +133,9 @@ def run_case(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    result = {"model": args.model, "dataset": CASES[args.model], "dtype": args.dtype}
+    result = {"model": args.model, "dataset": _dataset(args.model, args), "dtype": args.dtype}
     result["max_rel_err"] = _check(args.model, dtype, args)
-    graph = load(CASES[args.model], scale=args.scale, seed=0).graph
+    graph = load(_dataset(args.model, args), scale=args.scale, seed=0).graph.to(args.device)
     result.update(nodes=graph.num_nodes, edges=graph.num_edges, relations=graph.num_etypes)
     layer = _layer(args.model, graph, args, dtype)
     inputs, upstream = _inputs(args.model, graph, args, dtype, batch=args.batch)
@@ -134,23 +148,33 @@ def run_case(args) -> dict:
         layer.zero_grad(set_to_none=True)
 
     step()  # warm-up: compiles, builds the graph's indices
-    resource.setrlimit(resource.RLIMIT_AS, (int(args.memory_gb * 2**30), resource.RLIM_INFINITY))
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _rss_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+    else:
+        resource.setrlimit(resource.RLIMIT_AS, (int(args.memory_gb * 2**30), resource.RLIM_INFINITY))
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        before = _rss_mib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
     times = []
     for _ in range(args.repeat):
         start = time.perf_counter()
         step()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mib("VmHWM")
     result.update(median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times), max_ms=1e3 * max(times),
-                  peak_mib=_rss_mib("VmHWM") - before, status="ok")
+                  peak_mib=peak - before, peak_total_mib=peak, status="ok")
     return result
 
 
 def _spawn(model: str, dtype: str, args) -> dict:
-    command = [sys.executable, __file__, "--case", "--model", model, "--dtype", dtype, "--scale", str(args.scale),
+    command = [sys.executable, __file__, "--case", "--device", args.device, "--model", model, "--dtype", dtype,
+               "--graph", args.graph, "--scale", str(args.scale),
                "--dim", str(args.dim), "--nbfnet-dim", str(args.nbfnet_dim), "--batch", str(args.batch),
                "--repeat", str(args.repeat), "--memory-gb", str(args.memory_gb)]
     if args.threads:
@@ -164,13 +188,13 @@ def _spawn(model: str, dtype: str, args) -> dict:
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        return {"model": model, "dataset": CASES[model], "dtype": dtype, "status": "timeout"}
+        return {"model": model, "dataset": _dataset(model, args), "dtype": dtype, "status": "timeout"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
     text = proc.stderr[-2000:]
     oom = "out of memory" in text.lower() or "MemoryError" in text or "std::bad_alloc" in text or proc.returncode == -9
-    return {"model": model, "dataset": CASES[model], "dtype": dtype, "status": "oom" if oom else "error",
+    return {"model": model, "dataset": _dataset(model, args), "dtype": dtype, "status": "oom" if oom else "error",
             "returncode": proc.returncode, "error": text.strip()[-400:]}
 
 
@@ -186,14 +210,19 @@ def _cpu_flags() -> list[str]:
 
 def _markdown(report: dict) -> str:
     c = report["config"]
-    lines = [f"# float32 against bfloat16 on the cpu backend (scale {c['scale']})", "",
+    gpu = c.get("device") == "cuda"   # reports of 2026-12-02 predate --device
+    where = "the triton backend on the GPU" if gpu else "the cpu backend"
+    peak = "rise of torch.cuda.max_memory_allocated" if gpu else "rise of resident memory"
+    cap = "" if gpu else f" under a {c['memory_gb']:g} GB cap"
+    lines = [f"# float32 against bfloat16 on {where} (scale {c['scale']})", "",
              f"Forward + backward of one layer, inputs and parameters stored in the dtype; RGCN, RGAT, HGT "
-             f"(dim {c['dim']}, one head) on bgs, the NBFNet layer (PNA, DistMult, batch {c['batch']} x dim "
+             f"(dim {c['dim']}, one head) on {c.get('graph', 'bgs')}, the NBFNet layer (PNA, DistMult, batch {c['batch']} x dim "
              f"{c['nbfnet_dim']}) on fb15k; median of {c['repeat']} runs after a warm-up, each case in its own "
-             f"process under a {c['memory_gb']:g} GB cap. Peak = rise of resident memory during the timed runs "
+             f"process{cap}. Peak = {peak} during the timed runs "
              "(what a step allocates: not the imports, graph, inputs or weights). max rel err: output and "
              "gradients against float64 on a 2% graph.", "",
-             f"Machine: {report['machine']['cpu']}, {report['machine']['usable_cores']} cores, CPU flags "
+             f"Machine: {report['machine'].get('gpu') or report['machine']['cpu']}, "
+             f"{report['machine']['usable_cores']} cores, CPU flags "
              f"{', '.join(report['cpu_flags']) or 'unknown'}; torch {report['machine']['versions']['torch']}, "
              f"{report['threads']} threads; commit {report['git']}. Date {report['date']}.", "",
              "| model | graph | dtype | median ms (min-max) | peak MiB | max rel err | time vs fp32 | memory vs fp32 |",
@@ -208,6 +237,11 @@ def _markdown(report: dict) -> str:
                      f"{row['peak_mib']:.0f} | {row['max_rel_err']:.1e} | "
                      f"{'' if time_ratio is None else f'{time_ratio:.2f}x'} | "
                      f"{'' if memory_ratio is None else f'{memory_ratio:.2f}x'} |")
+    totals = [f"{r['model']} {r['dtype']} {r['peak_total_mib'] / 1024:.2f} GiB" for r in report["rows"]
+              if "peak_total_mib" in r]
+    if totals:
+        lines += ["", "Peak of the whole process (graph, inputs, weights and the step; high water mark): "
+                  + ", ".join(totals) + "."]
     met = [r for r in report["rows"] if r.get("memory_ratio") is not None]
     if met:
         passed = sum(r["memory_ratio"] <= 0.6 for r in met)
@@ -215,22 +249,31 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(CASES), help=f"comma-separated, of {list(CASES)}")
+    parser.add_argument("--device", choices=list(BACKENDS), default="cpu",
+                        help="cpu (the cpu backend) or cuda (the triton backend) (default: cpu)")
+    parser.add_argument("--graph", default="bgs", help="the profile RGCN, RGAT and HGT run on (default: bgs; "
+                                                     "NBFNet runs on fb15k)")
     parser.add_argument("--scale", type=float, default=1.0, help="profile scale (default: 1, the full graphs)")
     parser.add_argument("--dim", type=int, default=64, help="RGCN/RGAT/HGT width (default: 64)")
     parser.add_argument("--nbfnet-dim", type=int, default=32, help="NBFNet width (default: 32)")
     parser.add_argument("--batch", type=int, default=16, help="NBFNet queries per row (default: 16)")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--memory-gb", type=float, default=16.0)
+    parser.add_argument("--memory-gb", type=float, default=16.0, help="address-space cap of a cpu case")
     parser.add_argument("--timeout-s", type=float, default=1800.0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     parser.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(args)), flush=True)
@@ -238,8 +281,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from pigeon.bench.harness import describe_machine, git_state
-
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("Expected a CUDA device for --device cuda (torch.cuda.is_available() is False)")
     models = args.models.split(",")
     unknown = sorted(set(models) - set(CASES))
     if unknown:
@@ -250,6 +293,18 @@ def main(argv=None) -> int:
             row = _spawn(model, dtype, args)
             print(json.dumps(row), flush=True)
             rows.append(row)
+            text = _write(rows, args)   # after every case: a run killed later keeps these
+    print(text)
+    return 0
+
+
+def _write(rows: list[dict], args) -> str:
+    """The report of the rows so far (bfloat16's ratios to float32 added), written to
+    ``args.out`` when given; returns its markdown."""
+    import torch
+
+    from pigeon.bench.harness import describe_machine, git_state
+
     by_key = {(r["model"], r["dtype"]): r for r in rows}
     for row in rows:
         base = by_key.get((row["model"], "float32"))
@@ -258,19 +313,18 @@ def main(argv=None) -> int:
             row["memory_ratio"] = row["peak_mib"] / max(base["peak_mib"], 1e-9)
     state = git_state()
     report = {
-        "config": {k: getattr(args, k) for k in ("scale", "dim", "nbfnet_dim", "batch", "repeat", "memory_gb")},
+        "config": {k: getattr(args, k) for k in ("device", "graph", "scale", "dim", "nbfnet_dim", "batch", "repeat",
+                                                 "memory_gb")},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "rows": rows, "threads": args.threads or torch.get_num_threads(), "cpu_flags": _cpu_flags(),
-        "machine": describe_machine("cpu"), "date": time.strftime("%Y-%m-%d"),
+        "machine": describe_machine(args.device), "date": time.strftime("%Y-%m-%d"),
         "git": "unknown" if state is None else f"{state['commit'][:12]}{'' if state['clean'] else '-dirty'}",
     }
     text = _markdown(report)
-    print(text)
     if args.out:
         Path(args.out + ".json").write_text(json.dumps(report, indent=2) + "\n")
         Path(args.out + ".md").write_text(text)
-    return 0
-
+    return text
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,6 +210,40 @@ def test_bench_runs_the_systems_pigeon_bench_has_on_the_device_with_a_command_it
         "cuda", ("pigeon-triton", "pyg"), ("rgcn",), 1, str(tmp_path / "b.json"))
 
 
+def test_the_precision_stage_runs_bench_precision_and_keeps_its_rows(tmp_path, capsys):
+    # The command as the stage makes it is one bench/precision.py takes ...
+    spec = importlib.util.spec_from_file_location("precision", ROOT / "bench" / "precision.py")
+    precision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(precision)
+    command = gpu_check.precision_command(gpu_check.parse_args(["--smoke"]), "cuda", tmp_path / "p")
+    assert command[:2] == [sys.executable, str(ROOT / "bench" / "precision.py")]
+    parsed = precision.build_parser().parse_args(command[2:])
+    assert (parsed.device, parsed.models, parsed.scale, parsed.out) == ("cuda", "rgcn", 0.01, str(tmp_path / "p"))
+    if not torch.cuda.is_available():   # asked for a GPU it does not have, it says so at once
+        with pytest.raises(SystemExit) as exit_info:
+            precision.main(command[2:])
+        assert exit_info.value.code == 2
+        assert "Expected a CUDA device for --device cuda" in capsys.readouterr().err
+    # ... and the stage reads the rows it wrote (a stand-in here: bench/precision.py on a
+    # GPU is the stage's job), failing on a case that did not run.
+    rows = [{"model": "rgcn", "dtype": d, "status": s} for d, s in (("float32", "ok"), ("bfloat16", "oom"))]
+    fake = tmp_path / "fake.py"
+    fake.write_text(f"import json, sys\nout = sys.argv[sys.argv.index('--out') + 1]\n"
+                    f"rows = {rows!r}[:int(sys.argv[1])]\n"
+                    f"open(out + '.json', 'w').write(json.dumps({{'rows': rows}}))\n"
+                    f"open(out + '.md', 'w').write('| rgcn |')\n")
+    for written, status in ((1, "passed"), (2, "failed")):
+        record = {}
+        gpu_check.run_precision([sys.executable, str(fake), str(written), "--out", str(tmp_path / "p")],
+                                tmp_path / "p", 1 if written == 1 else 2, time.monotonic() + 60, record,
+                                tmp_path / "log")
+        assert record["status"] == status and record["finished"] == written and record["rows"] == rows[:written]
+    record = {}
+    gpu_check.run_precision([sys.executable, str(fake), "1", "--out", str(tmp_path / "p")], tmp_path / "p", 2,
+                            time.monotonic() + 60, record, tmp_path / "log")
+    assert record["status"] == "error"   # it ended without every case
+
+
 # ---- verdict and summary ---------------------------------------------------------------------
 def _report(device, **stages):
     versions = {"torch": "2.11.0", "triton": "3.6.0", "torch_geometric": "2.8.0", "pigeon": "0.1.0"}
@@ -218,7 +253,7 @@ def _report(device, **stages):
             "stages": stages, "seconds": 300.0}
 
 
-def test_the_verdict_and_the_summary_say_what_failed_and_where():
+def test_the_verdict_and_the_summary_say_what_failed_and_where(tmp_path):
     tests = {"status": "failed", "seconds": 80.0, "counts": {"passed": 12, "timeout": 1, "failed": 1},
              "tests": {"tests/a.py::test_x": {"outcome": "failed", "message": "assert 2 == 3"},
                        "tests/a.py::test_y": {"outcome": "timeout", "message": "Timeout (0:01:30)!\nThread 0x1"},
@@ -227,7 +262,10 @@ def test_the_verdict_and_the_summary_say_what_failed_and_where():
     sync = {"status": "skipped", "seconds": 1.0, "counts": {"skipped": 4}}
     bench = {"status": "timeout", "seconds": 180.0, "planned": 18, "finished": 0,
              "left_out": {"inductor": "not in this pigeon bench"}}
-    report = _report("cuda", tests=tests, sync=sync, bench=bench)
+    (tmp_path / "p.md").write_text("| rgcn | bgs | bfloat16 | 3 (3-3) | 40 | 2.0e-03 | 0.9x | 0.5x |\n")
+    precision = {"status": "passed", "seconds": 50.0, "planned": 2, "finished": 2,
+                 "results_file": str(tmp_path / "p.json")}
+    report = _report("cuda", tests=tests, sync=sync, bench=bench, precision=precision)
     report["problems"] = gpu_check.problems(report)
     assert report["problems"] == ["tests failed", "sync skipped", "bench timeout"]
     lines = gpu_check.format_summary(report).splitlines()
@@ -238,6 +276,7 @@ def test_the_verdict_and_the_summary_say_what_failed_and_where():
     assert "  TIMEOUT tests/a.py::test_y: Timeout (0:01:30)!" in lines
     assert "  not collected: tests/test_interop.py: E   ModuleNotFoundError: No module named 'dgl'" in lines
     assert "bench: timeout in 180 s; 0 of 18 cases" in lines
+    assert "precision: passed in 50 s; 2 of 2 cases" in lines and "| rgcn | bgs | bfloat16 |" in lines[-2]
     assert lines[-1] == "gpu_check: FAILED: tests failed; sync skipped; bench timeout (300 s)"
     # GPU tests skip on the CPU (--smoke): there, that is no failure.
     smoke = _report("cpu", sync=sync)
@@ -257,7 +296,8 @@ def test_the_report_and_the_files_beside_it(monkeypatch, argv, out, expected):
         monkeypatch.setenv("OUT", out)
     files = gpu_check.report_files(gpu_check.parse_args(argv))
     assert files["report"] == expected
-    # At most 8 files come back from a lent machine: these 5.
+    # At most 8 files come back from a lent machine: these 5, and precision's .json and .md.
     assert {name: path.name for name, path in files.items() if name != "report"} == {
         "summary": f"{expected.stem}-summary.txt", "kernels": f"{expected.stem}-kernels.txt",
-        "log": f"{expected.stem}.log", "bench": f"{expected.stem}-bench.json"}
+        "log": f"{expected.stem}.log", "bench": f"{expected.stem}-bench.json",
+        "precision": f"{expected.stem}-precision"}
