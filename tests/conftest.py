@@ -24,7 +24,15 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from hypothesis import HealthCheck, settings
+# pytest-xdist runs one worker per core: each worker's torch and OpenMP threads share
+# its core's share, instead of every worker spinning a thread per core at each barrier
+# while the others compute. (Tests of threading set their thread counts themselves;
+# subprocesses the tests start choose their own.)
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _workers > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Hypothesis: a fixed, modest budget so the suite stays fast on 2 cores; CI derandomizes
 # so a red run can be replayed exactly.

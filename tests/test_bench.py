@@ -133,7 +133,8 @@ def test_a_worker_that_died_is_classified_from_its_exit(returncode, output, stat
 # ---- the command line -----------------------------------------------------------------
 def test_bench_command_writes_results_markdown_chart_and_provenance(tmp_path, capsys):
     # One real run through the command line (2 models x 2 systems, training), checked
-    # three ways: its results and files, their provenance, and --compare against it.
+    # four ways: its results and files, their provenance, the floors, and --compare
+    # against it.
     out = tmp_path
     result = _pigeon("bench", "--models", "rgcn,rgat", "--modes", "train", "--systems", "pigeon-torch,dgl",
                      *TINY, "--json", out / "run.json", "--markdown", out / "run.md", "--plot", out / "run.png")
@@ -169,7 +170,9 @@ def test_bench_command_writes_results_markdown_chart_and_provenance(tmp_path, ca
     assert (out / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # tqdm draws on stderr only when asked; --no-progress keeps it quiet.
     assert "case/s" not in result.stderr
+    assert "x floor" in table
     _check_provenance(out)
+    _check_floors(report)
     _check_compare(out, capsys)
 
 
@@ -183,13 +186,41 @@ def _check_provenance(out):
     assert p["threads"]["per_case"] >= 1 and "OMP_NUM_THREADS" in p["threads"]
     assert p["tuning_cache"]["state"] == "fresh-empty" and "PIGEON_AUTOTUNE=0" in p["tuning_cache"]["how"]
     assert p["cost_model_rates"]["matmul_gflops"] > 0 and p["cost_model_rates"]["bandwidth_gbs"] > 0
-    for load in (p["load_at_start"], p["load_at_end"]):
-        assert load["loadavg_1min"] >= 0 and load["other_cores_busy"] >= 0 and isinstance(load["busiest"], list)
+    for busy in (p["load_at_start"], p["load_at_end"]):
+        assert busy["loadavg_1min"] >= 0 and busy["other_cores_busy"] >= 0 and isinstance(busy["busiest"], list)
     assert p["max_other_cores_busy_in_timed_runs"] >= 0
     for r in report["results"]:
         assert r["threads"] >= 1 and r["autotune"] is False and r["other_cores_busy"] >= 0
     markdown = (out / "run.md").read_text()
     assert f"commit {p['commit']}" in markdown and "tuning cache: fresh and empty" in markdown
+
+
+def _check_floors(report):
+    """The measured machine, and one floor per case: the same work for every system of a
+    case, and what the worker's own counting gives in this process."""
+    from pigeon.bench.worker import case_work
+
+    measured = report["machine"]["measured"]
+    assert measured["matmul_gflops"] > 0 and measured["bandwidth_gbs"] > 0
+    for r in report["results"]:
+        assert "floor_error" not in r, r
+        assert r["floor_bound"] in ("compute", "memory") and r["machine_floor_bound"] in ("compute", "memory")
+        expected = max(r["flops"] / (measured["matmul_gflops"] * 1e9), r["bytes"] / (measured["bandwidth_gbs"] * 1e9))
+        assert r["floor_s"] == pytest.approx(expected)
+        assert 0 < r["machine_floor_s"] <= r["floor_s"]
+    by_model = {}
+    for r in report["results"]:
+        by_model.setdefault(r["model"], []).append(r)
+    for model, (first, second) in by_model.items():
+        for key in ("flops", "bytes", "machine_flops", "machine_bytes"):
+            assert first[key] == second[key], (model, key)
+    # DGL's work is counted from a pigeon-cpu layer built for the case.
+    case = Case("dgl", "rgcn", "aifb", "train", dim=8, heads=2, scale=0.02)
+    _, workload, runner, _ = prepare(case)
+    work, machine = case_work(case, workload, runner)
+    counted = by_model["rgcn"][0]
+    assert (work.flops, work.bytes) == (counted["flops"], counted["bytes"])
+    assert (machine.flops, machine.bytes) == (counted["machine_flops"], counted["machine_bytes"])
 
 
 def test_tuned_runs_record_the_cache_they_read(tmp_path, monkeypatch):
@@ -373,12 +404,12 @@ def test_the_structure_sweep_makes_one_case_per_point_with_the_requested_structu
         assert shares[repeats, 1.5] > 1.5 * shares[repeats, 0.0], "skewed: the busiest pairs hold more"
 
 
-def test_a_structure_run_reports_the_speedup_at_each_point(tmp_path):
+def test_a_structure_run_reports_the_speedup_at_each_point(tmp_path, capsys):
     out = tmp_path / "sweep.json"
-    result = _pigeon("bench", "--models", "rgcn", "--modes", "infer", "--systems", "pigeon-torch,ref",
-                     "--datasets", "aifb", "--scale", "0.05", "--dim", "8", "--repeat", "1", "--warmup", "0",
-                     "--no-progress", "--structure", "--repeats", "1,4", "--skews", "1", "--json", out)
-    assert result.returncode == 0, result.stderr
+    assert main(["bench", "--models", "rgcn", "--modes", "infer", "--systems", "pigeon-torch,ref",
+                 "--datasets", "aifb", "--scale", "0.05", "--dim", "8", "--repeat", "1", "--warmup", "0",
+                 "--no-progress", "--structure", "--repeats", "1,4", "--skews", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
     report = load_report(out)
     assert "--structure --repeats 1,4 --skews 1" in report["command"]
     got = {(r["system"], r["repeats"]): r for r in report["results"]}
@@ -389,7 +420,7 @@ def test_a_structure_run_reports_the_speedup_at_each_point(tmp_path):
     header, rows = structure_table(report["results"])
     assert header[3:] == ["aifb[repeats 1, skew 1]", "aifb[repeats 4, skew 1]"]
     assert rows[1][:3] == ["pigeon-torch", "rgcn", "infer"] and all(c.endswith("x") for c in rows[1][3:])
-    assert "structure sweep" in result.stdout and "aifb[repeats 4, skew 1] (synthetic profile)" in result.stdout
+    assert "structure sweep" in printed and "aifb[repeats 4, skew 1] (synthetic profile)" in printed
 
 
 def test_the_structure_sweep_takes_profiles_only(capsys):

@@ -12,6 +12,7 @@ or the register tile take every tail of the micro-kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 
@@ -125,12 +126,29 @@ def _program(kernel: GemmKernel, types: dict[str, TensorType]) -> KernelProgram:
     return KernelProgram(buffers, (kernel,), (kernel.layout.value,), (("out", "out"),))
 
 
-def _inputs(program: KernelProgram, graph, dtype, seed: int) -> dict[str, torch.Tensor]:
+def _every_form(k: int, n: int) -> tuple[KernelProgram, dict[str, dict[str, TensorType]]]:
+    """Every form of :func:`_cases` in one program, each case's buffers prefixed by its
+    name, so that one library per dtype and width holds them all (one compile, not
+    twelve). Returns the program and each kernel's types by its roles."""
+    buffers, kernels, types_of = [], [], {}
+    for case, (kernel, types) in _cases(k, n).items():
+        name = {role: f"{case.replace('-', '_')}_{role}" for role in types}
+        kernels.append(dataclasses.replace(kernel, out=name["out"], a=name["a"], w=name["w"]))
+        buffers += [Buffer(name[role], t, BufferRole.OUTPUT if role == "out" else BufferRole.INPUT)
+                    for role, t in types.items()]
+        types_of[kernels[-1].out] = types
+    program = KernelProgram(tuple(buffers), tuple(kernels), tuple(k.layout.value for k in kernels),
+                            tuple((k.out, k.out) for k in kernels))
+    return program, types_of
+
+
+def _inputs(kernel: GemmKernel, types: dict[str, TensorType], graph, dtype, seed: int) -> dict[str, torch.Tensor]:
     rows = {NODE: graph.num_nodes, DST_NODE: graph.num_dst_nodes, EDGE: graph.num_edges,
             ETYPE: graph.num_etypes, NTYPE: graph.num_ntypes}
     gen = torch.Generator().manual_seed(seed)
-    return {b.name: torch.randn(rows[b.type.space], *b.type.shape, generator=gen, dtype=torch.float64).to(dtype)
-            for b in program.buffers if b.role is BufferRole.INPUT}
+    return {name: torch.randn(rows[types[role].space], *types[role].shape, generator=gen,
+                              dtype=torch.float64).to(dtype)
+            for role, name in (("a", kernel.a), ("w", kernel.w))}
 
 
 def _products_per_result(kernel: GemmKernel, types, graph, k: int) -> int:
@@ -148,14 +166,18 @@ def _products_per_result(kernel: GemmKernel, types, graph, k: int) -> int:
 
 
 def _check(kernel, types, graph, dtype, k):
-    program = _program(kernel, types)
+    _check_in(CpuExecutor(_program(kernel, types), poison=True), 0, types, graph, dtype, k)
+
+
+def _check_in(executor: CpuExecutor, i: int, types, graph, dtype, k):
+    """Kernel ``i`` of the executor's program (with ``types`` by role) against torch."""
+    kernel = executor.program.kernels[i]
     assert gemm_supported(kernel, types["a"].shape, types["w"].shape)
-    executor = CpuExecutor(program, poison=True)
     library = executor.library(dtype)
     library.pigeon_set_threads(THREADS)
-    env = _inputs(program, graph, dtype, seed=graph.num_edges)
-    got = executor.run_gemm(library, executor.rendered[0], kernel, graph, env, dtype)
-    want = TorchExecutor(program).gemm(kernel, graph, {n: v.double() for n, v in env.items()})
+    env = _inputs(kernel, types, graph, dtype, seed=graph.num_edges)
+    got = executor.run_gemm(library, executor.rendered[i], kernel, graph, env, dtype)
+    want = TorchExecutor(executor.program).gemm(kernel, graph, {n: v.double() for n, v in env.items()})
     assert got.dtype == dtype and got.shape == want.shape, kernel.describe()
     if dtype == torch.float64:
         torch.testing.assert_close(got, want, **F64, msg=lambda m: f"{kernel.describe()}: {m}")
@@ -166,7 +188,7 @@ def _check(kernel, types, graph, dtype, k):
     # like a random walk, about eps * sqrt(L) of it (4x for the tail of the distribution).
     # 16-bit storage adds its own eps/2 twice at most: a scattered row is stored before
     # the rows are summed, and the result is stored.
-    magnitude = TorchExecutor(program).gemm(kernel, graph, {n: v.double().abs() for n, v in env.items()})
+    magnitude = TorchExecutor(executor.program).gemm(kernel, graph, {n: v.double().abs() for n, v in env.items()})
     bound = 4 * torch.finfo(torch.float32).eps * math.sqrt(_products_per_result(kernel, types, graph, k))
     # Below the smallest normal value a stored result is a multiple of the subnormal
     # spacing (float16's 2^-24), an absolute error of half of it.
@@ -190,15 +212,15 @@ DTYPES_AND_WIDTHS = [(dtype, width) for dtype in (torch.float64, torch.float32) 
 
 
 @pytest.mark.parametrize("dtype,k,n", [(d, *w) for d, w in DTYPES_AND_WIDTHS], ids=lambda v: str(v))
-@pytest.mark.parametrize("case", list(_cases(1, 1)))
-def test_generated_gemm_matches_torch(case, k, n, dtype, monkeypatch):
+def test_generated_gemm_matches_torch(k, n, dtype, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: THREADS)
-    kernel, types = _cases(k, n)[case]
-    for name, make in GRAPHS.items():
-        graph = make()
-        if kernel.segment is NTYPE_OF_NODE and name == "single-edge":
-            continue   # the same as skewed for node types
-        _check(kernel, types, graph, dtype, k)
+    program, types_of = _every_form(k, n)
+    executor = CpuExecutor(program, poison=True)
+    for i, kernel in enumerate(program.kernels):
+        for name, make in GRAPHS.items():
+            if kernel.segment is NTYPE_OF_NODE and name == "single-edge":
+                continue   # the same as skewed for node types
+            _check_in(executor, i, types_of[kernel.out], make(), dtype, k)
 
 
 NARROWER = {"avx2": ("-mno-avx512f",), "sse": ("-mno-avx512f", "-mno-avx2", "-mno-avx")}

@@ -17,19 +17,20 @@ def _pigeon(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pigeon", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_demo_benchmarks_pigeon_against_a_baseline_and_writes_a_report(tmp_path):
-    # One Pigeon backend and one baseline: every system's own run is tests/test_bench.py's.
+def test_demo_benchmarks_pigeon_against_a_baseline_and_writes_a_report(tmp_path, capsys):
+    # One Pigeon backend and one baseline: every system's own run is tests/test_bench.py's
+    # (and the command line in a subprocess is its test_bench_command_...).
     out = tmp_path / "demo"
-    result = _pigeon("demo", "--models", "rgcn", "--scale", "0.02", "--dim", "8", "--repeat", "1", "--out", str(out),
-                     "--systems", "pigeon-cpu,pyg")
-    assert result.returncode == 0, result.stderr
+    assert main(["demo", "--models", "rgcn", "--scale", "0.02", "--dim", "8", "--repeat", "1", "--out", str(out),
+                 "--systems", "pigeon-cpu,ref"]) == 0
+    printed = capsys.readouterr().out
     systems = {line.split()[2] if line.split()[0] == "rgcn" else line.split()[0]
-               for line in result.stdout.splitlines() if line.strip() and line.split()[0] in ("rgcn", "pigeon-cpu", "pyg")}
-    assert {"pigeon-cpu", "pyg"} <= systems, result.stdout
+               for line in printed.splitlines() if line.strip() and line.split()[0] in ("rgcn", "pigeon-cpu", "ref")}
+    assert {"pigeon-cpu", "ref"} <= systems, printed
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "speedups.png"]
     report = json.loads((out / "report.json").read_text())
     assert {(r["system"], r["mode"]) for r in report["results"]} == {
-        (s, m) for s in ("pigeon-cpu", "pyg") for m in ("infer", "train")}
+        (s, m) for s in ("pigeon-cpu", "ref") for m in ("infer", "train")}
     assert all(r["status"] == "ok" for r in report["results"]), report["results"]
 
 
