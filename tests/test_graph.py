@@ -167,10 +167,11 @@ def test_layouts_are_built_once_and_travel_with_to():
     first = g.csr_dst
     assert g.csr_dst is first
     assert g.computed_layouts() == ("csr_dst",)
-    g.compact_src
+    g.compact_src   # counted in C, with its edges grouped by row in the same pass
     moved = g.to("meta")
     assert moved.device.type == "meta" and moved.src.device.type == "meta"
-    assert moved.computed_layouts() == ("csr_dst", "compact_src")
+    assert moved.computed_layouts() == ("csr_dst", "compact_src_edges", "compact_src")
+    assert all(t.device.type == "meta" for t in moved.layout("compact_src_edges"))
     assert all(t.device.type == "meta" for t in moved.csr_dst)
     assert g.to("cpu") is g
     assert set(LAYOUTS) >= set(moved.computed_layouts())
@@ -214,12 +215,39 @@ def test_block_arguments_are_checked():
 
 @given(st.lists(st.integers(0, 40), max_size=60), st.integers(41, 200))
 def test_unique_keys_by_counting_matches_torch_unique(values, num_keys):
-    from pigeon.data.graph import unique_keys
+    from pigeon.data import graph
+    from pigeon.native import counted_unique
 
     key = torch.tensor(values, dtype=torch.int64)
-    keys, inverse = unique_keys(key, num_keys)
     want_keys, want_inverse = torch.unique(key, sorted=True, return_inverse=True)
-    assert keys.tolist() == want_keys.tolist() and inverse.tolist() == want_inverse.tolist()
+    # Counted in C (on the CPU), and by torch's bincount and prefix sum (a GPU tensor).
+    for counter in (counted_unique, lambda *_: None):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(graph, "counted_unique", counter)
+            keys, inverse = graph.unique_keys(key, num_keys)
+        assert keys.tolist() == want_keys.tolist() and inverse.tolist() == want_inverse.tolist()
+
+
+@given(hetero_graphs(max_nodes=12, max_edges=40))
+def test_compact_edges_group_every_edge_under_its_row_in_either_way_of_building(graph):
+    # With the compact map (C counts the keys) or on their own (a counting sort of the
+    # map's rows): row r owns perm[ptr[r]:ptr[r+1]], the edges whose row is r, ascending.
+    from pigeon.data import graph as graph_module
+
+    for name in ("compact_src", "compact_dst"):
+        for counted in (True, False):
+            g = pigeon.HeteroGraph(graph.src, graph.dst, graph.etype, graph.num_nodes, graph.ntype,
+                                   num_etypes=graph.num_etypes, num_ntypes=graph.num_ntypes)
+            with pytest.MonkeyPatch.context() as patch:
+                if not counted:
+                    patch.setattr(graph_module, "grouped_keys", lambda *_: None)
+                edges = g.layout(f"{name}_edges")
+            row = g.layout(name).edge_row.long()
+            want_perm = torch.sort(row, stable=True).indices
+            want_ptr = torch.cat([torch.zeros(1, dtype=torch.long),
+                                  torch.bincount(row, minlength=g.layout(name).num_rows).cumsum(0)])
+            assert edges.perm.long().tolist() == want_perm.tolist(), (name, counted)
+            assert edges.ptr.long().tolist() == want_ptr.tolist(), (name, counted)
 
 
 def test_layouts_of_edges_already_in_order_skip_the_sort_and_are_the_identity():

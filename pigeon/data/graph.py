@@ -26,7 +26,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from pigeon.native import COUNTED_KEYS, stable_order
+from pigeon.native import COUNTED_KEYS, counted_unique, grouped_keys, sort_with_ptr
 
 __all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "Segments", "TypePairs", "LAYOUTS", "find_graph"]
 
@@ -189,6 +189,7 @@ class GraphStats:
 LAYOUTS = (
     "csr_dst", "csr_src", "coo_etype", "compact_src", "compact_dst", "ntype_sorted", "dst_ntype_sorted",
     "in_degree", "out_degree", "ntype_etype", "ntype_etype_edges", "ntype_etype_compact_src", "compact_src_pair",
+    "compact_src_edges", "compact_dst_edges",
 )
 
 
@@ -197,9 +198,12 @@ def unique_keys(key: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torch.T
     """``torch.unique(key, sorted=True, return_inverse=True)`` for integer keys in
     ``[0, num_keys)``: by counting (one pass and a prefix sum over the key range) when the
     range is small, as the (node, relation) and (node type, relation) keys of a sampled
-    block are, instead of a sort per batch."""
+    block are, instead of a sort per batch; in C on the CPU (:func:`counted_unique`)."""
     if num_keys > max(COUNTED_KEYS, 4 * key.numel()):
         return torch.unique(key, sorted=True, return_inverse=True)
+    counted = counted_unique(key, num_keys)
+    if counted is not None:
+        return counted
     present = torch.bincount(key, minlength=num_keys) > 0
     rank = torch.cumsum(present, 0) - 1
     return torch.nonzero(present).flatten(), rank.index_select(0, key)
@@ -416,24 +420,19 @@ class HeteroGraph:
         return self.layout("out_degree")
 
     def _sorted_by(self, major: torch.Tensor, major_size: int, minor: torch.Tensor | None = None,
-                   minor_size: int = 1) -> torch.Tensor:
+                   minor_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Stable permutation sorting edges by ``major`` (below ``major_size``) then
-        ``minor`` (below ``minor_size``): the identity when they are in that order already
-        (a sampled block's edges come grouped by relation and destination), else a
-        counting sort of the keys (:func:`pigeon.native.stable_order`)."""
+        ``minor`` (below ``minor_size``), and where each key's run starts: the identity
+        when they are in that order already (a sampled block's edges come grouped by
+        relation and destination), else a counting sort of the keys
+        (:func:`pigeon.native.sort_with_ptr`)."""
         key = major if minor is None else major * minor_size + minor
-        if key.numel() < 2 or bool((key[1:] >= key[:-1]).all()):
-            return torch.arange(key.numel(), device=key.device)
-        return stable_order(key, major_size * minor_size)
+        return sort_with_ptr(key, major_size * minor_size)
 
     def _csr(self, rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> CSR:
         dtype = self.index_dtype
-        perm = self._sorted_by(rows, num_rows)
-        return CSR(
-            rowptr=_rowptr(rows, num_rows, dtype),
-            col=cols[perm].to(dtype),
-            eid=perm.to(dtype),
-        )
+        perm, ptr = self._sorted_by(rows, num_rows)
+        return CSR(rowptr=ptr.to(dtype), col=cols[perm].to(dtype), eid=perm.to(dtype))
 
     def _build_csr_dst(self) -> CSR:
         return self._csr(self.dst, self.src, self.num_dst_nodes)
@@ -443,7 +442,7 @@ class HeteroGraph:
 
     def _build_coo_etype(self) -> SortedCOO:
         dtype = self.index_dtype
-        perm = self._sorted_by(self.etype, self.num_etypes, self.dst, self.num_nodes)
+        perm = self._sorted_by(self.etype, self.num_etypes, self.dst, self.num_nodes)[0]
         return SortedCOO(
             src=self.src[perm].to(dtype),
             dst=self.dst[perm].to(dtype),
@@ -452,10 +451,18 @@ class HeteroGraph:
             rel_ptr=_rowptr(self.etype, self.num_etypes, dtype),
         )
 
-    def _compact(self, nodes: torch.Tensor) -> CompactMap:
+    def _compact(self, nodes: torch.Tensor, name: str) -> CompactMap:
+        """The compact map of ``nodes`` (the edges' sources or destinations); where C
+        counts the keys, also the edges grouped by their row (layout ``{name}_edges``),
+        from the same pass."""
         dtype = self.index_dtype
         key = self.etype * self.num_nodes + nodes
-        keys, edge_row = unique_keys(key, self.num_etypes * self.num_nodes)
+        grouped = grouped_keys(key, self.num_etypes * self.num_nodes)
+        if grouped is None:
+            keys, edge_row = unique_keys(key, self.num_etypes * self.num_nodes)
+        else:
+            keys, edge_row, ptr, order = grouped
+            self._layouts[f"{name}_edges"] = Segments(perm=order.to(dtype), ptr=ptr.to(dtype))
         row_etype = keys // max(self.num_nodes, 1)
         return CompactMap(
             node=(keys - row_etype * self.num_nodes).to(dtype),
@@ -465,15 +472,30 @@ class HeteroGraph:
         )
 
     def _build_compact_src(self) -> CompactMap:
-        return self._compact(self.src)
+        return self._compact(self.src, "compact_src")
 
     def _build_compact_dst(self) -> CompactMap:
-        return self._compact(self.dst)
+        return self._compact(self.dst, "compact_dst")
+
+    def _compact_edges(self, name: str) -> Segments:
+        """The edges grouped by their row of compact map ``name``: row ``r`` owns edges
+        ``perm[ptr[r]:ptr[r+1]]``, ascending."""
+        compact = self.layout(name)
+        if f"{name}_edges" in self._layouts:   # built with the map
+            return self._layouts[f"{name}_edges"]
+        perm, ptr = sort_with_ptr(compact.edge_row.long(), compact.num_rows)
+        return Segments(perm=perm.to(self.index_dtype), ptr=ptr.to(self.index_dtype))
+
+    def _build_compact_src_edges(self) -> Segments:
+        return self._compact_edges("compact_src")
+
+    def _build_compact_dst_edges(self) -> Segments:
+        return self._compact_edges("compact_dst")
 
     def _type_segments(self, types: torch.Tensor) -> Segments:
         dtype = self.index_dtype
-        perm = self._sorted_by(types, self.num_ntypes)
-        return Segments(perm=perm.to(dtype), ptr=_rowptr(types, self.num_ntypes, dtype))
+        perm, ptr = self._sorted_by(types, self.num_ntypes)
+        return Segments(perm=perm.to(dtype), ptr=ptr.to(dtype))
 
     def _build_ntype_sorted(self) -> Segments:
         return self._type_segments(self.ntype)
@@ -506,8 +528,8 @@ class HeteroGraph:
         """Rows grouped by their (ntype, etype) pair, for GEMMs with per-pair weights."""
         dtype = self.index_dtype
         pairs = self.ntype_etype
-        perm = self._sorted_by(pair_of_row.long(), pairs.num_rows)
-        return Segments(perm=perm.to(dtype), ptr=_rowptr(pair_of_row.long(), pairs.num_rows, dtype))
+        perm, ptr = self._sorted_by(pair_of_row.long(), pairs.num_rows)
+        return Segments(perm=perm.to(dtype), ptr=ptr.to(dtype))
 
     def _build_ntype_etype_edges(self) -> Segments:
         return self._pair_segments(self.ntype_etype.edge_row)

@@ -372,13 +372,17 @@ def assemble_block(
     ``t`` in the sampler's numbering; rows below ``num_dst`` are the destinations.
     Each relation is ``(etype, src_type, dst_type, src, dst)`` with ``src``/``dst`` in
     that per-type numbering.
+
+    The block's edges are the relations' in the order of their ``etype`` ids (each
+    relation's in the sampler's order, by destination): a layout keyed by (relation,
+    destination) then finds them in order and needs no sort.
     """
     device = rows[0].device if rows else torch.device("cpu")
     ntype = torch.empty(num_src, dtype=torch.int64, device=device)
     for t, r in enumerate(rows):
         ntype[r] = t
     src, dst, etype = [], [], []
-    for t, s, d, u, v in relations:
+    for t, s, d, u, v in sorted(relations, key=lambda relation: relation[0]):
         src.append(rows[s].index_select(0, u.to(torch.int64)))
         dst.append(rows[d].index_select(0, v.to(torch.int64)))
         etype.append(torch.full((u.numel(),), t, dtype=torch.int64, device=device))

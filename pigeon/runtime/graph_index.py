@@ -14,12 +14,15 @@ import weakref
 import torch
 
 from pigeon.data.graph import HeteroGraph
-from pigeon.ir.graph_ir import IndexMap
+from pigeon.ir.graph_ir import COMPACT_DST_OF_EDGE, COMPACT_SRC_OF_EDGE, IndexMap
 from pigeon.ir.kernel_ir import SegmentLayout
-from pigeon.native import stable_order
+from pigeon.native import sort_with_ptr
 from pigeon.runtime.interpret import resolve_index
 
 __all__ = ["PerGraphCache", "GraphIndex", "GRAPH_INDEX", "row_blocks"]
+
+# Groups whose CSR is a graph layout (the edges of each compact row).
+_COMPACT_EDGES = {COMPACT_SRC_OF_EDGE.name: "compact_src_edges", COMPACT_DST_OF_EDGE.name: "compact_dst_edges"}
 
 
 class PerGraphCache:
@@ -87,7 +90,7 @@ class GraphIndex(PerGraphCache):
             if gather is None:
                 return perm
             index = self.index(graph, gather)[0]
-            return index if perm is None else index[perm]
+            return index if perm is None else index.index_select(0, perm)
         return self._memo(graph, ("rows", gather.name if gather else None, segment.name), build)
 
     def blocks(self, graph: HeteroGraph, segment: IndexMap, layout: SegmentLayout | None, rows: int) -> torch.Tensor:
@@ -107,7 +110,7 @@ class GraphIndex(PerGraphCache):
         def build():
             perm, _ = self.segments(graph, segment, layout)
             index, size = self.index(graph, scatter)
-            return (index if perm is None else index[perm]), size
+            return (index if perm is None else index.index_select(0, perm)), size
         return self._memo(graph, ("scatter", scatter.name, segment.name), build)
 
     def group_csr(self, graph: HeteroGraph, group: IndexMap) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,16 +120,31 @@ class GraphIndex(PerGraphCache):
             if group.name in ("dst", "src"):
                 csr = graph.layout(f"csr_{group.name}")
                 return csr.rowptr.to(torch.int64).contiguous(), csr.eid.to(torch.int64).contiguous()
+            if group.name in _COMPACT_EDGES:   # built with the compact map, where C counted it
+                edges = graph.layout(_COMPACT_EDGES[group.name])
+                return edges.ptr.to(torch.int64).contiguous(), edges.perm.to(torch.int64).contiguous()
             keys, size = self.index(graph, group)
-            rowptr = torch.zeros(size + 1, dtype=torch.int64, device=keys.device)
-            torch.cumsum(torch.bincount(keys, minlength=size), 0, out=rowptr[1:])
-            return rowptr, stable_order(keys, size).contiguous()
+            perm, rowptr = sort_with_ptr(keys, size)
+            return rowptr, perm.contiguous()
         return self._memo(graph, ("csr", group.name), build)
+
+    def group_in_order(self, graph: HeteroGraph, group: IndexMap) -> bool:
+        """Whether ``group``'s CSR keeps the rows in their order (a sampled block's edges
+        come grouped by relation and destination: grouped by their (destination,
+        relation) pair, they already are in CSR order)."""
+        def build():
+            perm = self.group_csr(graph, group)[1]
+            return perm.numel() < 2 or bool((perm[1:] > perm[:-1]).all())
+        return self._memo(graph, ("csr_in_order", group.name), build)
 
     def sorted_index(self, graph: HeteroGraph, group: IndexMap, index: IndexMap) -> torch.Tensor:
         """``index``'s value for each position of ``group``'s CSR (its rows in CSR order)."""
-        return self._memo(graph, ("sorted_index", group.name, index.name),
-                          lambda: self.index(graph, index)[0][self.group_csr(graph, group)[1]].contiguous())
+        def build():
+            values = self.index(graph, index)[0]
+            if self.group_in_order(graph, group):
+                return values
+            return values.index_select(0, self.group_csr(graph, group)[1])
+        return self._memo(graph, ("sorted_index", group.name, index.name), build)
 
     def largest(self, graph: HeteroGraph, group: IndexMap) -> int:
         """The number of rows of ``group``'s largest group (0 without rows)."""
