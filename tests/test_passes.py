@@ -150,7 +150,8 @@ def test_compact_materialization_computes_once_per_unique_pair():
 
 
 def test_the_cost_model_compacts_only_where_pairs_repeat():
-    # Every (src, etype) pair unique: nothing to save, so the cost model declines; on the
+    # Every (src, etype) pair unique: nothing to save, so the cost model declines (rows
+    # through an index map at the full bandwidth: see the test below); on the
     # aifb profile a pair repeats 3.6 times and it compacts.
     unique = pigeon.HeteroGraph(torch.arange(400), torch.roll(torch.arange(400), 1), torch.arange(400) % 4)
     program = functional.rgcn.trace({"x": (64,)}, {"weight": (64, 64)})
@@ -162,6 +163,21 @@ def test_the_cost_model_compacts_only_where_pairs_repeat():
     assert "compact_src" in format_program(CompactMaterialization(enabled=True).apply(program, ctx))
     # Without row counts nothing is decided: open decisions stay off.
     assert decide(program, PassContext(), Options(), TARGET, training=True) == Options(reorder=False, compact=False)
+
+
+def test_rows_through_an_index_map_cost_a_share_of_the_bandwidth():
+    # Every (src, etype) pair unique, edges not in relation order. Without compaction the
+    # typed GEMM writes its rows through the relation order's permutation and the
+    # traversals read edge rows in their CSR's order; the compact plan streams its GEMM's
+    # rows. Where such rows move at the bandwidth (TARGET), nothing tips the balance; at
+    # the cpu backend's 0.35 of it (measured: compact plans ran 16-55% faster at one edge
+    # per pair, bench/results/cost-model-cpu-2026-12-02.md), compaction pays.
+    unique = pigeon.HeteroGraph(torch.arange(4000), torch.roll(torch.arange(4000), 1), torch.arange(4000) % 4)
+    program = functional.rgcn.trace({"x": (64,)}, {"weight": (64, 64)})
+    cpu = Target(TARGET.matmul_gflops, TARGET.bandwidth_gbs, indexed_efficiency=0.35, looped_gemms="none")
+    for target, expected in ((TARGET, False), (cpu, True)):
+        ctx = PassContext(RowCounts.from_graph(unique))
+        assert decide(program, ctx, Options(reorder=False), target, training=False, layout="csr").compact is expected
 
 
 def test_chain_reordering_folds_the_hgt_key_weight_per_type_pair():

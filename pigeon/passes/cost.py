@@ -14,8 +14,9 @@ Time (:func:`program_seconds`): each kernel is charged ``max(FLOPs / rate, bytes
 bandwidth) + overhead`` with the rates of a :class:`Target`: the machine's measured
 matrix-multiply rate and bandwidth, and what the backend reaches of them for each kind
 of kernel (a segmented GEMM with few rows per type runs below the dense rate; rows read
-through an index map cost a cache line, not their bytes). :func:`pigeon.passes.choose.decide`
-picks the compiler's decisions by it.
+or written through an index map, a gather, a permuted segment order or a group's CSR
+order, cost at least a cache line each and move at a share of the bandwidth, a row
+written so twice). :func:`pigeon.passes.choose.decide` picks the compiler's decisions by it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import math
 from dataclasses import dataclass
 
 from pigeon.ir.graph_ir import GLOBAL, IndexMap, Node, Op, Program, Space
-from pigeon.ir.kernel_ir import DenseKernel, GemmKernel, KernelProgram, TraversalKernel, View, ViewKernel
+from pigeon.ir.kernel_ir import (DenseKernel, GemmKernel, KernelProgram, TraversalKernel, TraversalLayout, View,
+                                 ViewKernel)
 from pigeon.passes.base import RowCounts
 
 
@@ -198,6 +200,11 @@ class Target:
             ``rate * r / (r + gemm_rows_half)``).
         row_gather_bytes (int): bytes a row read through an index map costs at least (a
             cache line: scattered rows are not streamed).
+        indexed_efficiency (float): the share of ``bandwidth_gbs`` that rows read or
+            written through an index map reach (a gather, a permuted segment order, the
+            rows of a group visited in its CSR order): each row is a separate access, so
+            latency, not bandwidth, bounds it. A row written so costs twice (the line is
+            read before it is written).
         elementwise_gflops (float): the rate of the per-row arithmetic of traversal and
             dense kernels (vector units, not the matrix-multiply rate).
         kernel_s (float): the fixed cost of running one kernel (a launch, a call through
@@ -215,6 +222,7 @@ class Target:
     bandwidth_gbs: float
     gemm_rows_half: float = 24.0
     row_gather_bytes: int = 64
+    indexed_efficiency: float = 1.0
     elementwise_gflops: float = 8.0
     kernel_s: float = 5e-6
     op_s: float = 10e-6
@@ -226,19 +234,93 @@ class Target:
             raise ValueError(f"Expected `looped_gemms` to be 'none', 'batched' or 'all' (got {self.looped_gemms!r})")
 
 
-def _gather_bytes(kernel, rows: RowCounts, target: Target, program: KernelProgram, elem: int) -> int:
-    """The extra bytes of rows read through index maps (beyond streaming them once)."""
-    if isinstance(kernel, GemmKernel):
-        if kernel.a_gather is None:
-            return 0
-        width = program.buffer(kernel.a).type.numel * elem
-        return _space_rows(kernel.a_gather.source, rows) * max(target.row_gather_bytes - width, 0)
-    extra = 0
-    for node in kernel.body.nodes:
-        if node.op is Op.GATHER and isinstance(kernel, TraversalKernel) and node.attr("index") != kernel.group:
-            width = node.type.numel * elem
-            extra += _space_rows(node.type.space, rows) * max(target.row_gather_bytes - width, 0)
-    return extra
+def _row_bytes(program: KernelProgram, name: str, elem: int) -> int:
+    return program.buffer(name).type.numel * elem
+
+
+def _gemm_access(program: KernelProgram, kernel: GemmKernel, rows: RowCounts, target: Target,
+                 elem: int) -> tuple[int, int, int]:
+    """(streamed, indexed read, indexed written) bytes of a GEMM: A's rows through its
+    gather map; the result's rows in a permuted segment order through the permutation;
+    a scatter's rows read again through the targets' CSR."""
+    line = target.row_gather_bytes
+    streamed = _buffer_bytes(program, kernel.w, rows, elem)
+    read = written = 0
+    a_rows = _space_rows(kernel.a_gather.source, rows) if kernel.a_gather else 0
+    if kernel.a_gather is not None:
+        read += a_rows * max(_row_bytes(program, kernel.a, elem), line)
+        streamed += _map_bytes(kernel.a_gather, rows)
+    else:
+        streamed += _buffer_bytes(program, kernel.a, rows, elem)
+    permuted = kernel.layout is not None and kernel.layout.permuted
+    if kernel.weight_grad:
+        streamed += _buffer_bytes(program, kernel.out, rows, elem)
+        if permuted and kernel.a_gather is None:   # A's rows in segment order
+            streamed -= _buffer_bytes(program, kernel.a, rows, elem)
+            read += _space_rows(program.buffer(kernel.a).type.space, rows) * max(
+                _row_bytes(program, kernel.a, elem), line)
+    elif kernel.scatter is not None:
+        product = _space_rows(kernel.scatter.source, rows) * _row_bytes(program, kernel.out, elem)
+        streamed += product + _buffer_bytes(program, kernel.out, rows, elem) + _map_bytes(kernel.scatter, rows)
+        read += _space_rows(kernel.scatter.source, rows) * max(_row_bytes(program, kernel.out, elem), line)
+    elif permuted:
+        written += _space_rows(program.buffer(kernel.out).type.space, rows) * max(
+            _row_bytes(program, kernel.out, elem), line)
+    else:
+        streamed += _buffer_bytes(program, kernel.out, rows, elem)
+    if kernel.segment is not None:
+        streamed += (_space_rows(kernel.segment.target, rows) + 1) * INDEX_BYTES
+    return streamed, read, written
+
+
+def _body_access(program: KernelProgram, kernel: TraversalKernel | DenseKernel, rows: RowCounts, target: Target,
+                 elem: int) -> tuple[int, int, int]:
+    """(streamed, indexed read, indexed written) bytes of a traversal or dense kernel.
+    Rows of the group's source space (a traversal grouped by destination walks the
+    edges in its CSR's order) and rows read through a gather other than the group's
+    own map are indexed; so are, in an edge-parallel (COO) traversal, the group's rows
+    its reductions add into. The rest streams."""
+    line = target.row_gather_bytes
+    grouped = isinstance(kernel, TraversalKernel) and kernel.group is not None
+    csr = grouped and kernel.layout is not TraversalLayout.COO
+    body = kernel.body
+    users: dict[int, list[Node]] = {}
+    for node in body.nodes:
+        for i in node.inputs:
+            users.setdefault(i, []).append(node)
+    streamed = read = written = 0
+    maps = {n.attr("index") for n in body.nodes} - {None}
+    if grouped:
+        maps.add(kernel.group)
+    streamed += sum(_map_bytes(index, rows) for index in maps if isinstance(index, IndexMap))
+    for i, node in enumerate(body.nodes):
+        if node.op is Op.INPUT:
+            name = node.attr("name")
+            width = _row_bytes(program, name, elem)
+            space = program.buffer(name).type.space
+            gathered = users.get(i) and all(u.op is Op.GATHER and u.attr("index") != getattr(kernel, "group", None)
+                                            for u in users[i])
+            if gathered:
+                continue   # read through its gathers, below
+            if csr and space == kernel.group.source:
+                read += _space_rows(space, rows) * max(width, line)
+            else:
+                streamed += _space_rows(space, rows) * width
+        elif node.op is Op.OUTPUT:
+            name = node.attr("name")
+            width = _row_bytes(program, name, elem)
+            space = program.buffer(name).type.space
+            if grouped and ((csr and space == kernel.group.source) or (not csr and space == kernel.group.target)):
+                written += _space_rows(space, rows) * max(width, line)
+            else:
+                streamed += _space_rows(space, rows) * width
+        elif node.op is Op.GATHER and grouped and node.attr("index") != kernel.group:
+            width = body.nodes[node.inputs[0]].type.numel * elem
+            read += _space_rows(node.type.space, rows) * max(width, line)
+        elif node.op is Op.GATHER and not grouped:
+            width = body.nodes[node.inputs[0]].type.numel * elem
+            read += _space_rows(node.type.space, rows) * max(width, line)
+    return streamed, read, written
 
 
 def kernel_seconds(program: KernelProgram, kernel, rows: RowCounts, target: Target, elem: int = 4) -> float:
@@ -246,7 +328,8 @@ def kernel_seconds(program: KernelProgram, kernel, rows: RowCounts, target: Targ
     if isinstance(kernel, ViewKernel):
         return _view_bytes(program, kernel, rows, elem) / (target.bandwidth_gbs * 1e9)
     if isinstance(kernel, GemmKernel):
-        flops, moved = _gemm_work(program, kernel, rows, elem)
+        flops = _gemm_work(program, kernel, rows, elem)[0]
+        streamed, read, written = _gemm_access(program, kernel, rows, target, elem)
         rate = target.matmul_gflops
         if kernel.segment is not None:
             # Rows per weight: the product's rows per type, times the leading dims of a
@@ -265,11 +348,13 @@ def kernel_seconds(program: KernelProgram, kernel, rows: RowCounts, target: Targ
             calls = 1 if _space_rows(kernel.segment.source, rows) == types else types
             compute += calls * target.type_call_s
     else:
-        flops, moved = _body_work(program, kernel, rows, elem)
+        flops = _body_flops(kernel.body, rows)
+        streamed, read, written = _body_access(program, kernel, rows, target, elem)
         compute = flops / (target.elementwise_gflops * 1e9)
         if isinstance(kernel, DenseKernel):
             compute += target.op_s * len(kernel.body.nodes)
-    memory = (moved + _gather_bytes(kernel, rows, target, program, elem)) / (target.bandwidth_gbs * 1e9)
+    bandwidth = target.bandwidth_gbs * 1e9
+    memory = streamed / bandwidth + (read + 2 * written) / (bandwidth * target.indexed_efficiency)
     return max(compute, memory) + target.kernel_s
 
 
