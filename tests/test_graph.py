@@ -228,6 +228,23 @@ def test_unique_keys_by_counting_matches_torch_unique(values, num_keys):
         assert keys.tolist() == want_keys.tolist() and inverse.tolist() == want_inverse.tolist()
 
 
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 29)), max_size=80), st.booleans())
+def test_grouped_keys_match_torch_unique_and_a_stable_sort_whole_or_major_by_major(pairs, relation_order):
+    # Keys relation * 30 + node; in relation order (a block's edges) they are grouped one
+    # relation at a time, otherwise over the whole key range.
+    from pigeon.native import grouped_keys
+
+    pairs = sorted(pairs, key=lambda p: p[0]) if relation_order else pairs
+    keys = torch.tensor([r * 30 + v for r, v in pairs], dtype=torch.int64)
+    for minor_size in (None, 30):
+        unique, inverse, ptr, order = grouped_keys(keys, 150, minor_size)
+        want_unique, want_inverse = torch.unique(keys, sorted=True, return_inverse=True)
+        assert unique.tolist() == want_unique.tolist() and inverse.tolist() == want_inverse.tolist()
+        assert order.tolist() == torch.sort(want_inverse, stable=True).indices.tolist()
+        counts = torch.bincount(want_inverse, minlength=want_unique.numel())
+        assert ptr.tolist() == [0] + torch.cumsum(counts, 0).tolist()
+
+
 @given(hetero_graphs(max_nodes=12, max_edges=40))
 def test_compact_edges_group_every_edge_under_its_row_in_either_way_of_building(graph):
     # With the compact map (C counts the keys) or on their own (a counting sort of the
@@ -240,7 +257,7 @@ def test_compact_edges_group_every_edge_under_its_row_in_either_way_of_building(
                                    num_etypes=graph.num_etypes, num_ntypes=graph.num_ntypes)
             with pytest.MonkeyPatch.context() as patch:
                 if not counted:
-                    patch.setattr(graph_module, "grouped_keys", lambda *_: None)
+                    patch.setattr(graph_module, "grouped_keys", lambda *_, **__: None)
                 edges = g.layout(f"{name}_edges")
             row = g.layout(name).edge_row.long()
             want_perm = torch.sort(row, stable=True).indices

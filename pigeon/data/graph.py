@@ -457,7 +457,7 @@ class HeteroGraph:
         from the same pass."""
         dtype = self.index_dtype
         key = self.etype * self.num_nodes + nodes
-        grouped = grouped_keys(key, self.num_etypes * self.num_nodes)
+        grouped = grouped_keys(key, self.num_etypes * self.num_nodes, minor_size=self.num_nodes)
         if grouped is None:
             keys, edge_row = unique_keys(key, self.num_etypes * self.num_nodes)
         else:
