@@ -87,14 +87,16 @@ int64_t pigeon_group_keys(const int64_t *keys, int64_t n, int64_t num_keys, int3
 /* pigeon_group_keys for keys major * minor_size + minor whose majors ascend (a sampled
    block's edges come relation by relation): each major's keys are grouped in a table of
    minor_size entries, which stays in cache, not in one table over the whole key range.
-   `group` has minor_size entries. */
+   `group` has minor_size entries. Returns -1 as soon as a major is smaller than the one
+   before it (what it wrote is then to be overwritten: group over the whole range). */
 int64_t pigeon_group_sorted_major(const int64_t *keys, int64_t n, int64_t minor_size, int32_t *group,
                                   int64_t *unique, int64_t *inverse, int64_t *ptr, int64_t *next, int64_t *order)
 {
     int64_t count = 0, start = 0;
     for (int64_t lo = 0, hi; lo < n; lo = hi) {
         const int64_t base = keys[lo] / minor_size * minor_size;
-        for (hi = lo; hi < n && keys[hi] < base + minor_size; hi++) {}
+        for (hi = lo; hi < n && keys[hi] < base + minor_size; hi++)
+            if (keys[hi] < base) return -1;
         memset(group, 0, (size_t)minor_size * sizeof(int32_t));
         for (int64_t i = lo; i < hi; i++) group[keys[i] - base]++;
         const int64_t first = count;
@@ -196,15 +198,22 @@ def grouped_keys(keys: torch.Tensor, num_keys: int, minor_size: int | None = Non
     if library is None or num_keys > max(COUNTED_KEYS, 4 * keys.numel()) or keys.numel() >= 2**31:
         return None
     keys = keys.to(torch.int64).contiguous()
-    by_major = minor_size is not None and 0 < minor_size < num_keys and keys.numel() > 1 and bool(
-        (keys[1:] // minor_size >= keys[:-1] // minor_size).all())
+    by_major = minor_size is not None and 0 < minor_size < num_keys
     group = torch.empty(max(minor_size if by_major else num_keys, 1), dtype=torch.int32)
     unique, inverse, next_free, order = (torch.empty_like(keys) for _ in range(4))
     ptr = torch.empty(keys.numel() + 1, dtype=torch.int64)
-    pointers = [ctypes.c_void_p(t.data_ptr()) for t in (group, unique, inverse, ptr, next_free, order)]
     data, n = ctypes.c_void_p(keys.data_ptr()), ctypes.c_int64(keys.numel())
-    if by_major:
-        count = library.pigeon_group_sorted_major(data, n, ctypes.c_int64(minor_size), *pointers)
-    else:
-        count = library.pigeon_group_keys(data, n, ctypes.c_int64(num_keys), *pointers)
+    count = -1
+    if by_major:   # -1 when the majors do not ascend
+        count = library.pigeon_group_sorted_major(data, n, ctypes.c_int64(minor_size), *_pointers(
+            group, unique, inverse, ptr, next_free, order))
+    if count < 0:
+        if group.numel() < num_keys:
+            group = torch.empty(max(num_keys, 1), dtype=torch.int32)
+        count = library.pigeon_group_keys(data, n, ctypes.c_int64(num_keys), *_pointers(
+            group, unique, inverse, ptr, next_free, order))
     return unique[:count].clone(), inverse, ptr[:count + 1].clone(), order
+
+
+def _pointers(*tensors: torch.Tensor) -> list[ctypes.c_void_p]:
+    return [ctypes.c_void_p(t.data_ptr()) for t in tensors]
