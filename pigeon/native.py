@@ -5,8 +5,10 @@ A sampled block is a new graph every step, and each of its layouts (the CSR of i
 destinations and of its sources, the groups of a compact map) orders its edges by a key
 with few distinct values (node ids of the block, relation ids). A counting sort does
 that in two passes over the edges, where ``torch.sort`` sorts; the unique (node,
-relation) pairs of a compact map take one pass over the edges and one over the key
-range, where torch takes five operations over the key range. Both are compiled once per
+relation) pairs of a compact map, with its edges grouped by pair, take two passes over
+the edges and one over the key range (one relation's range at a time where the edges
+come relation by relation), where torch takes five operations over the key range and a
+sort. Both are compiled once per
 machine (:mod:`pigeon.clib`) and called through ctypes. Without a C compiler the layouts
 use ``torch.sort`` and torch's counting, said once in a warning.
 """
@@ -21,7 +23,7 @@ import torch
 
 from pigeon.clib import CompilerError, build_library, compiler_available
 
-__all__ = ["stable_order", "sort_with_ptr", "counted_unique", "grouped_keys", "COUNTED_KEYS"]
+__all__ = ["sort_with_ptr", "counted_unique", "grouped_keys", "COUNTED_KEYS"]
 
 #: Keys with at most this many distinct values (or four per element) are counted, not sorted.
 COUNTED_KEYS = 1 << 24
@@ -42,25 +44,11 @@ void pigeon_counting_sort(const int64_t *keys, int64_t n, int64_t num_keys, int6
     for (int64_t i = 0; i < n; i++) order[next[keys[i]]++] = i;
 }
 
-/* The distinct keys in ascending order (`unique`, returns how many) and each key's
-   position among them (`inverse`): mark the keys present, number the marks in key
-   order, then read each key's number. `rank` has num_keys entries (32-bit: the caller
-   has fewer than 2^31 keys; half the memory for the scattered marks). */
-int64_t pigeon_unique_keys(const int64_t *keys, int64_t n, int64_t num_keys, int32_t *rank, int64_t *unique,
-                           int64_t *inverse)
-{
-    memset(rank, 0, (size_t)num_keys * sizeof(int32_t));
-    for (int64_t i = 0; i < n; i++) rank[keys[i]] = 1;
-    int32_t count = 0;
-    for (int64_t k = 0; k < num_keys; k++) if (rank[k]) { unique[count] = k; rank[k] = count++; }
-    for (int64_t i = 0; i < n; i++) inverse[i] = rank[keys[i]];
-    return count;
-}
-
-/* pigeon_unique_keys and a counting sort by the result in one go: the distinct keys
-   (`unique`, returns how many, u), each key's group (`inverse`), the groups' bounds
-   (`ptr`, u + 1 entries) and the indices in group order, stable (`order`). `group`
-   has num_keys entries (counts, then each key's group); `next` has n. */
+/* The distinct keys in ascending order (`unique`, returns how many, u), each key's
+   group among them (`inverse`), the groups' bounds (`ptr`, u + 1 entries) and the
+   indices in group order, stable (`order`): count the keys, number the present ones in
+   key order, then place each index. `group` has num_keys entries (32-bit: fewer than
+   2^31 keys; counts, then each key's group); `next` has n. */
 int64_t pigeon_group_keys(const int64_t *keys, int64_t n, int64_t num_keys, int32_t *group, int64_t *unique,
                           int64_t *inverse, int64_t *ptr, int64_t *next, int64_t *order)
 {
@@ -135,24 +123,18 @@ def _library():
                       "with torch.sort", RuntimeWarning, stacklevel=3)
         return None
     library.pigeon_counting_sort.restype = None
-    library.pigeon_unique_keys.restype = ctypes.c_int64
     library.pigeon_group_keys.restype = ctypes.c_int64
     library.pigeon_group_sorted_major.restype = ctypes.c_int64
     return library
 
 
-def stable_order(keys: torch.Tensor, num_keys: int) -> torch.Tensor:
-    """The stable ascending order of ``keys`` (int64 in ``[0, num_keys)``): what
-    ``torch.sort(keys, stable=True).indices`` gives; the identity when the keys already
-    ascend (one pass), else by a counting sort when the key range is small and the
-    tensor is on the CPU."""
-    return sort_with_ptr(keys, num_keys)[0]
-
-
 def sort_with_ptr(keys: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`stable_order` and where each key's run starts in it: ``(order, ptr)``,
-    ``ptr`` int64 of ``num_keys + 1`` entries (a CSR's row pointer). The counting sort
-    counts the keys anyway; the other ways count them with ``torch.bincount``."""
+    """The stable ascending order of ``keys`` (int64 in ``[0, num_keys)``), what
+    ``torch.sort(keys, stable=True).indices`` gives, and where each key's run starts in
+    it: ``(order, ptr)``, ``ptr`` int64 of ``num_keys + 1`` entries (a CSR's row
+    pointer). The identity when the keys already ascend (one pass); else a counting sort
+    in C when the key range is small and the tensor is on the CPU, which counts the keys
+    anyway (the other ways count them with ``torch.bincount``)."""
     library = _library() if keys.device.type == "cpu" else None
     if (keys.numel() >= 2 and library is not None and num_keys <= max(COUNTED_KEYS, 4 * keys.numel())
             and not bool((keys[1:] >= keys[:-1]).all())):
@@ -172,19 +154,11 @@ def sort_with_ptr(keys: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torc
 
 def counted_unique(keys: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``torch.unique(keys, sorted=True, return_inverse=True)`` for CPU int64 keys in
-    ``[0, num_keys)`` by counting in C; None where that does not apply (no compiler, a
-    GPU tensor, 2^31 keys or more, or a key range larger than :data:`COUNTED_KEYS` and
-    four per key)."""
-    library = _library() if keys.device.type == "cpu" else None
-    if library is None or num_keys > max(COUNTED_KEYS, 4 * keys.numel()) or keys.numel() >= 2**31:
-        return None
-    keys = keys.to(torch.int64).contiguous()
-    rank = torch.empty(max(num_keys, 1), dtype=torch.int32)
-    unique, inverse = torch.empty_like(keys), torch.empty_like(keys)
-    count = library.pigeon_unique_keys(ctypes.c_void_p(keys.data_ptr()), ctypes.c_int64(keys.numel()),
-                                       ctypes.c_int64(num_keys), ctypes.c_void_p(rank.data_ptr()),
-                                       ctypes.c_void_p(unique.data_ptr()), ctypes.c_void_p(inverse.data_ptr()))
-    return unique[:count].clone(), inverse
+    ``[0, num_keys)`` by counting in C (:func:`grouped_keys`); None where that does not
+    apply (no compiler, a GPU tensor, 2^31 keys or more, or a key range larger than
+    :data:`COUNTED_KEYS` and four per key)."""
+    grouped = grouped_keys(keys, num_keys)
+    return None if grouped is None else grouped[:2]
 
 
 def grouped_keys(keys: torch.Tensor, num_keys: int, minor_size: int | None = None):

@@ -278,7 +278,9 @@ def test_layouts_of_edges_already_in_order_skip_the_sort_and_are_the_identity():
 
 @given(st.lists(st.integers(0, 30), max_size=80))
 def test_the_counting_sort_is_torch_sorts_stable_order(values):
-    from pigeon.native import stable_order
+    from pigeon.native import sort_with_ptr
 
     keys = torch.tensor(values, dtype=torch.int64)
-    assert stable_order(keys, 31).tolist() == torch.sort(keys, stable=True).indices.tolist()
+    order, ptr = sort_with_ptr(keys, 31)
+    assert order.tolist() == torch.sort(keys, stable=True).indices.tolist()
+    assert ptr.tolist() == [0] + torch.cumsum(torch.bincount(keys, minlength=31), 0).tolist()
