@@ -453,6 +453,44 @@ def test_nbfnet_kernels_write_nothing_per_edge_forward_or_backward(message):
         torch.testing.assert_close(a, b, **F64)
 
 
+@pytest.mark.parametrize("model", ["rgat", "hgt"])
+def test_attention_backward_writes_per_edge_weights_not_weighted_rows(model):
+    """Per edge, attention's backward writes heads-wide values (the weights, the score
+    gradients), never [heads * dim] rows: the traversals that read the weighted gradient
+    rows recompute them from the narrow weights and the destinations' gradient rows
+    (fusion.py's narrow leaves). Before, RGAT's backward wrote two [edges, heads * dim]
+    buffers and HGT's one. Gradients unchanged."""
+    from pigeon import reference
+    from pigeon.ir.graph_ir import EDGE
+    from pigeon.ir.kernel_ir import BufferRole
+    from test_reference import random_graph
+
+    heads, dim = 4, 16
+    graph, _ = random_graph(7, num_nodes=60, num_edges=400, num_etypes=4, num_ntypes=3)
+    gen = torch.Generator().manual_seed(5)
+    if model == "rgat":
+        ref = reference.RGAT(dim, dim // heads, graph.num_etypes, heads=heads, dtype=torch.float64)
+        layer = pigeon.nn.RGAT(dim, dim // heads, graph.num_etypes, heads=heads, dtype=torch.float64,
+                               backend="torch", compact=True)
+    else:
+        ref = reference.HGT(dim, dim, graph.num_ntypes, graph.num_etypes, heads=heads, dtype=torch.float64)
+        layer = pigeon.nn.HGT(dim, dim, graph.num_ntypes, graph.num_etypes, heads=heads, dtype=torch.float64,
+                              backend="torch", compact=True)
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(graph.num_nodes, dim, dtype=torch.float64, generator=gen, requires_grad=True)
+    plan = layer.compiled.plan(graph, dict(x=x, **dict(layer.named_parameters())), mode="train")
+    per_edge = {b.name: b.type.shape for b in plan.backward_kernels.buffers
+                if b.role is BufferRole.TEMP and b.type.space == EDGE}
+    assert per_edge and all(torch.Size(shape).numel() <= heads for shape in per_edge.values()), per_edge
+    got, want = layer(graph, x), ref(graph, x)
+    torch.testing.assert_close(got, want, **F64)
+    upstream = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+    params = list(layer.parameters())
+    for a, b in zip(torch.autograd.grad(got, [x, *params], upstream),
+                    torch.autograd.grad(want, [x, *ref.parameters()], upstream)):
+        torch.testing.assert_close(a, b, **F64)
+
+
 @pytest.mark.parametrize("heads", [1, 2])
 def test_cost_model_decision_for_hgt_on_aifb_is_pinned(heads, monkeypatch):
     # On the full aifb profile with the cpu backend (rates fixed here: the model's decision

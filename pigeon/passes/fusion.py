@@ -11,7 +11,12 @@
   value per edge. (The backward of NBFNet's layer would otherwise write the gathered
   source rows, relation vectors and messages, ``[edges, batch, dim]`` each, to read them
   back in its other traversals.) A value a GEMM, a gather or an output reads keeps its
-  buffer.
+  buffer. A recomputation may also read a value of a traversal space that is not cheap
+  (a softmax, a reduction) from its buffer, when that value's rows are at most
+  1/:data:`NARROW_LEAF_RATIO` as wide as the value recomputed: RGAT's backward then
+  writes its attention weights, ``[edges, heads]``, instead of the weighted gradient
+  rows, ``[edges, heads * dim]``, and reads the destinations' gradient rows again where
+  it needs them.
 
 :func:`plan_fusion` gives the :class:`FusionPlan`; :mod:`pigeon.passes.lower` emits the
 kernels by it.
@@ -33,6 +38,7 @@ _RECOMPUTE_OPS = (
     Op.CONCAT, Op.SLICE_LAST, Op.PAD_LAST,
 )
 RECOMPUTE_LIMIT = 48   # distinct ops in one recomputed value, its operands' included
+NARROW_LEAF_RATIO = 4  # a buffer read by a recomputation: at most 1/4 of the value's row width
 
 
 @dataclass(frozen=True)
@@ -119,8 +125,17 @@ def _plan_recompute(program: Program, gemm_gather: dict[int, int],
             elif j in chain:
                 ops |= chain[j]
                 reads |= leaves[j]
+            elif NARROW_LEAF_RATIO * _row_width(source) <= _row_width(node):
+                reads.add(j)
             else:
                 cheap = False
         if cheap and len(ops) <= RECOMPUTE_LIMIT:
             chain[node.id], leaves[node.id] = frozenset(ops), frozenset(reads)
     return frozenset(i for i in chain if i not in read_as_buffer), leaves
+
+
+def _row_width(node: Node) -> int:
+    width = 1
+    for d in node.type.shape:
+        width *= d
+    return width
