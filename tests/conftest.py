@@ -61,3 +61,33 @@ def pigeon_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PIGEON_CACHE_DIR", str(folder))
         yield folder
+
+
+# The slowest tests (each 10-45 s on a 2-core machine under the suite's load: subprocess
+# runs of the command line, spawned ranks, torch.compile) start first. pytest-xdist hands
+# tests out in collection order, so a slow test collected last would run alone at the end
+# while the other workers sit idle.
+SLOW_FIRST = (
+    "test_bench.py::test_bench_command_writes_results_markdown_chart_and_provenance",
+    "test_distributed.py::test_two_ranks_match_one_process_and_train_rgat_hgt_and_nbfnet",
+    "test_bench.py::test_a_structure_run_reports_the_speedup_at_each_point",
+    "test_cli.py::test_demo_benchmarks_pigeon_against_a_baseline_and_writes_a_report",
+    "test_distributed.py::test_command_line_trains_rgcn_on_two_processes_far_above_chance",
+    "test_bench.py::test_every_system_runs_each_model_and_matches_the_reference_where_the_maths_is_the_same",
+    "test_distributed.py::test_torchrun_environment_with_two_nodes_on_loopback",
+    "test_triton_backend.py::test_float32",
+    "test_bench_minibatch.py::test_minibatch_benchmark_runs_pigeon_and_dgl_on_the_same_blocks",
+    "test_bench.py::test_a_baseline_out_of_memory_and_a_hang_are_recorded_and_the_run_goes_on",
+    "test_train_nbfnet.py::test_training_is_reproducible_and_resumes_from_a_checkpoint",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.nodeid.split("/")[-1]
+        for i, slow in enumerate(SLOW_FIRST):
+            if name == slow or name.startswith(slow + "["):
+                return i
+        return len(SLOW_FIRST)
+
+    items.sort(key=rank)   # stable: the rest keep their order

@@ -173,7 +173,7 @@ def _rank(payload: dict) -> dict:
         loss = F.cross_entropy(trained(graphs, inputs), labels[seeds])
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     records = []
     iterator = iter(sampler.loader)
