@@ -24,6 +24,7 @@ kernels by it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pigeon.ir.graph_ir import COMPACT_DST, COMPACT_SRC, EDGE, NODE_OF_DST, Node, Op, Program
@@ -125,17 +126,10 @@ def _plan_recompute(program: Program, gemm_gather: dict[int, int],
             elif j in chain:
                 ops |= chain[j]
                 reads |= leaves[j]
-            elif NARROW_LEAF_RATIO * _row_width(source) <= _row_width(node):
+            elif NARROW_LEAF_RATIO * math.prod(source.type.shape) <= math.prod(node.type.shape):
                 reads.add(j)
             else:
                 cheap = False
         if cheap and len(ops) <= RECOMPUTE_LIMIT:
             chain[node.id], leaves[node.id] = frozenset(ops), frozenset(reads)
     return frozenset(i for i in chain if i not in read_as_buffer), leaves
-
-
-def _row_width(node: Node) -> int:
-    width = 1
-    for d in node.type.shape:
-        width *= d
-    return width
