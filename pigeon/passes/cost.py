@@ -314,10 +314,7 @@ def _body_access(program: KernelProgram, kernel: TraversalKernel | DenseKernel, 
                 written += _space_rows(space, rows) * max(width, line)
             else:
                 streamed += _space_rows(space, rows) * width
-        elif node.op is Op.GATHER and grouped and node.attr("index") != kernel.group:
-            width = body.nodes[node.inputs[0]].type.numel * elem
-            read += _space_rows(node.type.space, rows) * max(width, line)
-        elif node.op is Op.GATHER and not grouped:
+        elif node.op is Op.GATHER and not (grouped and node.attr("index") == kernel.group):
             width = body.nodes[node.inputs[0]].type.numel * elem
             read += _space_rows(node.type.space, rows) * max(width, line)
     return streamed, read, written
