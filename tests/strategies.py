@@ -30,6 +30,11 @@ def _draw_graph(draw, max_nodes, max_edges, max_etypes, max_ntypes, block: bool)
     hi = num_etypes - 1 if num_etypes > 1 and draw(st.booleans()) else num_etypes
     etype = torch.randint(0, hi, (num_edges,), generator=gen)
     ntype = torch.randint(0, num_ntypes, (num_nodes,), generator=gen)
+    if draw(st.booleans()):
+        # Edges relation by relation, then by destination, as a sampler's blocks come
+        # (the layouts then take their C paths for edges in relation order).
+        order = torch.sort(etype * num_nodes + dst, stable=True).indices
+        src, dst, etype = src[order], dst[order], etype[order]
     return pigeon.HeteroGraph(src, dst, etype, num_nodes, ntype, num_etypes=num_etypes, num_ntypes=num_ntypes,
                               num_dst_nodes=num_dst if block else None)
 

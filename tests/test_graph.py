@@ -284,3 +284,37 @@ def test_the_counting_sort_is_torch_sorts_stable_order(values):
     order, ptr = sort_with_ptr(keys, 31)
     assert order.tolist() == torch.sort(keys, stable=True).indices.tolist()
     assert ptr.tolist() == [0] + torch.cumsum(torch.bincount(keys, minlength=31), 0).tolist()
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 29), st.integers(0, 29)), max_size=80),
+       st.sampled_from(["node", "relation", "shuffled"]), st.sampled_from([torch.int32, torch.int64]))
+def test_the_c_block_layouts_match_torch(edges, order, dtype):
+    # compact_map and csr in C, in the index dtype, against torch's unique and stable
+    # sort: edges in (relation, node) order (a block's destinations: runs of equal
+    # nodes), in relation order only (its sources: counted per relation), or shuffled
+    # (relations not ascending: None, and the graph falls back).
+    from pigeon.native import compact_map, csr
+
+    if order == "node":
+        edges = sorted(edges, key=lambda e: (e[0], e[1]))
+    elif order == "relation":
+        edges = sorted(edges, key=lambda e: e[0])
+    etype, node, other = (torch.tensor([e[i] for e in edges], dtype=torch.int64) for i in range(3))
+    relations_ascend = bool((etype[1:] >= etype[:-1]).all())
+    built = compact_map(etype, node, 30, 5, dtype)
+    if not relations_ascend:
+        assert built is None
+    else:
+        row_node, row_etype, rel_ptr, edge_row, perm, ptr = built
+        assert all(t.dtype == dtype for t in built)
+        keys, inverse = torch.unique(etype * 30 + node, sorted=True, return_inverse=True)
+        assert row_etype.tolist() == (keys // 30).tolist() and row_node.tolist() == (keys % 30).tolist()
+        assert edge_row.tolist() == inverse.tolist()
+        assert rel_ptr.tolist() == [0] + torch.cumsum(torch.bincount(keys // 30, minlength=5), 0).tolist()
+        assert perm.tolist() == torch.sort(inverse, stable=True).indices.tolist()
+        assert ptr.tolist() == [0] + torch.cumsum(torch.bincount(inverse, minlength=keys.numel()), 0).tolist()
+    rowptr, col, eid = csr(node, other, 30, dtype)
+    want = torch.sort(node, stable=True).indices
+    assert eid.tolist() == want.tolist() and col.tolist() == other[want].tolist()
+    assert rowptr.tolist() == [0] + torch.cumsum(torch.bincount(node, minlength=30), 0).tolist()
+    assert rowptr.dtype == col.dtype == eid.dtype == dtype

@@ -26,7 +26,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from pigeon.native import COUNTED_KEYS, counted_unique, grouped_keys, sort_with_ptr
+from pigeon.native import COUNTED_KEYS, compact_map, counted_unique, csr, grouped_keys, sort_with_ptr
 
 __all__ = ["HeteroGraph", "CSR", "SortedCOO", "CompactMap", "Segments", "TypePairs", "LAYOUTS", "find_graph"]
 
@@ -431,6 +431,9 @@ class HeteroGraph:
 
     def _csr(self, rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> CSR:
         dtype = self.index_dtype
+        built = csr(rows, cols, num_rows, dtype)   # in C, in the index dtype
+        if built is not None:
+            return CSR(*built)
         perm, ptr = self._sorted_by(rows, num_rows)
         return CSR(rowptr=ptr.to(dtype), col=cols[perm].to(dtype), eid=perm.to(dtype))
 
@@ -453,9 +456,14 @@ class HeteroGraph:
 
     def _compact(self, nodes: torch.Tensor, name: str) -> CompactMap:
         """The compact map of ``nodes`` (the edges' sources or destinations); where C
-        counts the keys, also the edges grouped by their row (layout ``{name}_edges``),
-        from the same pass."""
+        builds or counts it, also the edges grouped by their row (layout
+        ``{name}_edges``), from the same passes."""
         dtype = self.index_dtype
+        built = compact_map(self.etype, nodes, self.num_nodes, self.num_etypes, dtype)
+        if built is not None:   # relation by relation, in C (a sampled block's edges)
+            node, etype, rel_ptr, edge_row, perm, ptr = built
+            self._layouts[f"{name}_edges"] = Segments(perm=perm, ptr=ptr)
+            return CompactMap(node=node, etype=etype, rel_ptr=rel_ptr, edge_row=edge_row)
         key = self.etype * self.num_nodes + nodes
         grouped = grouped_keys(key, self.num_etypes * self.num_nodes, minor_size=self.num_nodes)
         if grouped is None:
@@ -508,6 +516,11 @@ class HeteroGraph:
     def _build_ntype_etype(self) -> TypePairs:
         dtype = self.index_dtype
         num_ntypes = self.num_ntypes
+        built = compact_map(self.etype, self.ntype[self.src], num_ntypes, self.num_etypes, dtype)
+        if built is not None:   # relation by relation, in C, with the edges grouped by pair
+            ntype, etype, rel_ptr, edge_row, perm, ptr = built
+            self._layouts["ntype_etype_edges"] = Segments(perm=perm, ptr=ptr)
+            return TypePairs(ntype=ntype, etype=etype, rel_ptr=rel_ptr, edge_row=edge_row)
         keys, edge_row = unique_keys(self.etype * num_ntypes + self.ntype[self.src], self.num_etypes * num_ntypes)
         row_etype = keys // num_ntypes
         return TypePairs(
@@ -520,6 +533,14 @@ class HeteroGraph:
     def _build_compact_src_pair(self) -> torch.Tensor:
         """The (source node type, edge type) pair row of each ``compact_src`` row."""
         pairs, compact = self.ntype_etype, self.compact_src
+        # The compact rows come relation by relation and hold the edges' (source type,
+        # relation) pairs, no more, no fewer: their own pairs, numbered in C, are the
+        # edges' (with the rows grouped by pair on the way).
+        built = compact_map(compact.etype, self.ntype[compact.node.long()], self.num_ntypes, self.num_etypes,
+                            self.index_dtype)
+        if built is not None:
+            self._layouts["ntype_etype_compact_src"] = Segments(perm=built[4], ptr=built[5])
+            return built[3]
         keys = pairs.etype.long() * self.num_ntypes + pairs.ntype.long()
         compact_keys = compact.etype.long() * self.num_ntypes + self.ntype[compact.node.long()]
         return torch.searchsorted(keys, compact_keys).to(self.index_dtype)

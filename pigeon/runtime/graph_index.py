@@ -16,7 +16,7 @@ import torch
 from pigeon.data.graph import HeteroGraph
 from pigeon.ir.graph_ir import COMPACT_DST_OF_EDGE, COMPACT_SRC_OF_EDGE, IndexMap
 from pigeon.ir.kernel_ir import SegmentLayout
-from pigeon.native import sort_with_ptr
+from pigeon.native import ascends, sort_with_ptr
 from pigeon.runtime.interpret import resolve_index
 
 __all__ = ["PerGraphCache", "GraphIndex", "GRAPH_INDEX", "row_blocks"]
@@ -71,7 +71,7 @@ class GraphIndex(PerGraphCache):
         (Triton's kernels are rendered for the layout's permutation and take it as is.)"""
         def build():
             perm = self.segments(graph, index, layout)[0]
-            return perm is None or bool((perm == torch.arange(perm.numel(), device=perm.device)).all())
+            return perm is None or ascends(perm, strict=True)   # a permutation: the identity
         return self._memo(graph, ("in_order", index.name), build)
 
     def segment_profile(self, graph: HeteroGraph, index: IndexMap, layout: SegmentLayout | None) -> tuple[int, bool]:
@@ -134,7 +134,7 @@ class GraphIndex(PerGraphCache):
         relation) pair, they already are in CSR order)."""
         def build():
             perm = self.group_csr(graph, group)[1]
-            return perm.numel() < 2 or bool((perm[1:] > perm[:-1]).all())
+            return ascends(perm, strict=True)
         return self._memo(graph, ("csr_in_order", group.name), build)
 
     def sorted_index(self, graph: HeteroGraph, group: IndexMap, index: IndexMap) -> torch.Tensor:
