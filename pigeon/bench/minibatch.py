@@ -136,9 +136,11 @@ def _rank(payload: dict) -> dict:
     from pigeon.data import load
     from pigeon.data.sampling import NeighborSampler, SamplingGraph
     from pigeon.interop.dgl import blocks_from_dgl, import_dgl
+    from pigeon.runtime.heap import keep_freed_memory
     from pigeon.train.distributed import close_distributed, init_distributed
 
     dgl = import_dgl()
+    heap_pad = keep_freed_memory()   # every system alike: freed pages kept for the next step
     ctx = init_distributed(timeout_s=payload["timeout_s"]) if payload["nproc"] > 1 else None
     torch.set_num_threads(payload["threads"])
     torch.manual_seed(payload["seed"])
@@ -209,7 +211,7 @@ def _rank(payload: dict) -> dict:
         if index >= payload["warmup"]:
             records.append(record)
     mine = {"records": records, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "rank": ctx.rank if ctx is not None else 0, "threads": torch.get_num_threads()}
+            "rank": ctx.rank if ctx is not None else 0, "threads": torch.get_num_threads(), "heap_pad_mib": heap_pad}
     if ctx is None:
         return {"ranks": [mine]}
     ranks = ctx.gather_objects(mine)

@@ -15,6 +15,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from pigeon.runtime.heap import heap_pad_mib
 from pigeon.version import git_state
 
 __all__ = ["provenance", "finish_report", "other_load", "tuning_state", "git_state"]
@@ -100,6 +101,7 @@ def provenance(config) -> dict:
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                     "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
         "tuning_cache": tuning_state(config.tuned),
+        "heap_pad_mib": heap_pad_mib() if config.device == "cpu" else 0,   # pigeon.runtime.heap, every system
         "cost_model_rates": rates,
         "torch_compile": "the inductor system compiles in its first call, outside the timed runs",
         "load_at_start": other_load(),

@@ -285,6 +285,9 @@ def provenance_lines(report: dict) -> list[str]:
     lines = [f"commit {p['commit'] or '?'}, {tree}; torch {v['torch']}, dgl {v['dgl']}, torch_geometric "
              f"{v['torch_geometric']}; {t['per_case']} threads per case (OMP_NUM_THREADS "
              f"{t['OMP_NUM_THREADS'] or 'unset'}, OMP_WAIT_POLICY {t['OMP_WAIT_POLICY'] or 'unset'})"]
+    if p.get("heap_pad_mib"):
+        lines.append(f"C heap padded by {p['heap_pad_mib']} MiB in every case's process, every system alike "
+                     "(freed pages reused by the next call; pigeon.runtime.heap)")
     if tuning["state"] == "tuned":
         lines.append(f"tuning cache: read ({tuning['entries']} entries in {tuning['cache']}, digest {tuning['digest']})")
     else:

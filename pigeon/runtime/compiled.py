@@ -34,6 +34,7 @@ from pigeon.passes.choose import Variants
 from pigeon.passes.lower import lower
 from pigeon.runtime.choice import Choice
 from pigeon.runtime.cpu_backend import CpuExecutor
+from pigeon.runtime.heap import keep_freed_memory
 from pigeon.runtime.ops import call_layer_op, register_layer
 from pigeon.runtime.precision import CastCache, autocast_dtype, call_dtype, check_storage, element_size
 from pigeon.runtime.profiling import RANGE_PREFIX, layer_range
@@ -528,6 +529,8 @@ class Compiled:
                 raise ValueError("Expected no `choice` under torch.compile (got one): tuned choices come from the "
                                  "tuning cache there")
             return call_layer_op(self, graph, tensors)
+        if graph.device.type == "cpu":
+            keep_freed_memory()   # once per process: the next call's buffers reuse this one's pages
         plan = self.plan(graph, tensors, choice)
         names = tuple(tensors)
         outputs = _Apply.apply(plan, graph, names, dtype, *(tensors[n] for n in names))

@@ -41,6 +41,7 @@ import torch
 
 from pigeon.data.graph import HeteroGraph, find_graph
 from pigeon.ir.graph_ir import GLOBAL
+from pigeon.runtime.heap import keep_freed_memory
 from pigeon.runtime.interpret import space_size
 
 __all__ = ["register_layer", "call_layer_op", "KEEP_GRAPHS"]
@@ -142,6 +143,8 @@ def layer_forward(layer: str, names: str, src: torch.Tensor, dst: torch.Tensor, 
     graph = _graph(src, dst, etype, ntype, num_dst_nodes, num_etypes, num_ntypes)
     values = dict(zip(names.split(","), tensors))
     dtype = compiled.check_call(graph, values)
+    if graph.device.type == "cpu":
+        keep_freed_memory()   # as an eager call does (pigeon.runtime.heap)
     plan = compiled.plan(graph, values, mode="train" if train else "infer")
     keep = tuple(buffer for buffer, _ in plan.saved) if train else ()
     outputs, kept = plan.execute_forward(graph, values, dtype, keep)
