@@ -92,39 +92,6 @@ int64_t pigeon_group_keys(const int64_t *keys, int64_t n, int64_t num_keys, int3
     return count;
 }
 
-/* pigeon_group_keys for keys major * minor_size + minor whose majors ascend (a sampled
-   block's edges come relation by relation): each major's keys are grouped in a table of
-   minor_size entries, which stays in cache, not in one table over the whole key range.
-   `group` has minor_size entries. Returns -1 as soon as a major is smaller than the one
-   before it (what it wrote is then to be overwritten: group over the whole range). */
-int64_t pigeon_group_sorted_major(const int64_t *keys, int64_t n, int64_t minor_size, int32_t *group,
-                                  int64_t *unique, int64_t *inverse, int64_t *ptr, int64_t *next, int64_t *order)
-{
-    int64_t count = 0, start = 0;
-    for (int64_t lo = 0, hi; lo < n; lo = hi) {
-        const int64_t base = keys[lo] / minor_size * minor_size;
-        for (hi = lo; hi < n && keys[hi] < base + minor_size; hi++)
-            if (keys[hi] < base) return -1;
-        memset(group, 0, (size_t)minor_size * sizeof(int32_t));
-        for (int64_t i = lo; i < hi; i++) group[keys[i] - base]++;
-        const int64_t first = count;
-        for (int64_t m = 0; m < minor_size; m++) {
-            if (!group[m]) continue;
-            unique[count] = base + m;
-            ptr[count] = next[count] = start;
-            start += group[m];
-            group[m] = (int32_t)(count++ - first);
-        }
-        for (int64_t i = lo; i < hi; i++) {
-            int64_t g = first + group[keys[i] - base];
-            inverse[i] = g;
-            order[next[g]++] = i;
-        }
-    }
-    ptr[count] = start;
-    return count;
-}
-
 /* The layouts of a sampled block, written in the graph's index type I (int32 where
    every count fits, else int64) straight away, with no key array, no second pass to
    narrow them and no table cleared over the whole node range. */
@@ -216,7 +183,6 @@ def _library():
         return None
     library.pigeon_counting_sort.restype = ctypes.c_int64
     library.pigeon_group_keys.restype = ctypes.c_int64
-    library.pigeon_group_sorted_major.restype = ctypes.c_int64
     for suffix in ("i32", "i64"):
         getattr(library, f"pigeon_csr_{suffix}").restype = None
         getattr(library, f"pigeon_compact_{suffix}").restype = ctypes.c_int64
@@ -270,31 +236,21 @@ def counted_unique(keys: torch.Tensor, num_keys: int) -> tuple[torch.Tensor, tor
     return None if grouped is None else grouped[:2]
 
 
-def grouped_keys(keys: torch.Tensor, num_keys: int, minor_size: int | None = None):
+def grouped_keys(keys: torch.Tensor, num_keys: int):
     """:func:`counted_unique` and the keys' stable order by group in one pass of C:
     ``(unique, inverse, ptr, order)``, group ``g`` holding the indices
-    ``order[ptr[g]:ptr[g+1]]``; None where :func:`counted_unique` does not apply. With
-    ``minor_size``, keys that are ``major * minor_size + minor`` with ascending majors
-    are grouped one major at a time (a table of ``minor_size`` entries that stays in
-    cache)."""
+    ``order[ptr[g]:ptr[g+1]]``; None where :func:`counted_unique` does not apply. (Edges
+    that come relation by relation, as a sampled block's do, have :func:`compact_map`.)"""
     library = _library() if keys.device.type == "cpu" else None
     if library is None or num_keys > max(COUNTED_KEYS, 4 * keys.numel()) or keys.numel() >= 2**31:
         return None
     keys = keys.to(torch.int64).contiguous()
-    by_major = minor_size is not None and 0 < minor_size < num_keys
-    group = torch.empty(max(minor_size if by_major else num_keys, 1), dtype=torch.int32)
+    group = torch.empty(max(num_keys, 1), dtype=torch.int32)
     unique, inverse, next_free, order = (torch.empty_like(keys) for _ in range(4))
     ptr = torch.empty(keys.numel() + 1, dtype=torch.int64)
-    data, n = ctypes.c_void_p(keys.data_ptr()), ctypes.c_int64(keys.numel())
-    count = -1
-    if by_major:   # -1 when the majors do not ascend
-        count = library.pigeon_group_sorted_major(data, n, ctypes.c_int64(minor_size), *_pointers(
-            group, unique, inverse, ptr, next_free, order))
-    if count < 0:
-        if group.numel() < num_keys:
-            group = torch.empty(max(num_keys, 1), dtype=torch.int32)
-        count = library.pigeon_group_keys(data, n, ctypes.c_int64(num_keys), *_pointers(
-            group, unique, inverse, ptr, next_free, order))
+    count = library.pigeon_group_keys(ctypes.c_void_p(keys.data_ptr()), ctypes.c_int64(keys.numel()),
+                                      ctypes.c_int64(num_keys), *_pointers(group, unique, inverse, ptr, next_free,
+                                                                           order))
     return unique[:count].clone(), inverse, ptr[:count + 1].clone(), order
 
 

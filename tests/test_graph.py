@@ -229,20 +229,19 @@ def test_unique_keys_by_counting_matches_torch_unique(values, num_keys):
 
 
 @given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 29)), max_size=80), st.booleans())
-def test_grouped_keys_match_torch_unique_and_a_stable_sort_whole_or_major_by_major(pairs, relation_order):
-    # Keys relation * 30 + node; in relation order (a block's edges) they are grouped one
-    # relation at a time, otherwise over the whole key range.
+def test_grouped_keys_match_torch_unique_and_a_stable_sort(pairs, relation_order):
+    # Keys relation * 30 + node, in relation order (a block's edges) or not, grouped over
+    # the whole key range (relation by relation is compact_map's, tested below).
     from pigeon.native import grouped_keys
 
     pairs = sorted(pairs, key=lambda p: p[0]) if relation_order else pairs
     keys = torch.tensor([r * 30 + v for r, v in pairs], dtype=torch.int64)
-    for minor_size in (None, 30):
-        unique, inverse, ptr, order = grouped_keys(keys, 150, minor_size)
-        want_unique, want_inverse = torch.unique(keys, sorted=True, return_inverse=True)
-        assert unique.tolist() == want_unique.tolist() and inverse.tolist() == want_inverse.tolist()
-        assert order.tolist() == torch.sort(want_inverse, stable=True).indices.tolist()
-        counts = torch.bincount(want_inverse, minlength=want_unique.numel())
-        assert ptr.tolist() == [0] + torch.cumsum(counts, 0).tolist()
+    unique, inverse, ptr, order = grouped_keys(keys, 150)
+    want_unique, want_inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    assert unique.tolist() == want_unique.tolist() and inverse.tolist() == want_inverse.tolist()
+    assert order.tolist() == torch.sort(want_inverse, stable=True).indices.tolist()
+    counts = torch.bincount(want_inverse, minlength=want_unique.numel())
+    assert ptr.tolist() == [0] + torch.cumsum(counts, 0).tolist()
 
 
 @given(hetero_graphs(max_nodes=12, max_edges=40))

@@ -249,6 +249,7 @@ def run_case(model: str, system: str, *, nproc: int = 1, dataset: str = "mag", s
         "seeds_per_s": sum(r["seeds"] for r in records) / max(sum(step_s) / nproc, 1e-9),
         "peak_rss_gib": max(rank["peak_rss_gib"] for rank in ranks),
         "threads_per_rank": ranks[0]["threads"],
+        "heap_pad_mib": ranks[0].get("heap_pad_mib"),
         "block_edges": _percentiles([sum(r["edges"]) for r in records]),
         "first_block_src_nodes": _percentiles([r["src_nodes"][0] for r in records]),
         "wall_s": time.perf_counter() - started,

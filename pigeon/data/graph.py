@@ -465,7 +465,7 @@ class HeteroGraph:
             self._layouts[f"{name}_edges"] = Segments(perm=perm, ptr=ptr)
             return CompactMap(node=node, etype=etype, rel_ptr=rel_ptr, edge_row=edge_row)
         key = self.etype * self.num_nodes + nodes
-        grouped = grouped_keys(key, self.num_etypes * self.num_nodes, minor_size=self.num_nodes)
+        grouped = grouped_keys(key, self.num_etypes * self.num_nodes)
         if grouped is None:
             keys, edge_row = unique_keys(key, self.num_etypes * self.num_nodes)
         else:
