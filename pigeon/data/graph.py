@@ -532,7 +532,7 @@ class HeteroGraph:
 
     def _build_compact_src_pair(self) -> torch.Tensor:
         """The (source node type, edge type) pair row of each ``compact_src`` row."""
-        pairs, compact = self.ntype_etype, self.compact_src
+        compact = self.compact_src
         # The compact rows come relation by relation and hold the edges' (source type,
         # relation) pairs, no more, no fewer: their own pairs, numbered in C, are the
         # edges' (with the rows grouped by pair on the way).
@@ -541,6 +541,7 @@ class HeteroGraph:
         if built is not None:
             self._layouts["ntype_etype_compact_src"] = Segments(perm=built[4], ptr=built[5])
             return built[3]
+        pairs = self.ntype_etype
         keys = pairs.etype.long() * self.num_ntypes + pairs.ntype.long()
         compact_keys = compact.etype.long() * self.num_ntypes + self.ntype[compact.node.long()]
         return torch.searchsorted(keys, compact_keys).to(self.index_dtype)
