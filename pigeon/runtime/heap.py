@@ -12,7 +12,9 @@ of 11 ms.
 :func:`keep_freed_memory` asks glibc to grow the heap by a pad of ``PIGEON_HEAP_PAD_MB``
 (default 1024) megabytes beyond each request and to keep that much when it trims: the
 next call's buffers then come from pages already mapped, much as torch's CUDA caching
-allocator keeps GPU memory. The pad is address space, not resident memory: a page is
+allocator keeps GPU memory. It also grows the heap once right away, so that the pad is
+at the heap's top before the first large buffer: glibc maps a buffer on its own whenever
+the top has no room for it. The pad is address space, not resident memory: a page is
 resident once written, and stays so while the process lives, so a process keeps about
 the peak memory of its largest call. Under an address-space limit (``ulimit -v``,
 ``RLIMIT_AS``) the pad counts against the limit, so a process that runs within a
@@ -62,4 +64,48 @@ def keep_freed_memory() -> int:
     except (OSError, AttributeError):   # not glibc
         return 0
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return pad if mallopt(_M_TOP_PAD, pad << 20) == 1 else 0
+    if mallopt(_M_TOP_PAD, pad << 20) != 1:
+        return 0
+    _grow_heap_once(libc, pad << 20)
+    return pad
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _grow_heap_once(libc: ctypes.CDLL, pad: int) -> None:
+    """Make the heap grow now, so that its top holds the pad before the first large buffer.
+
+    glibc maps a buffer above its mmap threshold (32 MiB at most) on its own, and unmaps
+    it when freed, unless the heap's top chunk already has room for it; only a growth of
+    the heap adds the pad to the top. Without this, whether a call's largest buffers come
+    from the padded heap would depend on which small allocation happened to grow it
+    first. Small blocks (64 KiB, always below the mmap threshold) are taken until the
+    heap grows, then freed: the pad stays at the top.
+    """
+    try:
+        mallinfo2 = libc.mallinfo2   # glibc 2.33 on
+    except AttributeError:
+        return
+    mallinfo2.argtypes, mallinfo2.restype = [], _Mallinfo2
+    libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
+    libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
+    start = mallinfo2()
+    if start.keepcost >= pad:
+        return
+    block, taken = 64 << 10, []
+    try:
+        # the top and the free blocks hold at most this many blocks; one more grows the heap
+        for _ in range((start.keepcost + start.fordblks) // block + 2):
+            address = libc.malloc(block)
+            if not address:
+                break
+            taken.append(address)
+            if mallinfo2().arena > start.arena:
+                break
+    finally:
+        for address in taken:
+            libc.free(address)
