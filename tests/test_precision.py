@@ -22,8 +22,8 @@ same on each edge of a destination's softmax gets the sum of the softmax's gradi
 then leaves u times the size of the terms, and that size is what counts. The test
 measures it the same way for every result: the float64 reference run once more with
 every value each of its rounding operations produces (forward and backward; copies,
-selections and maxima are exact) moved by a random relative error of at most u, ``want_moved``, errs by about u times the size of the
-terms, so
+selections and maxima are exact) moved by a random relative error of at most u,
+``want_moved``, errs by about u times the size of the terms, so
 
     size = max(||want||, ||want_moved - want|| / u).
 
