@@ -136,3 +136,21 @@ def test_poison_catches_a_kernel_that_writes_nothing(backend, kind, monkeypatch)
     (got,) = outputs.values()
     with pytest.raises(AssertionError):
         torch.testing.assert_close(got, want, **F64)
+
+
+def test_c_traversals_prefetch_their_own_rows_read_through_the_permutation():
+    """A traversal grouped by (source, edge type) pair reads its per-edge inputs at the
+    scattered ``perm[p]``; the C kernel prefetches them a few rows ahead, as it does the
+    rows it gathers."""
+    from pigeon.codegen.c import PREFETCH_AHEAD, render_traversal
+
+    graph = pigeon.data.load("aifb", scale=0.01, seed=0).graph
+    module = pigeon.nn.RGAT(8, 8, graph.num_etypes, heads=2, reorder=True, compact=True, backend="cpu")
+    x = torch.randn(graph.num_nodes, 8, requires_grad=True)
+    plan = module.compiled.plan(graph, {"x": x, **dict(module.named_parameters())})
+    grouped = [k for k in plan.backward_kernels.kernels
+               if isinstance(k, TraversalKernel) and k.group is not None and k.group.name == "edge_to_compact_src"]
+    edge_inputs = [k for k in grouped if any(n.op.value == "input" and n.type.space == k.domain for n in k.body.nodes)]
+    assert edge_inputs, [k.describe() for k in grouped]
+    source = render_traversal(edge_inputs[0], "k").source
+    assert f"perm[p + {PREFETCH_AHEAD}]" in source

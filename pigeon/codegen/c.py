@@ -217,14 +217,21 @@ class _Planner(SweepPlan):
         return body, finished
 
     def _prefetch(self, nodes: list[int]) -> list[str]:
-        """Prefetch the rows this sweep gathers through an index map, ``PREFETCH_AHEAD``
-        rows ahead of the one being processed: a group's source rows are scattered over
-        memory, and each gathered row would otherwise be a cache miss the loop waits for."""
+        """Prefetch the rows this sweep gathers through an index map, and its own rows
+        (read at ``perm[p]``), ``PREFETCH_AHEAD`` rows ahead of the one being processed: a
+        group's source rows are scattered over memory, and so are its own rows when the
+        group is not the order they are stored in (the edges of a (source, edge type)
+        pair); each would otherwise be a cache miss the loop waits for."""
         if self.group is None:
             return []
         out = []
         for i in nodes:
             node = self.body.nodes[i]
+            if node.op is Op.INPUT and node.type.space == self.k.domain:
+                # the walk's own rows, in the group's order: ``perm`` scatters them too
+                ahead = NAME["perm_ahead"].format(ahead=PREFETCH_AHEAD)
+                out += lines("prefetch", ptr=self.buffer(node.attr("name")), row=ahead, n=node.type.numel)
+                continue
             if node.op is not Op.GATHER or node.attr("index") == self.group:
                 continue
             source = self.body.nodes[node.inputs[0]]

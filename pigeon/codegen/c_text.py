@@ -69,6 +69,7 @@ NAME = {
     "at": "{var}[{position}]",
     "group_element": "LOAD({ptr}[g * {n} + j])",
     "ahead": "p + {ahead}",        # the position PREFETCH_AHEAD rows further
+    "perm_ahead": "perm[p + {ahead}]",   # the row at that position
 }
 
 # ---- statements ----------------------------------------------------------------------------
