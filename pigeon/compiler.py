@@ -18,7 +18,7 @@ __all__ = ["compile"]
 
 
 def compile(layer: Layer, *, backend: str = "auto", reorder: bool | None = None, compact: bool | None = None,
-            layout: str | None = None, verify: bool | None = None, disable: tuple[str, ...] = (),
+            sink: bool | None = None, layout: str | None = None, verify: bool | None = None, disable: tuple[str, ...] = (),
             save_budget_gb: float | None = None, **config: Any) -> Compiled:
     """Compile a ``@pigeon.layer`` function.
 
@@ -30,8 +30,9 @@ def compile(layer: Layer, *, backend: str = "auto", reorder: bool | None = None,
             OpenMP), ``"triton"`` (generated Triton: CUDA tensors, or CPU tensors with
             ``TRITON_INTERPRET=1``) or ``"torch"`` (the unfused torch lowering, the
             executable semantics). Default: ``"auto"``.
-        reorder, compact (bool, optional): force linear reordering / compact
-            materialization on or off; None lets the cost model decide per graph.
+        reorder, compact, sink (bool, optional): force linear reordering / compact
+            materialization / summing messages per (destination, edge type) pair before
+            their product on or off; None lets the cost model decide per graph.
         layout (str, optional): ``"csr"`` or ``"coo"`` traversals (``"coo"``: edge-parallel
             with atomics, on the backends that have such traversals). Default: None, CSR
             wherever a traversal has a group.
@@ -49,7 +50,7 @@ def compile(layer: Layer, *, backend: str = "auto", reorder: bool | None = None,
     matches (``PIGEON_AUTOTUNE=0`` turns that off); :func:`pigeon.tune` fills the cache.
     """
     verify_flag = {} if verify is None else {"verify": verify}
-    options = Options(reorder, compact, disable=frozenset(disable), **verify_flag)
+    options = Options(reorder, compact, sink, disable=frozenset(disable), **verify_flag)
     if save_budget_gb is not None and (isinstance(save_budget_gb, bool) or not isinstance(save_budget_gb, (int, float))
                                        or save_budget_gb < 0):
         raise ValueError(f"Expected `save_budget_gb` to be a non-negative number of GiB (got {save_budget_gb!r})")

@@ -162,7 +162,8 @@ def test_the_cost_model_compacts_only_where_pairs_repeat():
     assert format_program(CompactMaterialization(enabled=False).apply(program, ctx)) == format_program(program)
     assert "compact_src" in format_program(CompactMaterialization(enabled=True).apply(program, ctx))
     # Without row counts nothing is decided: open decisions stay off.
-    assert decide(program, PassContext(), Options(), TARGET, training=True) == Options(reorder=False, compact=False)
+    assert decide(program, PassContext(), Options(), TARGET, training=True) == Options(reorder=False, compact=False,
+                                                                                   sink=False)
 
 
 def test_rows_through_an_index_map_cost_a_share_of_the_bandwidth():
@@ -291,7 +292,7 @@ def test_compiled_hgt_with_the_chain_folded_matches_the_reference(heads, in_dim,
     graph = pigeon.data.load("mag", scale=0.0005, seed=1).graph
     torch.manual_seed(heads)
     compiled = pnn.HGT(in_dim, out_dim, graph.num_ntypes, graph.num_etypes, heads=heads,
-                       reorder=True, compact=compact).double()
+                       reorder=True, compact=compact, sink=False).double()
     ref = reference.HGT(in_dim, out_dim, graph.num_ntypes, graph.num_etypes, heads=heads).double()
     ref.load_state_dict(compiled.state_dict())
     gen = torch.Generator().manual_seed(7)
@@ -321,8 +322,8 @@ def test_pipeline_hook_sees_every_step():
     seen = []
     optimize(_rgat(), PassContext(RowCounts.from_graph(_profile_graph())), Options(verify=True),
              hook=lambda name, p: seen.append(name))
-    assert seen == ["cse", "restrict", "reorder", "dce", "compact", "reorder_chain", "simplify", "distribute", "cse",
-                    "dce"]
+    assert seen == ["cse", "restrict", "sink", "dce", "reorder", "dce", "compact", "reorder_chain", "simplify",
+                    "distribute", "cse", "dce"]
 
 
 # ---- every layer, every pass setting: forward and backward still match the reference -------
@@ -396,7 +397,8 @@ def test_a_plan_is_reused_for_graphs_that_agree_on_the_buckets_of_the_sizes_its_
     ref = reference.RGCN(5, 4, 3, dtype=torch.float64)
     x = torch.randn(80, 5, dtype=torch.float64, generator=gen)
     for forced, plans in ((None, 2), (True, 1)):
-        compiled = pigeon.nn.RGCN(5, 4, 3, dtype=torch.float64, backend="torch", reorder=forced, compact=forced)
+        compiled = pigeon.nn.RGCN(5, 4, 3, dtype=torch.float64, backend="torch", reorder=forced, compact=forced,
+                                  sink=forced)
         compiled.load_state_dict(ref.state_dict())
         for g in graphs:
             torch.testing.assert_close(compiled(g, x), ref(g, x), **F64)

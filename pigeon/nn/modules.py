@@ -14,23 +14,23 @@ from pigeon.nn import functional
 from pigeon.compiler import compile as compile_layer
 
 
-def _compile_options(backend: str, reorder, compact, layout, disable, save_budget_gb=None) -> dict:
-    return {"backend": backend, "reorder": reorder, "compact": compact, "layout": layout, "disable": disable,
-            "save_budget_gb": save_budget_gb}
+def _compile_options(backend: str, reorder, compact, layout, disable, save_budget_gb=None, sink=None) -> dict:
+    return {"backend": backend, "reorder": reorder, "compact": compact, "sink": sink, "layout": layout,
+            "disable": disable, "save_budget_gb": save_budget_gb}
 
 
 class RGCN(reference.RGCN):
     """Relational graph convolution, compiled. Arguments as :class:`pigeon.reference.RGCN`,
     plus ``backend`` (``"auto"`` default, ``"cpu"``, ``"triton"`` or ``"torch"``; see
-    :func:`pigeon.compile`), ``reorder``/``compact``/``layout`` to force compiler
-    decisions (None: the cost model decides per graph), ``disable`` to skip passes and
+    :func:`pigeon.compile`), ``reorder``/``compact``/``sink``/``layout`` to force
+    compiler decisions (None: the cost model decides per graph), ``disable`` to skip passes and
     ``save_budget_gb`` for the forward values kept for the backward pass."""
 
     def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
-                 save_budget_gb=None, **kwargs):
+                 save_budget_gb=None, sink=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.rgcn, norm=self.norm,
-                                      **_compile_options(backend, reorder, compact, layout, disable, save_budget_gb))
+                                      **_compile_options(backend, reorder, compact, layout, disable, save_budget_gb, sink))
 
     def forward(self, graph, x: torch.Tensor) -> torch.Tensor:
         return self.compiled(graph, x=x, **dict(self.named_parameters()))
@@ -41,10 +41,10 @@ class RGAT(reference.RGAT):
     plus the compiler options of :class:`RGCN`."""
 
     def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
-                 save_budget_gb=None, **kwargs):
+                 save_budget_gb=None, sink=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.rgat, heads=self.heads, negative_slope=self.negative_slope,
-                                      **_compile_options(backend, reorder, compact, layout, disable, save_budget_gb))
+                                      **_compile_options(backend, reorder, compact, layout, disable, save_budget_gb, sink))
 
     def forward(self, graph, x: torch.Tensor) -> torch.Tensor:
         return self.compiled(graph, x=x, **dict(self.named_parameters()))
@@ -55,10 +55,10 @@ class HGT(reference.HGT):
     :class:`pigeon.reference.HGT`, plus the compiler options of :class:`RGCN`."""
 
     def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
-                 save_budget_gb=None, **kwargs):
+                 save_budget_gb=None, sink=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.hgt, heads=self.heads,
-                                      **_compile_options(backend, reorder, compact, layout, disable, save_budget_gb))
+                                      **_compile_options(backend, reorder, compact, layout, disable, save_budget_gb, sink))
 
     def forward(self, graph, x: torch.Tensor) -> torch.Tensor:
         return self.compiled(graph, x=x, **dict(self.named_parameters()))
@@ -70,10 +70,10 @@ class NBFNetLayer(reference.NBFNetLayer):
     options of :class:`RGCN`."""
 
     def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
-                 save_budget_gb=None, **kwargs):
+                 save_budget_gb=None, sink=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.compiled = compile_layer(functional.nbfnet, message=self.message, reduce=self.aggregate,
-                                      short_cut=self.short_cut, **_compile_options(backend, reorder, compact, layout, disable, save_budget_gb))
+                                      short_cut=self.short_cut, **_compile_options(backend, reorder, compact, layout, disable, save_budget_gb, sink))
 
     def forward(self, graph, x: torch.Tensor, boundary: torch.Tensor, relation: torch.Tensor) -> torch.Tensor:
         for name, value in (("x", x), ("boundary", boundary), ("relation", relation)):
@@ -93,9 +93,9 @@ class NBFNet(reference.NBFNet):
     :class:`RGCN`, which every layer receives."""
 
     def __init__(self, *args, backend: str = "auto", reorder=None, compact=None, layout=None, disable=(),
-                 save_budget_gb=None, **kwargs):
+                 save_budget_gb=None, sink=None, **kwargs):
         super().__init__(*args, **kwargs)
-        options = _compile_options(backend, reorder, compact, layout, disable, save_budget_gb)
+        options = _compile_options(backend, reorder, compact, layout, disable, save_budget_gb, sink)
         for t, layer in enumerate(self.layers):
             # Built on the meta device and handed the reference layer's tensors, so the
             # compiled model draws its parameters exactly as the reference does (same seed,

@@ -15,11 +15,13 @@ import itertools
 from dataclasses import replace
 
 from pigeon.ir.autodiff import backward_program
-from pigeon.ir.graph_ir import Program
+from pigeon.ir.graph_ir import Op, Program
 from pigeon.passes.base import PassContext, RowCounts
 from pigeon.passes.cost import Target, program_seconds
+from pigeon.passes.dce import DeadCodeElimination
 from pigeon.passes.lower import lower
 from pigeon.passes.pipeline import Options, optimize
+from pigeon.passes.sink import applies as sink_applies
 
 __all__ = ["decide", "variants", "Variants", "SMALL"]
 
@@ -32,7 +34,8 @@ def variants(options: Options) -> list[Options]:
     """Every setting of the decisions ``options`` leaves open (None), the others as given."""
     reorders = [options.reorder] if options.reorder is not None else [False, True]
     compacts = [options.compact] if options.compact is not None else [False, True]
-    return [replace(options, reorder=r, compact=c) for r, c in itertools.product(reorders, compacts)]
+    sinks = [options.sink] if options.sink is not None else [False, True]
+    return [replace(options, reorder=r, compact=c, sink=s) for r, c, s in itertools.product(reorders, compacts, sinks)]
 
 
 def _rows(ctx: PassContext, compact: bool) -> RowCounts:
@@ -57,10 +60,17 @@ class Variants:
         options: the decisions; those left None are chosen.
         layout: the lowering's traversal layout.
         training: whether the backward program counts too.
+        grads: the names of the inputs and parameters whose gradients that backward
+            computes (the rest are dead code there, as in the plan's backward for the
+            call); None: all of them.
     """
 
-    def __init__(self, program: Program, options: Options, layout: str | None, training: bool):
+    def __init__(self, program: Program, options: Options, layout: str | None, training: bool,
+                 grads: frozenset[str] | None = None):
+        if options.sink is None and not sink_applies(program):
+            options = replace(options, sink=False)   # no variant to weigh: nothing to rewrite
         self.program, self.options, self.layout, self.training = program, options, layout, training
+        self.grads = grads
         self.candidates = variants(options)
         self._lowered: dict[Options, tuple] = {}
 
@@ -73,7 +83,12 @@ class Variants:
             notes = tuple(scratch.decisions)
             backward = None
             if self.training:
-                backward = lower(optimize(backward_program(forward), PassContext(), candidate), self.layout)
+                full = backward_program(forward)
+                if self.grads is not None:
+                    wanted = {f"grad_{name}" for name in self.grads}
+                    kept = tuple(n for n in full.nodes if n.op is not Op.OUTPUT or n.attr("name") in wanted)
+                    full = DeadCodeElimination().apply(Program(kept, full.maps), PassContext())
+                backward = lower(optimize(full, PassContext(), candidate), self.layout)
             self._lowered[candidate] = (forward, lower(forward, self.layout), backward, notes)
         return self._lowered[candidate][:3]
 
@@ -86,7 +101,7 @@ class Variants:
         """``(seconds, candidate)`` for every candidate: what the cost model charges it on
         ``ctx``'s graph for values of ``elem`` bytes (the storage dtype's): forward, and in
         training the backward that recomputes what it needs. Needs the context's counts."""
-        rows = _rows(ctx, any(c.compact for c in self.candidates))
+        rows = _rows(ctx, any(c.compact or c.sink for c in self.candidates))
         timed = []
         for candidate in self.candidates:
             _, forward, backward = self.lowered(candidate)
@@ -102,15 +117,19 @@ class Variants:
         if len(self.candidates) == 1:
             return self.candidates[0]
         options = self.options
-        off = replace(options, reorder=options.reorder or False, compact=options.compact or False)
+        off = replace(options, reorder=options.reorder or False, compact=options.compact or False,
+                      sink=options.sink or False)
         if not ctx.has_counts or max(ctx.count(s) for s in ("node", "edge")) < SMALL:
             return off
         timed = self.estimates(ctx, target, elem)
         best = min(timed, key=lambda item: item[0])[1]
-        table = ", ".join(f"reorder={c.reorder} compact={c.compact}: {s * 1e3:.3g} ms" for s, c in timed)
-        ctx.note(f"cost model ({'train' if self.training else 'infer'}): reorder={best.reorder} "
-                 f"compact={best.compact} ({table})")
+        table = ", ".join(f"{_named(c)}: {s * 1e3:.3g} ms" for s, c in timed)
+        ctx.note(f"cost model ({'train' if self.training else 'infer'}): {_named(best)} ({table})")
         return best
+
+
+def _named(options: Options) -> str:
+    return f"reorder={options.reorder} compact={options.compact} sink={options.sink}"
 
 
 def decide(program: Program, ctx: PassContext, options: Options, target: Target, training: bool,

@@ -17,10 +17,11 @@ from pigeon.passes.reorder import LinearReordering
 from pigeon.passes.reorder_chain import ChainReordering
 from pigeon.passes.restrict import DestinationRestriction
 from pigeon.passes.simplify import Simplify
+from pigeon.passes.sink import AggregateBeforeProduct
 
 Hook = Callable[[str, Program], None]
 
-PASS_NAMES = ("cse", "restrict", "reorder", "dce", "compact", "reorder_chain", "simplify", "distribute")
+PASS_NAMES = ("cse", "restrict", "sink", "reorder", "dce", "compact", "reorder_chain", "simplify", "distribute")
 
 
 def _verify_default() -> bool:
@@ -35,13 +36,16 @@ class Options:
     rewrite whose decision is still None).
 
     ``reorder`` decides both halves of linear reordering (``reorder``: attention vectors
-    into weights; ``reorder_chain``: per-node-type into per-edge-type weights).
+    into weights; ``reorder_chain``: per-node-type into per-edge-type weights); ``sink``
+    sums messages per (destination, edge type) pair before their product
+    (:class:`~pigeon.passes.sink.AggregateBeforeProduct`).
     ``disable`` names passes to skip (any of :data:`PASS_NAMES`); ``verify`` checks the
     IR after every pass.
     """
 
     reorder: bool | None = None
     compact: bool | None = None
+    sink: bool | None = None
     verify: bool = field(default_factory=_verify_default)
     disable: frozenset = frozenset()
 
@@ -66,6 +70,8 @@ def optimize(program: Program, ctx: PassContext, options: Options = Options(), h
 
     program = step(CommonSubexpressionElimination(), program)        # one copy of each value
     program = step(DestinationRestriction(), program)                # node work read on dst only
+    program = step(AggregateBeforeProduct(bool(options.sink)), program)  # sum per (dst, etype), then multiply
+    program = step(DeadCodeElimination(), program)                   # the messages it replaced
     program = step(LinearReordering(bool(options.reorder)), program) # dot(xW, a) -> x(Wa)
     program = step(DeadCodeElimination(), program)                   # drop the products it replaced
     program = step(CompactMaterialization(bool(options.compact)), program)  # per unique (node, etype)

@@ -101,6 +101,14 @@ def _training(tensors: Mapping[str, torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors.values())
 
 
+def _wanted(tensors: Mapping[str, torch.Tensor]) -> frozenset[str] | None:
+    """The names of the tensors whose gradients a training call computes (a first layer's
+    input features need none), or None when no tensor says (the operators of
+    :mod:`pigeon.runtime.ops` run below autograd): then every gradient counts."""
+    names = frozenset(name for name, v in tensors.items() if isinstance(v, torch.Tensor) and v.requires_grad)
+    return names or None
+
+
 def default_save_budget() -> int:
     """Bytes of forward values one compiled layer keeps for its backward pass before it
     recomputes the largest instead: ``PIGEON_SAVE_BUDGET_GB``, else a sixteenth of the
@@ -393,14 +401,15 @@ class Compiled:
         if choice is None:
             choice = self._cached_choice(inputs, params, graph, tensors, backend, dtype, mode) if tuned else Choice()
         training = mode == "train" if mode is not None else _training(tensors)
-        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, dtype, choice, training)
+        grads = _wanted(tensors) if training else None   # what the cost model charges the backward for
+        key = (tuple(sorted(inputs.items())), tuple(sorted(params.items())), backend, dtype, choice, training, grads)
         candidates = self._plans.setdefault(key, [])
         for read, plan in candidates:
             if all(bucket(RowCounts.count_of(graph, name)) == value for name, value in read):
                 return plan
         ctx = PassContext(graph=graph)
         try:
-            plan = self._build(key, ctx, backend, dtype, choice, training)
+            plan = self._build(key, ctx, backend, dtype, choice, training, grads)
         except ValueError as err:
             # A cached choice tuned on a graph of the same buckets whose cost-model decisions
             # differed names kernels this program does not have: keep its decisions only.
@@ -411,7 +420,7 @@ class Compiled:
                           "this graph to tune it.", RuntimeWarning, stacklevel=3)
             ctx = PassContext(graph=graph)
             plain = replace(choice, forward=(), backward=())
-            plan = self._build(key[:4] + (plain, training), ctx, backend, dtype, plain, training)
+            plan = self._build(key[:4] + (plain, training, grads), ctx, backend, dtype, plain, training, grads)
         candidates.append((tuple(sorted(ctx.read.items())), plan))
         return plan
 
@@ -443,7 +452,7 @@ class Compiled:
         self._tuned.clear()
 
     def _build(self, key: tuple, ctx: PassContext, backend: str, dtype: torch.dtype, choice: Choice,
-               training: bool) -> Plan:
+               training: bool, grads: frozenset[str] | None = None) -> Plan:
         """The plan for ``ctx``'s graph. What it is made of does not depend on the graph
         but through the decisions (the cost model's, and which forward values the save
         budget keeps), so the programs of every variant, the backward programs and the plans
@@ -455,10 +464,10 @@ class Compiled:
                           reorder=choice.reorder if self.options.reorder is None else self.options.reorder,
                           compact=choice.compact if self.options.compact is None else self.options.compact)
         layout = traversal_layout(backend, self.layout if self.layout is not None else choice.layout)
-        variant_key = (key[0], key[1], backend, options, layout, training)
+        variant_key = (key[0], key[1], backend, options, layout, training, grads)
         if variant_key not in self._variants:
             traced = self.layer.trace(inputs, params, **self.config)
-            self._variants[variant_key] = Variants(traced, options, layout, training)
+            self._variants[variant_key] = Variants(traced, options, layout, training, grads)
         variants = self._variants[variant_key]
         elem = element_size(dtype)   # bytes a stored value takes, for the cost model and the save budget
         options = variants.decide(ctx, machine_target(backend, ctx.graph.device), elem)
