@@ -97,14 +97,14 @@ def test_nothing_to_rewrite_in_a_layer_without_typed_messages():
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("name", LAYERS)
-@settings(max_examples=8)
+@settings(max_examples=6)
 @given(block=hetero_blocks(max_nodes=12, max_edges=30))
 def test_layers_match_the_reference_on_blocks(block, name, backend):
     _check(name, block, backend=backend, sink=True)
 
 
 @pytest.mark.parametrize("name", ["rgcn", "rgat", "hgt"])
-@settings(max_examples=4)
+@settings(max_examples=3)
 @given(graph=hetero_graphs(max_nodes=10, max_edges=24), reorder=st.booleans(), compact=st.booleans())
 def test_layers_match_the_reference_with_every_other_decision(graph, name, reorder, compact):
     _check(name, graph, backend="cpu", sink=True, reorder=reorder, compact=compact)

@@ -31,11 +31,14 @@ SMALL = 64
 
 
 def variants(options: Options) -> list[Options]:
-    """Every setting of the decisions ``options`` leaves open (None), the others as given."""
+    """Every setting of the decisions ``options`` leaves open (None), the others as given;
+    with the messages summed per pair (``sink``), an open compaction stays off: the
+    products it would compact are gone, but for folded attention weights a few columns wide."""
     reorders = [options.reorder] if options.reorder is not None else [False, True]
     compacts = [options.compact] if options.compact is not None else [False, True]
     sinks = [options.sink] if options.sink is not None else [False, True]
-    return [replace(options, reorder=r, compact=c, sink=s) for r, c, s in itertools.product(reorders, compacts, sinks)]
+    return [replace(options, reorder=r, compact=c, sink=s) for r, c, s in itertools.product(reorders, compacts, sinks)
+            if not (s and c and options.compact is None)]
 
 
 def _rows(ctx: PassContext, compact: bool) -> RowCounts:
