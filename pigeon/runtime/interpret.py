@@ -52,6 +52,8 @@ def resolve_index(graph: HeteroGraph, index: IndexMap, bindings: Mapping[str, tu
         }[name]
         return rows.long(), size
     for end in ("src", "dst"):
+        if f"compact_{end}" not in name:
+            continue   # build only the compact map the name is about
         cmap = graph.layout(f"compact_{end}")
         if name == f"edge_to_compact_{end}":
             return cmap.edge_row.long(), cmap.num_rows
