@@ -86,7 +86,8 @@ def machine_work(compiled, graph, tensors: dict, mode: str, elem: int = 4) -> Wo
     rows = RowCounts.from_graph(graph)
     flops, program = None, None
     for options in variants(compiled.options):
-        plan = compiled.plan(graph, tensors, Choice(options.reorder, options.compact), mode=mode)
+        fixed = compiled.with_options(sink=options.sink)   # a tuned choice does not carry that decision
+        plan = fixed.plan(graph, tensors, Choice(options.reorder, options.compact), mode=mode)
         work = kernel_work(plan, graph, mode, elem)
         if flops is None or work.flops < flops:
             flops, program = work.flops, plan.forward_kernels

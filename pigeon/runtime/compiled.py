@@ -446,6 +446,12 @@ class Compiled:
         """The same layer, options and tuning lookup, compiled for ``backend``."""
         return Compiled(self.layer, backend, self.options, self.layout, self.config, self.lookup, self.save_budget)
 
+    def with_options(self, **changes) -> "Compiled":
+        """The same layer, backend and tuning lookup, with these compiler options changed
+        (fields of :class:`~pigeon.passes.pipeline.Options`, e.g. ``sink=True``)."""
+        return Compiled(self.layer, self.backend, replace(self.options, **changes), self.layout, self.config,
+                        self.lookup, self.save_budget)
+
     def forget_tuned(self) -> None:
         """Drop the tuning cache's remembered answers, so the next :meth:`plan` reads the
         cache again (:func:`pigeon.tune` calls it after storing a choice)."""
