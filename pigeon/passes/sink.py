@@ -134,6 +134,8 @@ def _scales(scale: Node, product: Node, found: tuple[Node, int | None, bool]) ->
     if padded[-1] != 1 or any(p not in (1, o) for p, o in zip(padded, out)):
         return False
     _, heads, batched = found
+    if heads is not None and heads > 1 and padded[0] != heads:
+        return False   # one number for every head: each head's rows would be the same copy
     return batched or heads is not None or len(out) == 1
 
 
