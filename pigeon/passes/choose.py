@@ -15,10 +15,10 @@ import itertools
 from dataclasses import replace
 
 from pigeon.ir.autodiff import backward_program
-from pigeon.ir.graph_ir import Op, Program
+from pigeon.ir.graph_ir import Program
 from pigeon.passes.base import PassContext, RowCounts
 from pigeon.passes.cost import Target, program_seconds
-from pigeon.passes.dce import DeadCodeElimination
+from pigeon.passes.dce import keep_outputs
 from pigeon.passes.lower import lower
 from pigeon.passes.pipeline import Options, optimize
 from pigeon.passes.sink import applies as sink_applies
@@ -88,9 +88,7 @@ class Variants:
             if self.training:
                 full = backward_program(forward)
                 if self.grads is not None:
-                    wanted = {f"grad_{name}" for name in self.grads}
-                    kept = tuple(n for n in full.nodes if n.op is not Op.OUTPUT or n.attr("name") in wanted)
-                    full = DeadCodeElimination().apply(Program(kept, full.maps), PassContext())
+                    full = keep_outputs(full, {f"grad_{name}" for name in self.grads})
                 backward = lower(optimize(full, PassContext(), candidate), self.layout)
             self._lowered[candidate] = (forward, lower(forward, self.layout), backward, notes)
         return self._lowered[candidate][:3]

@@ -28,3 +28,9 @@ class DeadCodeElimination(Pass):
             if node.id in live:
                 remap[node.id] = copy_node(b, node, tuple(remap[i] for i in node.inputs))
         return b.build()
+
+
+def keep_outputs(program: Program, names) -> Program:
+    """``program`` with only the outputs named in ``names``, and what they depend on."""
+    nodes = tuple(n for n in program.nodes if n.op is not Op.OUTPUT or n.attr("name") in names)
+    return DeadCodeElimination().apply(Program(nodes, program.maps), PassContext())

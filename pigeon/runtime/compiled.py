@@ -28,7 +28,8 @@ from pigeon.ir.builder import verify
 from pigeon.ir.graph_ir import GLOBAL, Op, Program
 from pigeon.ir.graph_ir import replace as replace_node
 from pigeon.ir.kernel_ir import BufferRole, GemmKernel, KernelProgram, ViewKernel, verify_kernels
-from pigeon.passes import DeadCodeElimination, Options, PassContext, RowCounts, optimize
+from pigeon.passes import Options, PassContext, RowCounts, optimize
+from pigeon.passes.dce import keep_outputs
 from pigeon.passes.base import bucket
 from pigeon.passes.choose import Variants
 from pigeon.passes.lower import lower
@@ -226,8 +227,7 @@ class Plan:
         if key == outputs:
             return self.backward_kernels, self.run_backward
         if key not in self._specialised:
-            nodes = tuple(n for n in self.backward.nodes if n.op is not Op.OUTPUT or n.attr("name") in key)
-            program = DeadCodeElimination().apply(Program(nodes, self.backward.maps), PassContext())
+            program = keep_outputs(self.backward, key)
             kernels = lower(program, self.layout)
             if self.verify:
                 verify(program)
