@@ -154,3 +154,32 @@ def test_c_traversals_prefetch_their_own_rows_read_through_the_permutation():
     assert edge_inputs, [k.describe() for k in grouped]
     source = render_traversal(edge_inputs[0], "k").source
     assert f"perm[p + {PREFETCH_AHEAD}]" in source
+
+
+def test_c_softmax_backward_keeps_narrow_values_instead_of_gathering_again():
+    """RGAT's backward traversal over destinations runs three sweeps (the softmax's
+    statistics, the sum it needs, then per-edge values). The narrow per-edge values of
+    the first sweep (a dot product per head) are kept in scratch, so the later sweeps
+    gather no source row again; the gradients themselves are held to the reference
+    by the model tests on every backend."""
+    import re
+
+    from pigeon.codegen.c import KEEP_WIDTH, render_traversal
+    from pigeon.ir.graph_ir import Op
+
+    graph = pigeon.data.load("aifb", scale=0.01, seed=0).graph
+    module = pigeon.nn.RGAT(8, 8, graph.num_etypes, heads=2, reorder=True, compact=True, backend="cpu")
+    x = torch.randn(graph.num_nodes, 8, requires_grad=True)
+    plan = module.compiled.plan(graph, {"x": x, **dict(module.named_parameters())})
+    (softmax,) = [k for k in plan.backward_kernels.kernels if isinstance(k, TraversalKernel)
+                  and any(n.op is Op.SEGMENT_SOFTMAX for n in k.body.nodes)]
+    source = render_traversal(softmax, "k").source
+    sweeps = source.split("/* sweep ")[1:]
+    assert len(sweeps) == 3, source
+    gathered = re.findall(r"sidx_edge_to_compact_src\[p\]", sweeps[0])
+    assert gathered, sweeps[0]
+    for later in sweeps[1:]:
+        assert "sidx_edge_to_compact_src" not in later, later
+        assert "scratch_mine" in later
+    width = int(re.search(r"sizes\[1\] \* (\d+);", source).group(1))
+    assert 0 < width <= 4 * KEEP_WIDTH

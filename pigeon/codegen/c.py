@@ -37,6 +37,7 @@ class CodegenError(_CodegenError):
 SCHEDULES = ("static", "dynamic", "guided")
 SPLIT_SPACES = (ETYPE, NTYPE, NTYPE_ETYPE, GLOBAL)   # group spaces of few, uneven groups
 PREFETCH_AHEAD = 8   # rows of a group between a row's prefetch and its use
+KEEP_WIDTH = 16   # per-row values this narrow are kept in scratch for later sweeps (_Planner.kept)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class _Planner(SweepPlan):
         self.arg_decls: list[str] = []
         self.ptr: dict[str, str] = {}         # buffers read or written, by name
         self.index_var: dict[str, str] = {}
+        self._kept: dict[int, tuple[int, int]] | None = None
 
     # -- arguments ---------------------------------------------------------------------
     def declare(self, arg: KernelArg, var: str) -> str:
@@ -168,24 +170,59 @@ class _Planner(SweepPlan):
         rule(self, node, out)
 
     def kept(self) -> dict[int, tuple[int, int]]:
-        """The softmax inputs a later sweep reads again, by node: (offset, width) in a
-        row's slot of the kernel's scratch. The sweep that accumulates a softmax's
-        statistics stores its input there, and later sweeps read it back instead of
-        recomputing it (and gathering what it needs once more)."""
+        """Per-row values a later sweep reads back from this thread's scratch instead of
+        recomputing them, by node: (offset, width) in a row's slot of the scratch.
+
+        A softmax's input is always kept: the sweep that accumulates its statistics stores
+        it, and every later sweep reads it. Beyond that, walking back from what each later
+        sweep computes, the first value of an earlier sweep at most :data:`KEEP_WIDTH`
+        wide is kept, and what it needs is not recomputed: a backward softmax's third
+        sweep then reads a few numbers per row where it gathered a source row again and
+        redid its dot products. What costs nothing to read again is never kept
+        (:meth:`_free`)."""
         if self.group is None:
             return {}
+        if self._kept is not None:
+            return self._kept
         kept, width = {}, 0
+
+        def keep(i: int) -> None:
+            nonlocal width
+            kept[i] = (width, self.body.nodes[i].type.numel)
+            width += self.body.nodes[i].type.numel
+
         for s in self.softmaxes:
             x = self.body.nodes[s.inputs[0]]
             if self.is_row(x) and x.id not in kept and self.last_sweep() > self.phase[x.id]:
-                kept[x.id] = (width, x.type.numel)
-                width += x.type.numel
+                keep(x.id)
+        for k in range(1, self.last_sweep() + 1):
+            stack, seen = list(self.sweep_roots(k)[0]), set()
+            while stack:
+                i = stack.pop()
+                node = self.body.nodes[i]
+                if i in seen or i in kept or not self.is_row(node) or self._free(node):
+                    continue
+                seen.add(i)
+                if self.phase[i] < k and node.type.numel <= KEEP_WIDTH:
+                    keep(i)
+                    continue
+                stack.extend(node.inputs[:1] if node.op is Op.SEGMENT_SOFTMAX else node.inputs)
+        self._kept = kept
         return kept
+
+    def _free(self, node: Node) -> bool:
+        """A value that costs nothing to compute again: a group's own row of an input, or
+        a value of the group (a finished reduction) read at a row."""
+        if node.op is not Op.GATHER:
+            return False
+        source = self.body.nodes[node.inputs[0]]
+        return source.op in GROUP_VALUES or (source.op is Op.INPUT and node.attr("index") == self.group)
 
     def sweep_lines(self, k: int) -> tuple[list[str], list[str]]:
         """Sweep ``k``'s statements per row, and those after it that finish its reductions."""
         roots, row_outputs = self.sweep_roots(k)
         kept = self.kept()
+        roots = roots + [i for i in kept if self.phase[i] == k]
         width = sum(n for _, n in kept.values())
         given = frozenset(i for i in kept if self.phase[i] < k)
         nodes = self.closure(roots, given)
