@@ -32,8 +32,8 @@ def test_rgat_is_one_node_parallel_traversal_without_atomics():
     graph = _graph()
     layer = pnn.RGAT(8, 4, graph.num_etypes, heads=2, backend="cpu")
     source, plan = _forward_source(layer, graph, dict(x=torch.randn(graph.num_nodes, 8), **dict(layer.named_parameters())))
-    kernels = [line for line in source.splitlines() if line.startswith("void k")]
-    assert len(kernels) == 1  # scores, softmax and aggregation fused in one function
+    kernels = [line for line in source.splitlines() if line.startswith("/* traversal over edge")]
+    assert len(kernels) == 1  # scores, softmax and aggregation fused in one function over the edges
     assert "atomic" not in source
     assert re.search(r"#pragma omp parallel for (num_threads\(sizes\[2\]\) )?schedule\(dynamic", source)
     assert source.count("/* sweep") == 2  # online max/sum, then normalise and aggregate
@@ -50,8 +50,10 @@ def test_pna_statistics_share_one_traversal_of_the_edges():
                "relation": torch.randn(graph.num_etypes, 2, 4)}
     tensors.update({n.replace(".", "_"): p for n, p in layer.named_parameters()})
     source, _ = _forward_source(layer, graph, tensors)
-    kernel = source[source.index("/* traversal"):]
-    assert [line for line in source.splitlines() if line.startswith("void k")] == [kernel.splitlines()[1]]
+    edges = [line for line in source.splitlines() if line.startswith("/* traversal over edge")]
+    assert len(edges) == 1, edges   # (the other functions are row-wise dense kernels)
+    kernel = source[source.index(edges[0]):]
+    kernel = kernel[:kernel.index("\n}\n")]
     # Mean, max and min in the first sweep; the squared deviations from that mean (read
     # from registers: the variance never subtracts two stored moments) in the second.
     first, second = kernel.split("/* sweep 1 */")
@@ -280,3 +282,39 @@ def test_traversals_into_few_groups_split_their_rows_over_threads(monkeypatch):
     split = [k for k in plan.run_backward.rendered.values() if getattr(k, "split", False)]
     assert split and all(k.group.target.name == "etype" for k in split)
     assert "partial[(th * num_groups + g)" in plan.run_backward.source(torch.float64)
+
+
+def test_row_wise_dense_kernels_run_as_c_and_match_torch():
+    """HGT's per-type bias and skip mixing (gathers of per-type values, products and sums)
+    are one C pass over the rows; its GELU, which torch computes on whole vectors, stays
+    torch operations, as does a dense kernel that sums rows into groups. The layer in
+    float64, with every C output poisoned before it is written, matches the torch
+    backend's."""
+    from pigeon.ir.kernel_ir import DenseKernel
+    from pigeon.ir.graph_ir import Op, Unary
+    from pigeon.runtime.cpu_backend import rows_kernel
+
+    graph = _graph()
+    torch.manual_seed(0)
+    layer = pnn.HGT(8, 8, graph.num_ntypes, graph.num_etypes, heads=2, backend="cpu").double()
+    x = torch.randn(graph.num_nodes, 8, dtype=torch.float64, requires_grad=True)
+    plan = layer.compiled.plan(graph, {"x": x, **dict(layer.named_parameters())})
+    executor = plan.run_forward
+    dense = {i: k for i, k in enumerate(executor.program.kernels) if isinstance(k, DenseKernel)}
+
+    def has(k, op, fn=None):
+        return any(n.op is op and (fn is None or n.attr("fn") is fn) for n in k.body.nodes)
+
+    mixing = [i for i, k in dense.items() if has(k, Op.GATHER) and not has(k, Op.UNARY)]
+    gelu = [i for i, k in dense.items() if has(k, Op.UNARY, Unary.GELU)]
+    assert mixing and gelu
+    assert all(i in executor._rows for i in mixing) and not any(i in executor._rows for i in gelu)
+    assert all(f"void k{i}(" in executor.source(torch.float64) for i in mixing)
+    backward = [k for k in plan.backward_kernels.kernels if isinstance(k, DenseKernel) and has(k, Op.AGGREGATE)]
+    assert backward and all(rows_kernel(k) is None for k in backward)
+
+    executor.poison = True
+    got = layer(graph, x)
+    want = pnn.HGT(8, 8, graph.num_ntypes, graph.num_etypes, heads=2, backend="torch").double()
+    want.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(got, want(graph, x), rtol=1e-10, atol=1e-10)
